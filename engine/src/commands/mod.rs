@@ -1,0 +1,144 @@
+//! The `work-engine` command line: parsing and dispatch only; the work is
+//! done by the library.
+
+mod call;
+mod register;
+mod tools;
+
+use crate::ToolHost;
+use crate::runtime::RuntimeConfig;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Run untrusted tools in WebAssembly sandboxes.
+#[derive(Debug, Parser)]
+#[command(name = "work-engine", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Data directory: registered tools and compiled artifacts.
+    #[arg(
+        long,
+        global = true,
+        env = "WORK_ENGINE_DATA_DIR",
+        default_value = ".work-engine"
+    )]
+    data_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register a tool component (a .wasm built for wasm32-wasip2).
+    Register(register::RegisterArgs),
+    /// List, show or remove registered tools.
+    Tools(tools::ToolsArgs),
+    /// Call a tool and print its result.
+    Call(call::CallArgs),
+}
+
+/// Exit status of a command that ran but whose work failed (a failed call,
+/// an unknown tool). Usage errors exit 2, as clap does.
+const FAILED: u8 = 1;
+const USAGE: u8 = 2;
+
+/// Parses the command line, runs the command, and maps the outcome to an
+/// exit code: 0 success, 1 failure, 2 usage error.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if err.use_stderr() => {
+            eprintln!("{}", one_line(&err.to_string()));
+            return ExitCode::from(USAGE);
+        }
+        Err(err) => {
+            // --help and --version
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(FAILED);
+        }
+    };
+    match runtime.block_on(cli.run()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(FAILED)
+        }
+    }
+}
+
+impl Cli {
+    async fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Register(args) => args.run(&self.data_dir).await,
+            Command::Tools(args) => args.run(&self.data_dir),
+            Command::Call(args) => args.run(&self.data_dir).await,
+        }
+    }
+}
+
+fn open_host(data_dir: &std::path::Path, config: RuntimeConfig) -> anyhow::Result<ToolHost> {
+    use anyhow::Context;
+    ToolHost::open(data_dir, config)
+        .with_context(|| format!("cannot open data directory {}", data_dir.display()))
+}
+
+/// clap's message up to its usage block, folded onto one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Logs go to stderr; `WORK_ENGINE_LOG` (tracing's filter syntax) sets the
+/// level, `warn` by default.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("WORK_ENGINE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_fold_to_one_line() {
+        let message = "error: the following required arguments were not provided:\n  <TOOL>\n\nUsage: work-engine call <TOOL>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line(message),
+            "error: the following required arguments were not provided: <TOOL>"
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! `work-engine register TOOL.wasm`
+
+use super::{open_host, print_json};
+use crate::runtime::{DirGrant, Grants, RuntimeConfig};
+use anyhow::Context;
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub(super) struct RegisterArgs {
+    /// The component file.
+    wasm: PathBuf,
+    /// Preopen a host directory for the tool: HOST[:GUEST][:rw], read-only
+    /// unless `:rw`. Repeatable.
+    #[arg(long = "allow-dir", value_name = "HOST[:GUEST][:rw]")]
+    allow_dir: Vec<DirGrant>,
+    /// Let the tool see this environment variable (its value at call time).
+    /// Repeatable.
+    #[arg(long = "allow-env", value_name = "NAME")]
+    allow_env: Vec<String>,
+    /// Print the stored manifest as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl RegisterArgs {
+    pub(super) async fn run(self, data_dir: &Path) -> anyhow::Result<ExitCode> {
+        let wasm = std::fs::read(&self.wasm)
+            .with_context(|| format!("cannot read {}", self.wasm.display()))?;
+        let host = open_host(data_dir, RuntimeConfig::default())?;
+        let grants = Grants {
+            dirs: self.allow_dir,
+            env: self.allow_env,
+        };
+        let registered = host
+            .register(&wasm, grants)
+            .await
+            .with_context(|| format!("cannot register {}", self.wasm.display()))?;
+        let manifest = &registered.manifest;
+        if self.json {
+            print_json(manifest)?;
+        } else {
+            let verb = if registered.replaced.is_some() {
+                "replaced"
+            } else {
+                "registered"
+            };
+            println!(
+                "{verb} {} ({} bytes, sha256 {})",
+                manifest.id(),
+                manifest.component_bytes,
+                &manifest.component[..12]
+            );
+            if !manifest.description.is_empty() {
+                println!("  {}", manifest.description.replace('\n', "\n  "));
+            }
+            for dir in &manifest.grants.dirs {
+                let mode = if dir.writable {
+                    "read-write"
+                } else {
+                    "read-only"
+                };
+                println!("  grants {} at {} ({mode})", dir.host.display(), dir.guest);
+            }
+            for name in &manifest.grants.env {
+                println!("  grants environment variable {name}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,343 @@
+//! The registry and the sandbox together: register a component, call a
+//! tool by name.
+
+use crate::error::{Error, Result, Violation};
+use crate::registry::{Registry, ToolManifest, ToolRef, check_name, check_version, schema};
+use crate::runtime::{
+    ArtifactSource, CallFailure, CallOptions, CallReport, Grants, LoadedComponent, Runtime,
+    RuntimeConfig,
+};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+
+/// Registered tools, ready to be called in the sandbox.
+///
+/// One `ToolHost` per data directory and process. It keeps each tool it
+/// has called compiled and linked in memory (`InstancePre`), with its
+/// argument validator compiled, so a call costs a lookup, a validation, an
+/// instantiation and the guest's own work.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use work_engine::{ToolHost, runtime::{CallOptions, Grants, RuntimeConfig}};
+///
+/// let host = ToolHost::open(".work-engine", RuntimeConfig::default())?;
+/// let wasm = std::fs::read("target/wasm32-wasip2/release/calculator.wasm")?;
+/// host.register(&wasm, Grants::default()).await?;
+///
+/// let report = host
+///     .call("calculator", r#"{"op": "add", "a": 2, "b": 2}"#, CallOptions::default())
+///     .await?;
+/// assert_eq!(report.outcome?, serde_json::json!(4.0));
+/// # Ok(()) }
+/// ```
+pub struct ToolHost {
+    runtime: Runtime,
+    registry: Registry,
+    ready: RwLock<HashMap<String, Arc<ReadyTool>>>,
+}
+
+impl std::fmt::Debug for ToolHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolHost")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A tool compiled, linked and with its argument validator built.
+pub struct ReadyTool {
+    manifest: ToolManifest,
+    component: LoadedComponent,
+    validator: jsonschema::Validator,
+}
+
+impl ReadyTool {
+    /// The tool's registration.
+    pub fn manifest(&self) -> &ToolManifest {
+        &self.manifest
+    }
+
+    /// Whether loading it compiled the component or reused the cache.
+    pub fn source(&self) -> ArtifactSource {
+        self.component.source()
+    }
+
+    /// Checks `args` against the parameter schema.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgs`] listing every violation with its JSON path.
+    pub fn validate(&self, args: &serde_json::Value) -> Result<()> {
+        let violations = schema::violations(&self.validator, args);
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgs {
+                tool: self.manifest.name.clone(),
+                violations,
+            })
+        }
+    }
+}
+
+/// What [`ToolHost::register`] did.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The stored manifest.
+    pub manifest: ToolManifest,
+    /// The manifest this registration replaced (same name and version).
+    pub replaced: Option<ToolManifest>,
+}
+
+impl ToolHost {
+    /// Opens the registry in `data_dir` and builds the sandbox, caching
+    /// compiled artifacts under `data_dir/cache`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the data directory cannot be created;
+    /// [`Error::Runtime`] when wasmtime rejects the configuration.
+    pub fn open(data_dir: impl Into<PathBuf>, mut config: RuntimeConfig) -> Result<Self> {
+        let registry = Registry::open(data_dir)?;
+        config.cache_dir = Some(registry.cache_dir());
+        Ok(Self {
+            runtime: Runtime::new(config)?,
+            registry,
+            ready: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The sandbox, for its limits.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The on-disk registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Registers a component: checks it is a `work:tool` component, runs
+    /// its `describe` in the sandbox, validates and normalises the
+    /// parameter schema, and stores component, spec and grants. A new
+    /// version sits beside the old ones; the same version is replaced.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotWasm`], [`Error::CoreModule`], [`Error::InvalidComponent`],
+    /// [`Error::WrongWorld`] for bytes that are not a tool;
+    /// [`Error::InvalidSpec`] when `describe` fails or its spec is unusable;
+    /// [`Error::Grant`] for an unusable grant; [`Error::Io`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Files are written last, each atomically; a dropped future leaves the
+    /// registry as it was or fully updated.
+    pub async fn register(&self, wasm: &[u8], grants: Grants) -> Result<Registered> {
+        let component = self.runtime.load(wasm)?;
+        let grants = grants.resolve()?;
+        let spec = self.describe(&component).await?;
+        let invalid = |reason: String| Error::InvalidSpec { reason };
+        check_name(&spec.name).map_err(invalid)?;
+        check_version(&spec.version).map_err(invalid)?;
+        let mut parameters: serde_json::Value = serde_json::from_str(&spec.parameters)
+            .map_err(|err| invalid(format!("parameters are not JSON: {err}")))?;
+        schema::normalise(&mut parameters);
+        schema::check_parameters(&parameters).map_err(invalid)?;
+        schema::compile(&parameters).map_err(|err| invalid(format!("parameters: {err}")))?;
+        let result = match &spec.result {
+            Some(text) => {
+                let mut result: serde_json::Value = serde_json::from_str(text)
+                    .map_err(|err| invalid(format!("result schema is not JSON: {err}")))?;
+                schema::normalise(&mut result);
+                schema::compile(&result).map_err(|err| invalid(format!("result: {err}")))?;
+                Some(result)
+            }
+            None => None,
+        };
+        let manifest = ToolManifest {
+            name: spec.name,
+            version: spec.version,
+            description: spec.description,
+            parameters,
+            result,
+            component: component.hash().to_owned(),
+            component_bytes: wasm.len() as u64,
+            grants,
+            registered_at: humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                .to_string(),
+        };
+        let replaced = self.registry.put(&manifest, wasm)?;
+        self.forget(&manifest.name);
+        tracing::info!(tool = %manifest.id(), component = %manifest.component, "registered tool");
+        Ok(Registered { manifest, replaced })
+    }
+
+    async fn describe(
+        &self,
+        component: &LoadedComponent,
+    ) -> Result<crate::runtime::bindings::types::ToolSpec> {
+        let run = self
+            .runtime
+            .run(
+                component,
+                "describe",
+                &Grants::default(),
+                crate::runtime::call::Entry::Describe,
+                CallOptions::default(),
+            )
+            .await?;
+        match run.returned {
+            Ok(crate::runtime::call::Returned::Spec(spec)) => Ok(spec),
+            Ok(crate::runtime::call::Returned::Call(_)) => Err(Error::InvalidSpec {
+                reason: "call ran instead of describe".into(),
+            }),
+            Err(CallFailure { class, message, .. }) => Err(Error::InvalidSpec {
+                reason: format!("describe failed ({class}): {message}"),
+            }),
+        }
+    }
+
+    /// The newest version of every tool.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] or [`Error::CorruptRegistry`].
+    pub fn list(&self) -> Result<Vec<ToolManifest>> {
+        self.registry.list()
+    }
+
+    /// Every version of the tool `name`, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ToolNotFound`] when none is registered.
+    pub fn versions(&self, name: &str) -> Result<Vec<ToolManifest>> {
+        let versions = self.registry.versions(name)?;
+        if versions.is_empty() {
+            return Err(Error::ToolNotFound {
+                name: name.to_owned(),
+            });
+        }
+        Ok(versions)
+    }
+
+    /// Removes `name@version`, or every version of `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ToolNotFound`] when nothing matched.
+    pub fn remove(&self, tool: &str) -> Result<Vec<ToolManifest>> {
+        let tool: ToolRef = tool.parse()?;
+        let removed = self.registry.remove(&tool)?;
+        self.forget(&tool.name);
+        Ok(removed)
+    }
+
+    /// The tool `tool` (`name` or `name@version`) compiled and ready,
+    /// loading it on first use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ToolNotFound`]; load errors as in [`ToolHost::register`].
+    pub fn prepare(&self, tool: &str) -> Result<Arc<ReadyTool>> {
+        if let Some(ready) = self
+            .ready
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tool)
+        {
+            return Ok(Arc::clone(ready));
+        }
+        let tool_ref: ToolRef = tool.parse()?;
+        let manifest = self.registry.get(&tool_ref)?;
+        let wasm = self.registry.component(&manifest)?;
+        let component = self.runtime.load(&wasm)?;
+        let validator =
+            schema::compile(&manifest.parameters).map_err(|reason| Error::CorruptRegistry {
+                path: PathBuf::from(manifest.id()),
+                reason,
+            })?;
+        let ready = Arc::new(ReadyTool {
+            manifest,
+            component,
+            validator,
+        });
+        self.ready
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(tool.to_owned(), Arc::clone(&ready));
+        Ok(ready)
+    }
+
+    /// Drops every in-memory entry of `name`, pinned or not.
+    fn forget(&self, name: &str) {
+        self.ready
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|key, _| key.split('@').next() != Some(name));
+    }
+
+    /// Calls `tool` (`name` or `name@version`) with `args` (JSON text).
+    ///
+    /// The arguments are checked against the tool's schema before any
+    /// instance exists; then the call runs in a fresh sandboxed instance.
+    /// How the guest ended is in the report's outcome.
+    ///
+    /// # Errors
+    ///
+    /// Only when the call cannot start: [`Error::ToolNotFound`],
+    /// [`Error::InvalidArgs`] (every violation, with its JSON path),
+    /// [`Error::ArgsTooLarge`], [`Error::LimitOutOfRange`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the instance mid-call; prefer
+    /// [`CallOptions::cancel`] to have the call end as `canceled`.
+    pub async fn call(&self, tool: &str, args: &str, options: CallOptions) -> Result<CallReport> {
+        let ready = self.prepare(tool)?;
+        self.call_ready(&ready, args, options).await
+    }
+
+    /// [`ToolHost::call`] for a tool already prepared.
+    ///
+    /// # Errors
+    ///
+    /// As [`ToolHost::call`].
+    pub async fn call_ready(
+        &self,
+        ready: &ReadyTool,
+        args: &str,
+        options: CallOptions,
+    ) -> Result<CallReport> {
+        let max = self.runtime.config().max_args_bytes;
+        if args.len() > max {
+            return Err(Error::ArgsTooLarge {
+                size: args.len(),
+                max,
+            });
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(args).map_err(|err| Error::InvalidArgs {
+                tool: ready.manifest.name.clone(),
+                violations: vec![Violation {
+                    path: String::new(),
+                    message: format!("arguments are not JSON: {err}"),
+                }],
+            })?;
+        ready.validate(&value)?;
+        self.runtime
+            .call(
+                &ready.component,
+                &ready.manifest.name,
+                &ready.manifest.grants,
+                args,
+                options,
+            )
+            .await
+    }
+}
