@@ -49,7 +49,7 @@ extern crate self as work_guest_sdk;
 #[doc(hidden)]
 pub mod bindings {
     //! The `work:tool` world, bound once for every guest.
-    #![expect(unsafe_code, reason = "wit-bindgen emits the canonical ABI glue")]
+    #![allow(unsafe_code, reason = "wit-bindgen emits the canonical ABI glue")]
     #![allow(
         clippy::all,
         unused_qualifications,

@@ -60,8 +60,9 @@ const MIB: u64 = 1024 * 1024;
 /// the size of a pool slot.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Fuel per call when the call does not say (default 1,000,000,000,
-    /// about a second of tight-loop compute).
+    /// Fuel per call when the call does not say (default 1,000,000,000:
+    /// about 0.3 s of tight-loop compute, far more than a typical tool
+    /// call's 10,000 or so).
     pub default_fuel: u64,
     /// Wall-clock deadline per call when the call does not say (default 30 s).
     pub default_timeout: Duration,

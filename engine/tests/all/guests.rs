@@ -1,0 +1,277 @@
+//! One test per guest (the macros below fail to compile if one is missing):
+//! each example tool gives its documented result, each fixture ends in its
+//! documented outcome class.
+
+use crate::support::{host_with, with_timeout};
+use serde_json::json;
+use work_engine::OutcomeClass;
+use work_engine::runtime::CallOptions;
+use work_test_artifacts as guests;
+
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        #[expect(unused_imports, reason = "only checks that the test exists")]
+        use self::$name as _;
+    };
+}
+work_test_artifacts::foreach_tool!(assert_test_exists);
+work_test_artifacts::foreach_fixture!(assert_test_exists);
+
+#[tokio::test]
+async fn calculator() {
+    let (_dir, host) = host_with(&[guests::CALCULATOR]).await;
+    for (args, expected) in [
+        (json!({"op": "add", "a": 2, "b": 2}), 4.0),
+        (json!({"op": "sub", "a": 2, "b": 5}), -3.0),
+        (json!({"op": "mul", "a": 1.5, "b": 4}), 6.0),
+        (json!({"op": "div", "a": 1, "b": 4}), 0.25),
+    ] {
+        let report = host
+            .call("calculator", &args.to_string(), CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report.outcome.unwrap(), json!(expected), "{args}");
+        assert!(report.usage.fuel_consumed > 0);
+        assert!(report.usage.peak_memory_bytes > 0);
+    }
+    let report = host
+        .call(
+            "calculator",
+            r#"{"op": "div", "a": 1, "b": 0}"#,
+            CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    let failure = report.outcome.unwrap_err();
+    assert_eq!(failure.class, OutcomeClass::ToolError);
+    assert_eq!(
+        failure.tool_error,
+        Some(work_engine::runtime::ToolErrorKind::Failed)
+    );
+    assert_eq!(failure.message, "division by zero");
+}
+
+#[tokio::test]
+async fn text_stats() {
+    let (_dir, host) = host_with(&[guests::TEXT_STATS]).await;
+    let text = "The cat saw the dog.\nThe dog ran; the cat sat.\nEnd";
+    let report = host
+        .call(
+            "text_stats",
+            &json!({ "text": text }).to_string(),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        report.outcome.unwrap(),
+        json!({
+            "characters": 50,
+            "words": 12,
+            "lines": 3,
+            "top_words": [
+                {"word": "the", "count": 4},
+                {"word": "cat", "count": 2},
+                {"word": "dog", "count": 2},
+                {"word": "end", "count": 1},
+                {"word": "ran", "count": 1}
+            ]
+        })
+    );
+}
+
+#[tokio::test]
+async fn file_read() {
+    // Grants and escapes are covered in calls::file_read_*; here the
+    // ungranted tool finds nothing at all.
+    let (_dir, host) = host_with(&[guests::FILE_READ]).await;
+    let report = host
+        .call(
+            "file_read",
+            r#"{"path": "/etc/hostname"}"#,
+            CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.class(), OutcomeClass::ToolError);
+}
+
+#[tokio::test]
+async fn infinite_loop() {
+    let (_dir, host) = host_with(&[guests::INFINITE_LOOP]).await;
+    let deadline_ms = 300;
+    let report = host
+        .call(
+            "infinite_loop",
+            "{}",
+            CallOptions {
+                fuel: Some(u64::MAX / 2),
+                ..with_timeout(deadline_ms)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.class(), OutcomeClass::Timeout, "{report:?}");
+    // Close to the deadline: never before it, and well within 1.5x even on
+    // a loaded machine (the bench measures the real lateness).
+    let took = report.usage.total().as_millis() as u64;
+    assert!(took >= deadline_ms - 1, "stopped early: {took} ms");
+    assert!(took < deadline_ms * 3 / 2, "stopped late: {took} ms");
+
+    let report = host
+        .call(
+            "infinite_loop",
+            "{}",
+            CallOptions {
+                fuel: Some(5_000_000),
+                ..with_timeout(60_000)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.class(), OutcomeClass::OutOfFuel, "{report:?}");
+    assert_eq!(report.usage.fuel_consumed, 5_000_000);
+}
+
+#[tokio::test]
+async fn memory_hog() {
+    let (_dir, host) = host_with(&[guests::MEMORY_HOG]).await;
+    for memory_mb in [16, 64] {
+        let report = host
+            .call(
+                "memory_hog",
+                "{}",
+                CallOptions {
+                    memory_mb: Some(memory_mb),
+                    ..CallOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        let failure = report.outcome.as_ref().unwrap_err();
+        assert_eq!(failure.class, OutcomeClass::OutOfMemory, "{failure:?}");
+        assert!(
+            failure.message.contains(&format!("{memory_mb} MiB")),
+            "{failure:?}"
+        );
+        assert!(report.usage.peak_memory_bytes <= memory_mb << 20);
+        assert!(report.usage.peak_memory_bytes > (memory_mb - 2) << 20);
+    }
+}
+
+#[tokio::test]
+async fn trap() {
+    let (_dir, host) = host_with(&[guests::TRAP]).await;
+    let report = host
+        .call("trap", "{}", CallOptions::default())
+        .await
+        .unwrap();
+    let failure = report.outcome.unwrap_err();
+    assert_eq!(failure.class, OutcomeClass::Trap);
+    assert!(
+        failure
+            .message
+            .contains("the trap fixture panics on purpose"),
+        "{failure:?}"
+    );
+    assert!(report.stderr.contains("panicked"));
+}
+
+#[tokio::test]
+async fn flaky() {
+    let (_dir, host) = host_with(&[guests::FLAKY]).await;
+    for attempt in 1..=4 {
+        let report = host
+            .call(
+                "flaky",
+                r#"{"succeed_on": 3}"#,
+                CallOptions {
+                    attempt: Some(attempt),
+                    ..CallOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        if attempt < 3 {
+            let failure = report.outcome.unwrap_err();
+            assert_eq!(failure.class, OutcomeClass::Retryable);
+            assert!(failure.class.is_retryable());
+        } else {
+            assert_eq!(report.outcome.unwrap(), json!(attempt));
+        }
+    }
+}
+
+#[tokio::test]
+async fn chatty() {
+    use std::sync::{Arc, Mutex};
+    use work_engine::runtime::{CallEvent, LogLevel};
+
+    let (_dir, host) = host_with(&[guests::CHATTY]).await;
+    let seen: Arc<Mutex<Vec<CallEvent>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let report = host
+        .call(
+            "chatty",
+            r#"{"steps": 3}"#,
+            CallOptions {
+                events: Some(Arc::new(move |event: &CallEvent| {
+                    sink.lock().unwrap().push(event.clone())
+                })),
+                ..CallOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome.unwrap(), json!({"steps": 3}));
+    let mut expected = Vec::new();
+    for step in 1..=3u32 {
+        expected.push(CallEvent::Log {
+            level: LogLevel::Info,
+            message: format!("step {step} of 3"),
+        });
+        expected.push(CallEvent::Progress {
+            fraction: step as f32 / 3.0,
+            message: format!("step {step}"),
+        });
+        expected.push(CallEvent::Partial {
+            value: json!({ "step": step }),
+        });
+    }
+    assert_eq!(*seen.lock().unwrap(), expected);
+    assert_eq!(report.stdout, "chatty starts\n");
+    assert_eq!(report.stderr, "chatty on stderr\n");
+}
+
+#[tokio::test]
+async fn recurse() {
+    let (_dir, host) = host_with(&[guests::RECURSE]).await;
+    let report = host
+        .call("recurse", "{}", CallOptions::default())
+        .await
+        .unwrap();
+    let failure = report.outcome.unwrap_err();
+    assert_eq!(failure.class, OutcomeClass::Trap);
+    assert!(failure.message.contains("stack overflow"), "{failure:?}");
+}
+
+#[tokio::test]
+async fn big_output() {
+    let (_dir, host) = host_with(&[guests::BIG_OUTPUT]).await;
+    let report = host
+        .call("big_output", "{}", CallOptions::default())
+        .await
+        .unwrap();
+    let failure = report.outcome.unwrap_err();
+    assert_eq!(failure.class, OutcomeClass::ToolError);
+    assert!(
+        failure.message.contains("over the 1048576-byte limit"),
+        "{failure:?}"
+    );
+    // Under the limit the same tool succeeds.
+    let report = host
+        .call("big_output", r#"{"bytes": 1000}"#, CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome.unwrap().as_str().unwrap().len(), 1000);
+}

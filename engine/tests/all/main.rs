@@ -1,0 +1,16 @@
+//! End-to-end tests of the engine: through the public API (`ToolHost`) and
+//! through the `work-engine` binary. Guests are built by
+//! `work-test-artifacts`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test loudly"
+)]
+
+mod calls;
+mod cli;
+mod guests;
+mod registry;
+mod support;
