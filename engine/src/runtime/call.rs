@@ -263,12 +263,31 @@ impl Runtime {
         let fuel = options.fuel.unwrap_or(config.default_fuel);
         let timeout = options.timeout.unwrap_or(config.default_timeout);
         let call_id = options.call_id.unwrap_or_else(Uuid::now_v7);
-        let cancel = options.cancel.unwrap_or_default();
+        let cancel = options.cancel;
         let stdout = BoundedOutput::new(config.max_output_bytes);
         let stderr = BoundedOutput::new(config.max_output_bytes);
+        // Hands the guest's output to the host log and the report.
         let captured = |usage| {
-            let (out, _) = stdout.contents();
-            let (err, _) = stderr.contents();
+            let mut texts = [String::new(), String::new()];
+            for (text, (stream, output)) in texts
+                .iter_mut()
+                .zip([("stdout", &stdout), ("stderr", &stderr)])
+            {
+                let (contents, truncated) = output.contents();
+                if !contents.is_empty() {
+                    tracing::info!(
+                        target: "work_engine::guest",
+                        tool = name,
+                        %call_id,
+                        stream,
+                        truncated,
+                        "{}",
+                        contents.trim_end()
+                    );
+                }
+                *text = contents;
+            }
+            let [out, err] = texts;
             (usage, out, err)
         };
 
@@ -313,7 +332,8 @@ impl Runtime {
         let epoch_cancel = cancel.clone();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            if epoch_cancel.is_cancelled() || Instant::now() >= deadline {
+            let cancelled = epoch_cancel.as_ref().is_some_and(|c| c.is_cancelled());
+            if cancelled || Instant::now() >= deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 // Yield so the timer and cancellation below are polled even
@@ -343,16 +363,23 @@ impl Runtime {
             // catch a guest stuck in a host call (a WASI sleep), where no
             // epoch check runs; they wait a little longer so as not to race
             // the precise path.
-            let backstop_deadline = deadline + BACKSTOP_GRACE;
+            // Both are lazy: a guest that returns without ever yielding
+            // (most calls) never registers a timer.
+            let backstop_deadline = async {
+                tokio::time::sleep_until((deadline + BACKSTOP_GRACE).into()).await;
+            };
             let backstop_cancel = async {
-                cancel.cancelled().await;
+                match &cancel {
+                    Some(cancel) => cancel.cancelled().await,
+                    None => std::future::pending().await,
+                }
                 tokio::time::sleep(BACKSTOP_GRACE).await;
             };
             tokio::select! {
                 biased;
                 result = guest => result.map_err(Stop::Error),
                 () = backstop_cancel => Err(Stop::Canceled),
-                () = tokio::time::sleep_until(backstop_deadline.into()) => Err(Stop::Timeout),
+                () = backstop_deadline => Err(Stop::Timeout),
             }
         };
         let finished_at = Instant::now();
@@ -366,7 +393,8 @@ impl Runtime {
             instantiate_us: micros(instantiated_at - start),
             execute_us: micros(finished_at - instantiated_at),
         };
-        let returned = result.map_err(|stop| classify(stop, state, &cancel, timeout, fuel));
+        let cancelled = cancel.as_ref().is_some_and(|c| c.is_cancelled());
+        let returned = result.map_err(|stop| classify(stop, state, cancelled, timeout, fuel));
         let (usage, stdout, stderr) = captured(usage);
         Ok(Run {
             call_id,
@@ -437,7 +465,7 @@ fn wasi_context(
 fn classify(
     stop: Stop,
     state: &CallState,
-    cancel: &CancellationToken,
+    cancelled: bool,
     timeout: Duration,
     fuel: u64,
 ) -> CallFailure {
@@ -461,7 +489,7 @@ fn classify(
     }
     let trap = err.downcast_ref::<Trap>().copied();
     match trap {
-        Some(Trap::Interrupt) if cancel.is_cancelled() => return canceled(),
+        Some(Trap::Interrupt) if cancelled => return canceled(),
         Some(Trap::Interrupt) => return timed_out(),
         Some(Trap::OutOfFuel) => {
             return CallFailure::new(

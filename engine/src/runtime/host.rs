@@ -100,7 +100,7 @@ pub(crate) struct HostContext {
     pub(crate) tool: Arc<str>,
     pub(crate) call_id: Uuid,
     pub(crate) attempt: u32,
-    pub(crate) cancel: CancellationToken,
+    pub(crate) cancel: Option<CancellationToken>,
     pub(crate) events: Option<EventSink>,
     pub(crate) log_budget: usize,
     pub(crate) max_partial_bytes: usize,
@@ -201,7 +201,7 @@ impl wit::Host for CallState {
     }
 
     fn cancelled(&mut self) -> bool {
-        self.host.cancel.is_cancelled()
+        self.host.cancel.as_ref().is_some_and(|c| c.is_cancelled())
     }
 
     fn attempt(&mut self) -> u32 {

@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub(crate) use host::CallState;
 
@@ -207,7 +207,10 @@ impl Runtime {
                 .max_memory_size(usize::try_from(config.max_memory_mb * MIB).unwrap_or(usize::MAX))
                 .table_elements(config.max_table_elements)
                 .linear_memory_keep_resident(KEEP_RESIDENT)
-                .table_keep_resident(KEEP_RESIDENT / 16);
+                .table_keep_resident(KEEP_RESIDENT / 16)
+                // Reset only the pages a call dirtied (Linux 6.7+), instead
+                // of everything up to `KEEP_RESIDENT`.
+                .pagemap_scan(Enabled::Auto);
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         Engine::new(&wasm).map_err(|err| Error::runtime("cannot configure wasmtime", &err))

@@ -372,3 +372,49 @@ fn calls_after_a_restart_do_not_recompile() {
     }
     assert_eq!(artifacts(cli.data.path()), before, "nothing rewritten");
 }
+
+#[test]
+fn text_stats_through_the_cli() {
+    let cli = Cli::new();
+    cli.register(guests::TEXT_STATS);
+    let out = cli
+        .ok(&[
+            "call",
+            "text_stats",
+            "--args",
+            r#"{"text": "to be or not to be"}"#,
+            "--json",
+        ])
+        .json();
+    assert_eq!(out["result"]["words"], 6);
+    assert_eq!(out["result"]["lines"], 1);
+    assert_eq!(out["result"]["characters"], 18);
+    assert_eq!(
+        out["result"]["top_words"][0],
+        serde_json::json!({"word": "be", "count": 2})
+    );
+}
+
+#[test]
+fn guest_output_reaches_the_host_log() {
+    let cli = Cli::new();
+    cli.register(guests::CHATTY);
+    let run = Command::new(env!("CARGO_BIN_EXE_work-engine"))
+        .args(["call", "chatty", "--args", r#"{"steps": 1}"#])
+        .env("WORK_ENGINE_DATA_DIR", cli.data.path())
+        .env("WORK_ENGINE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let log = String::from_utf8(run.stderr).unwrap();
+    for expected in [
+        "step 1 of 1",
+        "chatty starts",
+        "stream=\"stdout\"",
+        "chatty on stderr",
+        "tool=\"chatty\"",
+    ] {
+        assert!(log.contains(expected), "missing {expected:?} in:\n{log}");
+    }
+}

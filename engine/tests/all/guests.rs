@@ -112,11 +112,11 @@ async fn infinite_loop() {
         .await
         .unwrap();
     assert_eq!(report.class(), OutcomeClass::Timeout, "{report:?}");
-    // Close to the deadline: never before it, and well within 1.5x even on
-    // a loaded machine (the bench measures the real lateness).
+    // Close to the deadline: never before it, and within 2x even on a
+    // loaded machine (the bench measures the real lateness: about 1 ms).
     let took = report.usage.total().as_millis() as u64;
     assert!(took >= deadline_ms - 1, "stopped early: {took} ms");
-    assert!(took < deadline_ms * 3 / 2, "stopped late: {took} ms");
+    assert!(took < deadline_ms * 2, "stopped late: {took} ms");
 
     let report = host
         .call(
