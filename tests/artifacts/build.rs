@@ -16,6 +16,7 @@ const FIXTURES: &[&str] = &[
     "chatty",
     "recurse",
     "big_output",
+    "sandbox_probe",
 ];
 const TARGET: &str = "wasm32-wasip2";
 

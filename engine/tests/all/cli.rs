@@ -418,3 +418,38 @@ fn guest_output_reaches_the_host_log() {
         assert!(log.contains(expected), "missing {expected:?} in:\n{log}");
     }
 }
+
+#[test]
+fn allow_env_passes_only_the_named_variables() {
+    let cli = Cli::new();
+    let probe = |granted: bool| {
+        let data = TempDir::new().unwrap();
+        let mut register = Command::new(env!("CARGO_BIN_EXE_work-engine"));
+        register
+            .args(["register", guests::SANDBOX_PROBE])
+            .env("WORK_ENGINE_DATA_DIR", data.path());
+        if granted {
+            register.args(["--allow-env", "PROBE_GRANTED", "--allow-env", "PROBE_UNSET"]);
+        }
+        assert!(register.output().unwrap().status.success());
+        let out = Command::new(env!("CARGO_BIN_EXE_work-engine"))
+            .args(["call", "sandbox_probe", "--json"])
+            .env("WORK_ENGINE_DATA_DIR", data.path())
+            .env("PROBE_GRANTED", "visible")
+            .env("PROBE_HIDDEN", "secret")
+            .env_remove("PROBE_UNSET")
+            .output()
+            .unwrap();
+        let out: Value = serde_json::from_slice(&out.stdout).unwrap();
+        out["result"]["env"].clone()
+    };
+    assert_eq!(probe(false), serde_json::json!({}));
+    assert_eq!(probe(true), serde_json::json!({"PROBE_GRANTED": "visible"}));
+    let run = cli.run(&["register", guests::SANDBOX_PROBE, "--allow-env", "A=B"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("invalid environment variable name"),
+        "{}",
+        run.stderr
+    );
+}

@@ -275,3 +275,86 @@ async fn big_output() {
         .unwrap();
     assert_eq!(report.outcome.unwrap().as_str().unwrap().len(), 1000);
 }
+
+#[tokio::test]
+async fn sandbox_probe() {
+    use work_engine::runtime::{DirGrant, Grants};
+
+    let (_dir, host) = host_with(&[guests::SANDBOX_PROBE]).await;
+    let files = tempfile::TempDir::new().unwrap();
+    let probe = |write: &str| json!({ "write": write }).to_string();
+
+    // Nothing granted: no environment, nowhere to write.
+    let seen = host
+        .call("sandbox_probe", &probe("/tmp/x"), CallOptions::default())
+        .await
+        .unwrap()
+        .outcome
+        .unwrap();
+    assert_eq!(seen["env"], json!({}), "{seen}");
+    assert_ne!(seen["write"], "ok");
+
+    // A directory grant is read-only unless it says `:rw`. (Environment
+    // grants are tested through the CLI, which owns its environment.)
+    let mut read_only = Grants {
+        dirs: vec![
+            format!("{}:/data", files.path().display())
+                .parse::<DirGrant>()
+                .unwrap(),
+        ],
+        env: vec![],
+    };
+    let dir = tempfile::TempDir::new().unwrap();
+    let host = crate::support::host(&dir);
+    host.register(
+        &crate::support::wasm(guests::SANDBOX_PROBE),
+        read_only.clone(),
+    )
+    .await
+    .unwrap();
+    let seen = host
+        .call(
+            "sandbox_probe",
+            &probe("/data/out.txt"),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap()
+        .outcome
+        .unwrap();
+    assert_ne!(seen["write"], "ok", "a grant is read-only by default");
+    assert!(!files.path().join("out.txt").exists());
+
+    // `:rw` lets it write, inside the grant only.
+    read_only.dirs[0].writable = true;
+    host.register(&crate::support::wasm(guests::SANDBOX_PROBE), read_only)
+        .await
+        .unwrap();
+    let seen = host
+        .call(
+            "sandbox_probe",
+            &probe("/data/out.txt"),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap()
+        .outcome
+        .unwrap();
+    assert_eq!(seen["write"], "ok");
+    assert_eq!(
+        std::fs::read_to_string(files.path().join("out.txt")).unwrap(),
+        "probe"
+    );
+    let seen = host
+        .call(
+            "sandbox_probe",
+            &probe("/data/../escape.txt"),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap()
+        .outcome
+        .unwrap();
+    assert_ne!(seen["write"], "ok");
+    assert!(!files.path().parent().unwrap().join("escape.txt").exists());
+}
