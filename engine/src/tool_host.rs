@@ -139,9 +139,33 @@ impl ToolHost {
     /// registry as it was or fully updated.
     pub async fn register(&self, wasm: &[u8], grants: Grants) -> Result<Registered> {
         let component = self.runtime.load(wasm)?;
+        let registered = self.register_loaded(&component, wasm, grants).await;
+        if registered.is_err() {
+            // Loading cached a compiled artifact; drop it unless a
+            // registered tool uses the same component.
+            let _ = self.registry.collect_component(component.hash());
+        }
+        registered
+    }
+
+    async fn register_loaded(
+        &self,
+        component: &LoadedComponent,
+        wasm: &[u8],
+        grants: Grants,
+    ) -> Result<Registered> {
         let grants = grants.resolve()?;
-        let spec = self.describe(&component).await?;
+        let spec = self.describe(component).await?;
         let invalid = |reason: String| Error::InvalidSpec { reason };
+        let max = self.runtime.config().max_result_bytes;
+        let size = spec.description.len()
+            + spec.parameters.len()
+            + spec.result.as_ref().map_or(0, String::len);
+        if size > max {
+            return Err(invalid(format!(
+                "the spec is {size} bytes, over the {max}-byte limit"
+            )));
+        }
         check_name(&spec.name).map_err(invalid)?;
         check_version(&spec.version).map_err(invalid)?;
         let mut parameters: serde_json::Value = serde_json::from_str(&spec.parameters)

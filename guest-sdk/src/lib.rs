@@ -262,10 +262,28 @@ pub mod __private {
 
     pub use wit_bindgen;
 
-    /// Joins doc-comment lines into one description.
+    /// Joins doc-comment lines into one description, as Markdown reads
+    /// them: lines of a paragraph joined by spaces, paragraphs by a blank
+    /// line.
     pub fn description(lines: &[&str]) -> String {
-        let text: Vec<&str> = lines.iter().map(|line| line.trim()).collect();
-        text.join("\n").trim().to_owned()
+        let mut paragraphs: Vec<String> = vec![String::new()];
+        for line in lines.iter().map(|line| line.trim()) {
+            let Some(current) = paragraphs.last_mut() else {
+                continue;
+            };
+            if line.is_empty() {
+                if !current.is_empty() {
+                    paragraphs.push(String::new());
+                }
+            } else {
+                if !current.is_empty() {
+                    current.push(' ');
+                }
+                current.push_str(line);
+            }
+        }
+        paragraphs.retain(|p| !p.is_empty());
+        paragraphs.join("\n\n")
     }
 
     /// The JSON Schema of `T`, self-contained (no `$ref`s) as LLM
@@ -333,6 +351,11 @@ mod tests {
     #[test]
     fn doc_lines_become_a_trimmed_description() {
         assert_eq!(description(&[" Adds.", "", " Twice."]), "Adds.\n\nTwice.");
+        assert_eq!(
+            description(&[" Adds two", " numbers.", "", "", " Twice.", ""]),
+            "Adds two numbers.\n\nTwice."
+        );
+        assert_eq!(description(&[]), "");
     }
 
     #[test]

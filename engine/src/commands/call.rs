@@ -1,6 +1,6 @@
 //! `work-engine call TOOL --args JSON`
 
-use super::{FAILED, open_host, print_json};
+use super::{FAILED, errln, open_host, outln, print_json};
 use crate::runtime::{CallEvent, CallOptions, CallReport, RuntimeConfig};
 use clap::Args;
 use serde_json::{Value, json};
@@ -63,9 +63,9 @@ impl CallArgs {
             print_json(&output)?;
         } else {
             match &report.outcome {
-                Ok(Value::String(text)) => println!("{text}"),
-                Ok(value) => println!("{}", serde_json::to_string_pretty(value)?),
-                Err(failure) => eprintln!("error: {failure}"),
+                Ok(Value::String(text)) => outln!("{text}"),
+                Ok(value) => outln!("{}", serde_json::to_string_pretty(value)?),
+                Err(failure) => errln!("error: {failure}"),
             }
         }
         Ok(if report.outcome.is_ok() {
@@ -84,7 +84,7 @@ impl CallArgs {
             }
             print_json(&json!({"status": "error", "tool": self.tool, "error": error}))?;
         } else {
-            eprintln!("error: {err}");
+            errln!("error: {err}");
         }
         Ok(ExitCode::from(FAILED))
     }
@@ -109,7 +109,7 @@ fn report_json(report: &CallReport, events: &[CallEvent]) -> Value {
     let mut output = json!({
         "call_id": report.call_id,
         "fuel_consumed": report.usage.fuel_consumed,
-        "duration_ms": report.usage.total().as_secs_f64() * 1000.0,
+        "duration_ms": (report.usage.instantiate_us + report.usage.execute_us) as f64 / 1000.0,
         "usage": report.usage,
         "logs": logs,
         "progress": progress,

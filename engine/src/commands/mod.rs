@@ -49,7 +49,7 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if err.use_stderr() => {
-            eprintln!("{}", one_line(&err.to_string()));
+            errln!("{}", one_line(&err.to_string()));
             return ExitCode::from(USAGE);
         }
         Err(err) => {
@@ -65,14 +65,15 @@ pub fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            errln!("error: cannot start the async runtime: {err}");
             return ExitCode::from(FAILED);
         }
     };
     match runtime.block_on(cli.run()) {
         Ok(code) => code,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            errln!("error: {err:#}");
             ExitCode::from(FAILED)
         }
     }
@@ -105,10 +106,39 @@ fn one_line(message: &str) -> String {
         .join(" ")
 }
 
+/// Writes a line to stdout. A closed pipe (`work-engine … | head`) is an
+/// error that `main` ends on quietly, where `println!` would panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+use outln;
+
+/// Writes a line to stderr, ignoring failure: with stderr gone there is
+/// nowhere left to complain to.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+use errln;
+
 /// Prints `value` as pretty JSON on stdout.
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// Whether `err` is stdout's reader having gone away.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Logs go to stderr; `WORK_ENGINE_LOG` (tracing's filter syntax) sets the

@@ -1,6 +1,6 @@
 //! `work-engine register TOOL.wasm`
 
-use super::{open_host, print_json};
+use super::{open_host, outln, print_json};
 use crate::runtime::{DirGrant, Grants, RuntimeConfig};
 use anyhow::Context;
 use clap::Args;
@@ -46,14 +46,14 @@ impl RegisterArgs {
             } else {
                 "registered"
             };
-            println!(
+            outln!(
                 "{verb} {} ({} bytes, sha256 {})",
                 manifest.id(),
                 manifest.component_bytes,
                 &manifest.component[..12]
             );
             if !manifest.description.is_empty() {
-                println!("  {}", manifest.description.replace('\n', "\n  "));
+                outln!("  {}", manifest.description.replace('\n', "\n  "));
             }
             for dir in &manifest.grants.dirs {
                 let mode = if dir.writable {
@@ -61,10 +61,10 @@ impl RegisterArgs {
                 } else {
                     "read-only"
                 };
-                println!("  grants {} at {} ({mode})", dir.host.display(), dir.guest);
+                outln!("  grants {} at {} ({mode})", dir.host.display(), dir.guest);
             }
             for name in &manifest.grants.env {
-                println!("  grants environment variable {name}");
+                outln!("  grants environment variable {name}");
             }
         }
         Ok(ExitCode::SUCCESS)

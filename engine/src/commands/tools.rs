@@ -1,6 +1,6 @@
 //! `work-engine tools [list | show NAME | remove NAME]`
 
-use super::{open_host, print_json};
+use super::{open_host, outln, print_json};
 use crate::runtime::RuntimeConfig;
 use clap::{Args, Subcommand};
 use std::path::Path;
@@ -40,12 +40,12 @@ impl ToolsArgs {
                 if self.json {
                     print_json(&tools)?;
                 } else if tools.is_empty() {
-                    println!("no tools registered in {}", data_dir.display());
+                    outln!("no tools registered in {}", data_dir.display());
                 } else {
                     let width = tools.iter().map(|t| t.id().len()).max().unwrap_or(0);
                     for tool in &tools {
                         let summary = tool.description.lines().next().unwrap_or("");
-                        println!("{:width$}  {summary}", tool.id());
+                        outln!("{:width$}  {summary}", tool.id());
                     }
                 }
             }
@@ -55,24 +55,25 @@ impl ToolsArgs {
                     print_json(&versions)?;
                 } else {
                     for tool in &versions {
-                        println!("{}", tool.id());
-                        println!(
+                        outln!("{}", tool.id());
+                        outln!(
                             "  description: {}",
                             tool.description.replace('\n', "\n    ")
                         );
-                        println!(
+                        outln!(
                             "  component:   sha256 {} ({} bytes)",
-                            tool.component, tool.component_bytes
+                            tool.component,
+                            tool.component_bytes
                         );
-                        println!("  registered:  {}", tool.registered_at);
+                        outln!("  registered:  {}", tool.registered_at);
                         for dir in &tool.grants.dirs {
-                            println!("  grant:       {dir}");
+                            outln!("  grant:       {dir}");
                         }
                         for env in &tool.grants.env {
-                            println!("  grant:       env {env}");
+                            outln!("  grant:       env {env}");
                         }
                         let schema = serde_json::to_string_pretty(&tool.parameters)?;
-                        println!("  parameters:  {}", schema.replace('\n', "\n  "));
+                        outln!("  parameters:  {}", schema.replace('\n', "\n  "));
                     }
                 }
             }
@@ -82,7 +83,7 @@ impl ToolsArgs {
                     print_json(&removed)?;
                 } else {
                     for tool in &removed {
-                        println!("removed {}", tool.id());
+                        outln!("removed {}", tool.id());
                     }
                 }
             }

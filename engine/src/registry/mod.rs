@@ -317,7 +317,7 @@ impl Registry {
 
     /// Deletes a component and its compiled artifacts once no manifest
     /// refers to it.
-    fn collect_component(&self, hash: &str) -> Result<()> {
+    pub(crate) fn collect_component(&self, hash: &str) -> Result<()> {
         for manifest in self.list_all()? {
             if manifest.component == hash {
                 return Ok(());

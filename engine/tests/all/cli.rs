@@ -453,3 +453,32 @@ fn allow_env_passes_only_the_named_variables() {
         run.stderr
     );
 }
+
+#[test]
+fn a_closed_stdout_pipe_is_not_a_crash() {
+    let cli = Cli::new();
+    let files = TempDir::new().unwrap();
+    // Far more output than a pipe buffers, so the write must hit the
+    // closed pipe.
+    std::fs::write(files.path().join("big.txt"), "x".repeat(512 * 1024)).unwrap();
+    let grant = format!("{}:/data", files.path().display());
+    cli.ok(&["register", guests::FILE_READ, "--allow-dir", &grant]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_work-engine"))
+        .args([
+            "call",
+            "file_read",
+            "--args",
+            r#"{"path": "/data/big.txt"}"#,
+            "--json",
+        ])
+        .env("WORK_ENGINE_DATA_DIR", cli.data.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}

@@ -276,21 +276,25 @@ async fn big_output() {
     assert_eq!(report.outcome.unwrap().as_str().unwrap().len(), 1000);
 }
 
+/// What `sandbox_probe` saw when asked to write to `path`.
+async fn probe(host: &work_engine::ToolHost, path: &str) -> serde_json::Value {
+    let args = json!({ "write": path }).to_string();
+    host.call("sandbox_probe", &args, CallOptions::default())
+        .await
+        .unwrap()
+        .outcome
+        .unwrap()
+}
+
 #[tokio::test]
 async fn sandbox_probe() {
     use work_engine::runtime::{DirGrant, Grants};
 
     let (_dir, host) = host_with(&[guests::SANDBOX_PROBE]).await;
     let files = tempfile::TempDir::new().unwrap();
-    let probe = |write: &str| json!({ "write": write }).to_string();
 
     // Nothing granted: no environment, nowhere to write.
-    let seen = host
-        .call("sandbox_probe", &probe("/tmp/x"), CallOptions::default())
-        .await
-        .unwrap()
-        .outcome
-        .unwrap();
+    let seen = probe(&host, "/tmp/x").await;
     assert_eq!(seen["env"], json!({}), "{seen}");
     assert_ne!(seen["write"], "ok");
 
@@ -312,16 +316,7 @@ async fn sandbox_probe() {
     )
     .await
     .unwrap();
-    let seen = host
-        .call(
-            "sandbox_probe",
-            &probe("/data/out.txt"),
-            CallOptions::default(),
-        )
-        .await
-        .unwrap()
-        .outcome
-        .unwrap();
+    let seen = probe(&host, "/data/out.txt").await;
     assert_ne!(seen["write"], "ok", "a grant is read-only by default");
     assert!(!files.path().join("out.txt").exists());
 
@@ -330,31 +325,13 @@ async fn sandbox_probe() {
     host.register(&crate::support::wasm(guests::SANDBOX_PROBE), read_only)
         .await
         .unwrap();
-    let seen = host
-        .call(
-            "sandbox_probe",
-            &probe("/data/out.txt"),
-            CallOptions::default(),
-        )
-        .await
-        .unwrap()
-        .outcome
-        .unwrap();
+    let seen = probe(&host, "/data/out.txt").await;
     assert_eq!(seen["write"], "ok");
     assert_eq!(
         std::fs::read_to_string(files.path().join("out.txt")).unwrap(),
         "probe"
     );
-    let seen = host
-        .call(
-            "sandbox_probe",
-            &probe("/data/../escape.txt"),
-            CallOptions::default(),
-        )
-        .await
-        .unwrap()
-        .outcome
-        .unwrap();
+    let seen = probe(&host, "/data/../escape.txt").await;
     assert_ne!(seen["write"], "ok");
     assert!(!files.path().parent().unwrap().join("escape.txt").exists());
 }

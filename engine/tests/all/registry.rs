@@ -92,6 +92,11 @@ async fn unusable_grants_are_refused() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Grant(_)), "{err:?}");
+    // Nothing is left behind: no component, no compiled artifact.
+    for sub in ["components", "cache"] {
+        let left = std::fs::read_dir(dir.path().join(sub)).unwrap().count();
+        assert_eq!(left, 0, "{sub}");
+    }
 }
 
 #[tokio::test]
