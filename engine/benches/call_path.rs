@@ -269,10 +269,15 @@ fn main() {
 
     // Timeout precision: how late after its deadline a spinning guest stops.
     println!();
-    println!("| timeout | runs | lateness p50 (ms) | lateness max (ms) | max (% of deadline) |");
-    println!("|--------:|-----:|------------------:|------------------:|--------------------:|");
+    host.prepare("infinite_loop").unwrap();
+    println!(
+        "| timeout | runs | late p50 (ms) | late p90 (ms) | late max (ms) | p90 (% of deadline) |"
+    );
+    println!(
+        "|--------:|-----:|--------------:|--------------:|--------------:|--------------------:|"
+    );
     for deadline_ms in [20u64, 100, 500] {
-        let runs = 10;
+        let runs = 20;
         let mut late: Vec<Duration> = rt.block_on(async {
             let mut late = Vec::new();
             for _ in 0..runs {
@@ -291,11 +296,12 @@ fn main() {
         });
         late.sort();
         let max = *late.last().unwrap();
+        let p90 = percentile(&late, 0.9).as_secs_f64() * 1e3;
         println!(
-            "| {deadline_ms:4} ms | {runs:4} | {:17.2} | {:17.2} | {:18.1}% |",
+            "| {deadline_ms:4} ms | {runs:4} | {:13.2} | {p90:13.2} | {:13.2} | {:18.1}% |",
             percentile(&late, 0.5).as_secs_f64() * 1e3,
             max.as_secs_f64() * 1e3,
-            max.as_secs_f64() * 1e3 / deadline_ms as f64 * 100.0
+            p90 / deadline_ms as f64 * 100.0
         );
     }
 
