@@ -168,21 +168,15 @@ impl ToolHost {
         }
         check_name(&spec.name).map_err(invalid)?;
         check_version(&spec.version).map_err(invalid)?;
-        let mut parameters: serde_json::Value = serde_json::from_str(&spec.parameters)
-            .map_err(|err| invalid(format!("parameters are not JSON: {err}")))?;
-        schema::normalise(&mut parameters);
-        schema::check_parameters(&parameters).map_err(invalid)?;
-        schema::compile(&parameters).map_err(|err| invalid(format!("parameters: {err}")))?;
-        let result = match &spec.result {
-            Some(text) => {
-                let mut result: serde_json::Value = serde_json::from_str(text)
-                    .map_err(|err| invalid(format!("result schema is not JSON: {err}")))?;
-                schema::normalise(&mut result);
-                schema::compile(&result).map_err(|err| invalid(format!("result: {err}")))?;
-                Some(result)
-            }
-            None => None,
-        };
+        let parameters = schema::declared(&spec.parameters)
+            .and_then(|parameters| schema::check_parameters(&parameters).map(|()| parameters))
+            .map_err(|err| invalid(format!("parameters: {err}")))?;
+        let result = spec
+            .result
+            .as_deref()
+            .map(schema::declared)
+            .transpose()
+            .map_err(|err| invalid(format!("result: {err}")))?;
         let manifest = ToolManifest {
             name: spec.name,
             version: spec.version,
@@ -338,13 +332,7 @@ impl ToolHost {
         args: &str,
         options: CallOptions,
     ) -> Result<CallReport> {
-        let max = self.runtime.config().max_args_bytes;
-        if args.len() > max {
-            return Err(Error::ArgsTooLarge {
-                size: args.len(),
-                max,
-            });
-        }
+        self.runtime.check_args_size(args)?;
         let value: serde_json::Value =
             serde_json::from_str(args).map_err(|err| Error::InvalidArgs {
                 tool: ready.manifest.name.clone(),

@@ -111,6 +111,15 @@ pub(crate) fn compile(schema: &Value) -> Result<Validator, SchemaError> {
     }
 }
 
+/// A schema as a tool declares it (JSON text): parsed, normalised and
+/// checked to compile.
+pub(crate) fn declared(text: &str) -> Result<Value, SchemaError> {
+    let mut schema: Value = serde_json::from_str(text).map_err(|err| format!("not JSON: {err}"))?;
+    normalise(&mut schema);
+    compile(&schema)?;
+    Ok(schema)
+}
+
 /// Checks that a tool's parameter schema describes an object, the only
 /// argument shape function-calling formats allow.
 pub(crate) fn check_parameters(schema: &Value) -> Result<(), SchemaError> {
@@ -164,6 +173,16 @@ mod tests {
             })
         );
         assert!(compile(&schema).is_ok());
+    }
+
+    #[test]
+    fn declared_schemas_are_parsed_normalised_and_compiled() {
+        let schema =
+            declared(r#"{"type": "OBJECT", "properties": {"q": {"type": "STRING"}}}"#).unwrap();
+        assert_eq!(schema["properties"]["q"]["type"], "string");
+        assert!(check_parameters(&schema).is_ok());
+        assert!(declared("{not json").unwrap_err().starts_with("not JSON"));
+        assert!(declared(r#"{"type": "OBJECT", "minProperties": "two"}"#).is_err());
     }
 
     #[test]

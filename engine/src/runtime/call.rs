@@ -184,12 +184,7 @@ impl Runtime {
         args: &str,
         options: CallOptions,
     ) -> Result<CallReport> {
-        if args.len() > self.config.max_args_bytes {
-            return Err(Error::ArgsTooLarge {
-                size: args.len(),
-                max: self.config.max_args_bytes,
-            });
-        }
+        self.check_args_size(args)?;
         let run = self
             .run(tool, name, grants, Entry::Call(args), options)
             .await?;
@@ -203,6 +198,25 @@ impl Runtime {
             stdout: run.stdout,
             stderr: run.stderr,
         })
+    }
+
+    /// Refuses argument text over [`RuntimeConfig::max_args_bytes`], before
+    /// anything parses it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ArgsTooLarge`].
+    ///
+    /// [`RuntimeConfig::max_args_bytes`]: super::RuntimeConfig::max_args_bytes
+    pub fn check_args_size(&self, args: &str) -> Result<()> {
+        let max = self.config.max_args_bytes;
+        if args.len() > max {
+            return Err(Error::ArgsTooLarge {
+                size: args.len(),
+                max,
+            });
+        }
+        Ok(())
     }
 
     fn judge_call_result(
