@@ -17,6 +17,7 @@ const FIXTURES: &[&str] = &[
     "recurse",
     "big_output",
     "sandbox_probe",
+    "misbehave",
 ];
 const TARGET: &str = "wasm32-wasip2";
 

@@ -335,3 +335,72 @@ async fn sandbox_probe() {
     assert_ne!(seen["write"], "ok");
     assert!(!files.path().parent().unwrap().join("escape.txt").exists());
 }
+
+#[tokio::test]
+async fn misbehave() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    let (_dir, host) = host_with(&[guests::MISBEHAVE]).await;
+    let call = |mode: &str, options: CallOptions| {
+        let args = json!({ "mode": mode }).to_string();
+        let host = &host;
+        async move { host.call("misbehave", &args, options).await.unwrap() }
+    };
+
+    // Blocked in a host call: the backstop ends it at the deadline.
+    let report = call("sleep", with_timeout(200)).await;
+    assert_eq!(report.class(), OutcomeClass::Timeout, "{report:?}");
+    assert!(report.usage.total() < Duration::from_secs(5), "{report:?}");
+
+    // ... or when cancelled.
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        trigger.cancel();
+    });
+    let options = CallOptions {
+        cancel: Some(cancel),
+        ..with_timeout(60_000)
+    };
+    let report = call("sleep", options).await;
+    assert_eq!(report.class(), OutcomeClass::Canceled, "{report:?}");
+
+    let report = call("bad_partial", CallOptions::default()).await;
+    let failure = report.outcome.unwrap_err();
+    assert_eq!(failure.class, OutcomeClass::Trap);
+    assert!(
+        failure.message.contains("partial result is not JSON"),
+        "{failure:?}"
+    );
+
+    // Floods succeed for the guest and are bounded for the host.
+    let logged = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&logged);
+    let options = CallOptions {
+        events: Some(Arc::new(move |event: &work_engine::runtime::CallEvent| {
+            if let work_engine::runtime::CallEvent::Log { message, .. } = event {
+                counter.fetch_add(message.len(), Ordering::Relaxed);
+            }
+        })),
+        ..CallOptions::default()
+    };
+    let report = call("log_flood", options).await;
+    assert_eq!(report.outcome.unwrap(), json!("survived"));
+    let budget = work_engine::runtime::RuntimeConfig::default().max_log_bytes;
+    let logged = logged.load(Ordering::Relaxed);
+    assert!(
+        logged <= budget + 8 && logged >= budget - 1024,
+        "{logged} bytes logged"
+    );
+
+    let report = call("print_flood", CallOptions::default()).await;
+    assert_eq!(report.outcome.unwrap(), json!("survived"));
+    assert_eq!(
+        report.stdout.len(),
+        work_engine::runtime::RuntimeConfig::default().max_output_bytes
+    );
+}
