@@ -262,3 +262,52 @@ async fn a_memory_cap_too_small_to_instantiate_is_out_of_memory() {
         .unwrap();
     assert_eq!(report.class(), OutcomeClass::OutOfMemory, "{report:?}");
 }
+
+#[tokio::test]
+async fn a_full_instance_pool_is_a_backend_error_not_a_hang() {
+    let dir = TempDir::new().unwrap();
+    let config = work_engine::runtime::RuntimeConfig {
+        max_concurrent_instances: 1,
+        ..crate::support::config()
+    };
+    let host = std::sync::Arc::new(work_engine::ToolHost::open(dir.path(), config).unwrap());
+    for guest in [guests::MISBEHAVE, guests::CALCULATOR] {
+        host.register(&wasm(guest), Grants::default())
+            .await
+            .unwrap();
+    }
+    // One guest holds the only slot, asleep.
+    let cancel = CancellationToken::new();
+    let sleeper = {
+        let host = std::sync::Arc::clone(&host);
+        let options = CallOptions {
+            cancel: Some(cancel.clone()),
+            ..with_timeout(60_000)
+        };
+        tokio::spawn(async move {
+            host.call("misbehave", r#"{"mode": "sleep"}"#, options)
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let report = host
+        .call("calculator", ADD, CallOptions::default())
+        .await
+        .unwrap();
+    let failure = report.outcome.unwrap_err();
+    assert_eq!(failure.class, OutcomeClass::BackendError, "{failure:?}");
+    assert!(
+        failure.message.contains("too many concurrent instances"),
+        "{failure:?}"
+    );
+
+    // The slot comes back when the sleeper ends.
+    cancel.cancel();
+    assert_eq!(sleeper.await.unwrap().class(), OutcomeClass::Canceled);
+    let report = host
+        .call("calculator", ADD, CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome.unwrap(), json!(42.0));
+}
