@@ -266,24 +266,15 @@ pub mod __private {
     /// them: lines of a paragraph joined by spaces, paragraphs by a blank
     /// line.
     pub fn description(lines: &[&str]) -> String {
-        let mut paragraphs: Vec<String> = vec![String::new()];
-        for line in lines.iter().map(|line| line.trim()) {
-            let Some(current) = paragraphs.last_mut() else {
-                continue;
-            };
-            if line.is_empty() {
-                if !current.is_empty() {
-                    paragraphs.push(String::new());
-                }
-            } else {
-                if !current.is_empty() {
-                    current.push(' ');
-                }
-                current.push_str(line);
-            }
-        }
-        paragraphs.retain(|p| !p.is_empty());
-        paragraphs.join("\n\n")
+        lines
+            .split(|line| line.trim().is_empty())
+            .filter(|paragraph| !paragraph.is_empty())
+            .map(|paragraph| {
+                let words: Vec<&str> = paragraph.iter().map(|line| line.trim()).collect();
+                words.join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n")
     }
 
     /// The JSON Schema of `T`, self-contained (no `$ref`s) as LLM

@@ -109,7 +109,7 @@ fn report_json(report: &CallReport, events: &[CallEvent]) -> Value {
     let mut output = json!({
         "call_id": report.call_id,
         "fuel_consumed": report.usage.fuel_consumed,
-        "duration_ms": (report.usage.instantiate_us + report.usage.execute_us) as f64 / 1000.0,
+        "duration_ms": report.usage.total().as_micros() as f64 / 1000.0,
         "usage": report.usage,
         "logs": logs,
         "progress": progress,

@@ -2,7 +2,7 @@
 //! classification of how it ended.
 
 use super::bindings_impl::work::tool::types as wit;
-use super::host::{CallState, GuestFault, HostContext};
+use super::host::{CallState, GuestFault, HostContext, is_cancelled};
 use super::limiter::MemoryLimiter;
 use super::output::BoundedOutput;
 use super::{EventSink, Grants, LoadedComponent, MIB, Runtime};
@@ -280,30 +280,24 @@ impl Runtime {
         let cancel = options.cancel;
         let stdout = BoundedOutput::new(config.max_output_bytes);
         let stderr = BoundedOutput::new(config.max_output_bytes);
-        // Hands the guest's output to the host log and the report.
-        let captured = |usage| {
-            let mut texts = [String::new(), String::new()];
-            for (text, (stream, output)) in texts
-                .iter_mut()
-                .zip([("stdout", &stdout), ("stderr", &stderr)])
-            {
-                let (contents, truncated) = output.contents();
-                if !contents.is_empty() {
-                    tracing::info!(
-                        target: "work_engine::guest",
-                        tool = name,
-                        %call_id,
-                        stream,
-                        truncated,
-                        "{}",
-                        contents.trim_end()
-                    );
-                }
-                *text = contents;
+        // Hands one stream of the guest's output to the host log, and back
+        // for the report.
+        let drain = |stream: &str, output: &BoundedOutput| {
+            let (contents, truncated) = output.contents();
+            if !contents.is_empty() {
+                tracing::info!(
+                    target: "work_engine::guest",
+                    tool = name,
+                    %call_id,
+                    stream,
+                    truncated,
+                    "{}",
+                    contents.trim_end()
+                );
             }
-            let [out, err] = texts;
-            (usage, out, err)
+            contents
         };
+        let captured = |usage| (usage, drain("stdout", &stdout), drain("stderr", &stderr));
 
         let wasi = match wasi_context(grants, &stdout, &stderr) {
             Ok(wasi) => wasi,
@@ -346,8 +340,7 @@ impl Runtime {
         let epoch_cancel = cancel.clone();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            let cancelled = epoch_cancel.as_ref().is_some_and(|c| c.is_cancelled());
-            if cancelled || Instant::now() >= deadline {
+            if is_cancelled(epoch_cancel.as_ref()) || Instant::now() >= deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 // Yield so the timer and cancellation below are polled even
@@ -407,7 +400,7 @@ impl Runtime {
             instantiate_us: micros(instantiated_at - start),
             execute_us: micros(finished_at - instantiated_at),
         };
-        let cancelled = cancel.as_ref().is_some_and(|c| c.is_cancelled());
+        let cancelled = is_cancelled(cancel.as_ref());
         let returned = result.map_err(|stop| classify(stop, state, cancelled, timeout, fuel));
         let (usage, stdout, stderr) = captured(usage);
         Ok(Run {

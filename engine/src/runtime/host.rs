@@ -136,6 +136,11 @@ impl HostContext {
     }
 }
 
+/// Whether a call's optional cancellation token has fired.
+pub(crate) fn is_cancelled(token: Option<&CancellationToken>) -> bool {
+    token.is_some_and(CancellationToken::is_cancelled)
+}
+
 /// A guest broke the host interface's contract; the call traps with this.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -201,7 +206,7 @@ impl wit::Host for CallState {
     }
 
     fn cancelled(&mut self) -> bool {
-        self.host.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+        is_cancelled(self.host.cancel.as_ref())
     }
 
     fn attempt(&mut self) -> u32 {

@@ -30,17 +30,26 @@ impl Cli {
         }
     }
 
+    /// The binary with `args`, on this data directory, default log level.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_work-engine"));
+        command
+            .args(args)
+            .env("WORK_ENGINE_DATA_DIR", self.data.path())
+            .env_remove("WORK_ENGINE_LOG");
+        command
+    }
+
     fn run(&self, args: &[&str]) -> Run {
+        Self::finished(self.command(args).output().unwrap())
+    }
+
+    fn finished(output: Output) -> Run {
         let Output {
             status,
             stdout,
             stderr,
-        } = Command::new(env!("CARGO_BIN_EXE_work-engine"))
-            .args(args)
-            .env("WORK_ENGINE_DATA_DIR", self.data.path())
-            .env_remove("WORK_ENGINE_LOG")
-            .output()
-            .unwrap();
+        } = output;
         Run {
             code: status.code().unwrap_or(-1),
             stdout: String::from_utf8(stdout).unwrap(),
@@ -399,15 +408,14 @@ fn text_stats_through_the_cli() {
 fn guest_output_reaches_the_host_log() {
     let cli = Cli::new();
     cli.register(guests::CHATTY);
-    let run = Command::new(env!("CARGO_BIN_EXE_work-engine"))
-        .args(["call", "chatty", "--args", r#"{"steps": 1}"#])
-        .env("WORK_ENGINE_DATA_DIR", cli.data.path())
-        .env("WORK_ENGINE_LOG", "info")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert!(run.status.success());
-    let log = String::from_utf8(run.stderr).unwrap();
+    let run = Cli::finished(
+        cli.command(&["call", "chatty", "--args", r#"{"steps": 1}"#])
+            .env("WORK_ENGINE_LOG", "info")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let log = run.stderr;
     for expected in [
         "step 1 of 1",
         "chatty starts",
@@ -422,29 +430,27 @@ fn guest_output_reaches_the_host_log() {
 #[test]
 fn allow_env_passes_only_the_named_variables() {
     let cli = Cli::new();
-    let probe = |granted: bool| {
-        let data = TempDir::new().unwrap();
-        let mut register = Command::new(env!("CARGO_BIN_EXE_work-engine"));
-        register
-            .args(["register", guests::SANDBOX_PROBE])
-            .env("WORK_ENGINE_DATA_DIR", data.path());
-        if granted {
-            register.args(["--allow-env", "PROBE_GRANTED", "--allow-env", "PROBE_UNSET"]);
-        }
-        assert!(register.output().unwrap().status.success());
-        let out = Command::new(env!("CARGO_BIN_EXE_work-engine"))
-            .args(["call", "sandbox_probe", "--json"])
-            .env("WORK_ENGINE_DATA_DIR", data.path())
-            .env("PROBE_GRANTED", "visible")
-            .env("PROBE_HIDDEN", "secret")
-            .env_remove("PROBE_UNSET")
-            .output()
-            .unwrap();
-        let out: Value = serde_json::from_slice(&out.stdout).unwrap();
-        out["result"]["env"].clone()
+    let probe = |grants: &[&str]| {
+        let cli = Cli::new();
+        let mut register = vec!["register", guests::SANDBOX_PROBE];
+        register.extend_from_slice(grants);
+        cli.ok(&register);
+        let run = Cli::finished(
+            cli.command(&["call", "sandbox_probe", "--json"])
+                .env("PROBE_GRANTED", "visible")
+                .env("PROBE_HIDDEN", "secret")
+                .env_remove("PROBE_UNSET")
+                .output()
+                .unwrap(),
+        );
+        run.json()["result"]["env"].clone()
     };
-    assert_eq!(probe(false), serde_json::json!({}));
-    assert_eq!(probe(true), serde_json::json!({"PROBE_GRANTED": "visible"}));
+    assert_eq!(probe(&[]), serde_json::json!({}));
+    let granted = ["--allow-env", "PROBE_GRANTED", "--allow-env", "PROBE_UNSET"];
+    assert_eq!(
+        probe(&granted),
+        serde_json::json!({"PROBE_GRANTED": "visible"})
+    );
     let run = cli.run(&["register", guests::SANDBOX_PROBE, "--allow-env", "A=B"]);
     assert_eq!(run.code, 1);
     assert!(
@@ -463,15 +469,14 @@ fn a_closed_stdout_pipe_is_not_a_crash() {
     std::fs::write(files.path().join("big.txt"), "x".repeat(512 * 1024)).unwrap();
     let grant = format!("{}:/data", files.path().display());
     cli.ok(&["register", guests::FILE_READ, "--allow-dir", &grant]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_work-engine"))
-        .args([
+    let mut child = cli
+        .command(&[
             "call",
             "file_read",
             "--args",
             r#"{"path": "/data/big.txt"}"#,
             "--json",
         ])
-        .env("WORK_ENGINE_DATA_DIR", cli.data.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
