@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+pub use work_host_api::Violation;
+
 /// A `Result` with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -20,7 +22,7 @@ pub enum Error {
         name: String,
     },
     /// The arguments are not valid JSON, or do not match the tool's schema.
-    #[error("invalid arguments for `{tool}`: {}", format_violations(.violations))]
+    #[error("invalid arguments for `{tool}`: {}", Violation::join(.violations))]
     InvalidArgs {
         /// The tool called.
         tool: String,
@@ -121,27 +123,4 @@ impl Error {
             reason: crate::runtime::error_chain(err),
         }
     }
-}
-
-/// One way the arguments miss the schema.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Violation {
-    /// JSON pointer to the offending value (`""` for the whole object).
-    pub path: String,
-    /// What is wrong there.
-    pub message: String,
-}
-
-fn format_violations(violations: &[Violation]) -> String {
-    violations
-        .iter()
-        .map(|v| {
-            if v.path.is_empty() {
-                v.message.clone()
-            } else {
-                format!("{}: {}", v.path, v.message)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }

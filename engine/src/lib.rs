@@ -41,13 +41,25 @@
 //! Calls are async and need a Tokio runtime with its timer enabled.
 
 mod atomic_file;
+pub mod backends;
 #[cfg(feature = "cli")]
 pub mod commands;
 mod error;
+pub mod events;
 pub mod registry;
 pub mod runtime;
+pub mod scheduler;
+pub mod store;
 mod tool_host;
 
 pub use error::{Error, Result, Violation};
+pub use events::{Event, EventData, EventStream, EventStreamError};
+pub use scheduler::{
+    Batch, Capacity, Engine, EngineBuilder, EngineError, Quota, Stats, TenantConfig,
+};
+pub use store::{JobPage, JobQuery};
 pub use tool_host::{ReadyTool, Registered, ToolHost};
-pub use work_host_api::OutcomeClass;
+pub use work_host_api::{
+    Backend, Backoff, Constraints, Device, ExecContext, ExecError, ExecUpdate, Job, JobError,
+    JobId, JobKind, JobStatus, NewJob, OutcomeClass, Priority, Resources, RetryPolicy,
+};

@@ -263,13 +263,8 @@ impl ToolHost {
     ///
     /// [`Error::ToolNotFound`]; load errors as in [`ToolHost::register`].
     pub fn prepare(&self, tool: &str) -> Result<Arc<ReadyTool>> {
-        if let Some(ready) = self
-            .ready
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(tool)
-        {
-            return Ok(Arc::clone(ready));
+        if let Some(ready) = self.loaded(tool) {
+            return Ok(ready);
         }
         let tool_ref: ToolRef = tool.parse()?;
         let manifest = self.registry.get(&tool_ref)?;
@@ -290,6 +285,16 @@ impl ToolHost {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(tool.to_owned(), Arc::clone(&ready));
         Ok(ready)
+    }
+
+    /// The tool `tool` if it is already loaded: never compiles, never
+    /// touches the disk.
+    pub fn loaded(&self, tool: &str) -> Option<Arc<ReadyTool>> {
+        self.ready
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tool)
+            .cloned()
     }
 
     /// Drops every in-memory entry of `name`, pinned or not.

@@ -13,4 +13,5 @@ mod calls;
 mod cli;
 mod guests;
 mod registry;
+mod scheduler;
 mod support;

@@ -1,0 +1,152 @@
+//! [`WasmBackend`]: `tool_call` jobs in the WASM sandbox.
+
+use std::sync::Arc;
+
+use work_host_api::{
+    AdmitError, Backend, ExecContext, ExecError, ExecUpdate, Job, JobKind, OutcomeClass, Violation,
+};
+
+use crate::Error;
+use crate::runtime::{CallEvent, CallOptions, LogLevel};
+use crate::tool_host::{ReadyTool, ToolHost};
+
+/// Runs `tool_call` jobs: each attempt in its own fresh wasmtime instance,
+/// limited by the job's `fuel`, `memory_mb` and `timeout_ms` (the sandbox's
+/// defaults otherwise), interrupted at once when the job is cancelled.
+///
+/// At admission it checks that the tool exists and that the arguments match
+/// its schema, so a bad call is refused before it is queued.
+#[derive(Debug, Clone)]
+pub struct WasmBackend {
+    host: Arc<ToolHost>,
+}
+
+impl WasmBackend {
+    /// A backend over `host`'s registered tools.
+    pub fn new(host: Arc<ToolHost>) -> Self {
+        Self { host }
+    }
+
+    /// The tool named by the job, loaded (compiling off the async threads
+    /// the first time).
+    async fn tool(&self, job: &Job) -> Result<(Arc<ReadyTool>, String), AdmitError> {
+        let (tool, args) = job.tool_call().ok_or_else(|| {
+            AdmitError::InvalidPayload(
+                "a tool call's payload is {\"tool\": \"name[@version]\", \"args\": {...}}".into(),
+            )
+        })?;
+        let args =
+            serde_json::to_string(args).map_err(|e| AdmitError::InvalidPayload(e.to_string()))?;
+        let ready = match self.host.loaded(tool) {
+            Some(ready) => Ok(ready),
+            None => {
+                let host = Arc::clone(&self.host);
+                let name = tool.to_owned();
+                tokio::task::spawn_blocking(move || host.prepare(&name))
+                    .await
+                    .map_err(|e| {
+                        AdmitError::InvalidPayload(format!("loading the tool failed: {e}"))
+                    })?
+            }
+        };
+        match ready {
+            Ok(ready) => Ok((ready, args)),
+            Err(Error::ToolNotFound { name }) => Err(AdmitError::UnknownTool(name)),
+            Err(other) => Err(AdmitError::InvalidPayload(other.to_string())),
+        }
+    }
+}
+
+fn admit_error(err: Error) -> AdmitError {
+    match err {
+        Error::InvalidArgs { violations, .. } => AdmitError::InvalidArgs(violations),
+        Error::ToolNotFound { name } => AdmitError::UnknownTool(name),
+        other => AdmitError::InvalidPayload(other.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for WasmBackend {
+    fn name(&self) -> &str {
+        "wasm"
+    }
+
+    fn supports(&self, job: &Job) -> bool {
+        job.kind == JobKind::ToolCall
+    }
+
+    async fn admit(&self, job: &Job) -> Result<(), AdmitError> {
+        let (ready, args) = self.tool(job).await?;
+        self.host
+            .runtime()
+            .check_args_size(&args)
+            .map_err(admit_error)?;
+        let (_, value) = job.tool_call().unwrap_or(("", &serde_json::Value::Null));
+        if value.is_null() {
+            return Err(AdmitError::InvalidArgs(vec![Violation {
+                path: String::new(),
+                message: "payload.args is missing".to_owned(),
+            }]));
+        }
+        ready.validate(value).map_err(admit_error)
+    }
+
+    async fn execute(&self, job: &Job, ctx: ExecContext) -> Result<serde_json::Value, ExecError> {
+        let (ready, args) = self
+            .tool(job)
+            .await
+            .map_err(|e| ExecError::new(OutcomeClass::ToolError, e.to_string()))?;
+        let sink = {
+            let ctx = ctx.clone();
+            Arc::new(move |event: &CallEvent| {
+                ctx.update(match event {
+                    CallEvent::Log { level, message } => ExecUpdate::Log {
+                        level: level_name(*level).to_owned(),
+                        message: message.clone(),
+                    },
+                    CallEvent::Progress { fraction, message } => ExecUpdate::Progress {
+                        fraction: *fraction,
+                        message: message.clone(),
+                    },
+                    CallEvent::Partial { value } => ExecUpdate::Partial {
+                        value: value.clone(),
+                    },
+                });
+            })
+        };
+        let resources = &job.resources;
+        let options = CallOptions {
+            fuel: resources.fuel,
+            memory_mb: (resources.memory_mb > 0).then_some(resources.memory_mb),
+            timeout: resources.timeout(),
+            attempt: Some(ctx.attempt()),
+            cancel: Some(ctx.cancel_token().clone()),
+            events: Some(sink),
+            call_id: None,
+        };
+        let report =
+            self.host
+                .call_ready(&ready, &args, options)
+                .await
+                .map_err(|err| match err {
+                    // The tool changed under the job since admission.
+                    Error::InvalidArgs { .. } | Error::ToolNotFound { .. } => {
+                        ExecError::new(OutcomeClass::ToolError, err.to_string())
+                    }
+                    other => ExecError::new(OutcomeClass::BackendError, other.to_string()),
+                })?;
+        report
+            .outcome
+            .map_err(|failure| ExecError::new(failure.class, failure.message))
+    }
+}
+
+fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    }
+}

@@ -1,0 +1,1063 @@
+//! The scheduler and executor: the [`Engine`] that admits jobs, queues them
+//! by priority and fairly across tenants, dispatches them when their
+//! resources fit, runs them on a backend and retries them by their policy.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use work_engine::backends::MockBackend;
+//! use work_engine::{Capacity, Engine, JobStatus, NewJob};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), work_engine::EngineError> {
+//! let engine = Engine::builder()
+//!     .capacity(Capacity { cpu: 4.0, memory_mb: 8192, gpus: vec![] })
+//!     .backend(MockBackend::new())
+//!     .build()?;
+//! let job = engine.submit(NewJob::new("inference", "acme", serde_json::json!({"prompt": "hi"}))).await?;
+//! let done = engine.wait(job.id, std::time::Duration::from_secs(5)).await?;
+//! assert_eq!(done.status, JobStatus::Succeeded);
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod executor;
+mod state;
+mod stats;
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use chrono::Utc;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use work_host_api::{
+    AdmitError, Backend, Job, JobError, JobId, JobStatus, NewJob, Priority, RetryPolicy,
+};
+
+use crate::events::{EventData, EventStream, Telemetry};
+use crate::store::{Inserted, JobPage, JobQuery, MemoryStore, Store, Transition};
+use crate::tool_host::ToolHost;
+
+pub use config::{Capacity, Quota, TenantConfig};
+pub use error::EngineError;
+pub use stats::{LevelStats, ResourceStats, Stats, StatusCounts, Summary, TenantStats};
+
+use config::SchedulerConfig;
+use state::{CancelAction, Live, Need, Place, PlaceOutcome, Released, Start, State};
+
+/// Jobs accepted together by [`Engine::submit_batch`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Batch {
+    /// The batch id, on every job of it.
+    pub id: Uuid,
+    /// The jobs, in the order given.
+    pub jobs: Vec<Job>,
+}
+
+/// The engine: cheap to clone, every clone the same engine.
+///
+/// Built with [`Engine::builder`] inside a Tokio runtime (with its timer);
+/// it runs attempts as Tokio tasks.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    state: Mutex<State>,
+    store: Arc<dyn Store>,
+    backends: Vec<Arc<dyn Backend>>,
+    telemetry: Telemetry,
+    timer: Arc<Notify>,
+    shutdown: CancellationToken,
+    default_priority: Priority,
+    default_namespace: String,
+    default_retry_policy: RetryPolicy,
+    default_timeout: Option<Duration>,
+    cancel_grace: Duration,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Builds an [`Engine`]. Every setting has a default, listed with it.
+pub struct EngineBuilder {
+    config: SchedulerConfig,
+    backends: Vec<Arc<dyn Backend>>,
+    store: Option<Arc<dyn Store>>,
+}
+
+impl EngineBuilder {
+    /// What may run at once. Default: [`Capacity::of_this_machine`].
+    pub fn capacity(mut self, capacity: Capacity) -> Self {
+        self.config.capacity = capacity;
+        self
+    }
+
+    /// Runs `tool_call` jobs on `host`'s tools (the `wasm` backend).
+    pub fn tool_host(self, host: Arc<ToolHost>) -> Self {
+        self.backend(crate::backends::WasmBackend::new(host))
+    }
+
+    /// Adds a backend. A job runs on the first backend, in the order
+    /// added, that supports it.
+    pub fn backend(self, backend: impl Backend) -> Self {
+        self.backend_arc(Arc::new(backend))
+    }
+
+    /// [`EngineBuilder::backend`] for a backend already shared.
+    pub fn backend_arc(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backends.push(backend);
+        self
+    }
+
+    /// Where jobs are kept. Default: a fresh [`MemoryStore`].
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// `tenant`'s weight and quota. Default: [`EngineBuilder::default_tenant`].
+    pub fn tenant(mut self, tenant: impl Into<String>, config: TenantConfig) -> Self {
+        self.config.tenants.insert(tenant.into(), config);
+        self
+    }
+
+    /// Weight and quota of tenants not configured by name. Default: weight
+    /// 1, no limits.
+    pub fn default_tenant(mut self, config: TenantConfig) -> Self {
+        self.config.default_tenant = config;
+        self
+    }
+
+    /// The level of jobs that name none. Default: `batch`.
+    pub fn default_priority(mut self, priority: Priority) -> Self {
+        self.config.default_priority = priority;
+        self
+    }
+
+    /// The retry policy of jobs that name none. Default: 3 attempts,
+    /// exponential from 1 s up to 60 s, with jitter, on `trap`, `timeout`
+    /// and `retryable`.
+    pub fn default_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.config.default_retry_policy = policy;
+        self
+    }
+
+    /// The wall-clock limit of attempts whose job names none. Default:
+    /// none (a tool call still gets the sandbox's own limit).
+    pub fn default_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.default_timeout = timeout;
+        self
+    }
+
+    /// How many jobs may wait at `priority` (pending or queued). Default:
+    /// 1,000,000 per level.
+    pub fn queue_capacity(mut self, priority: Priority, capacity: usize) -> Self {
+        self.config.queue_capacity[priority.index()] = capacity;
+        self
+    }
+
+    /// How many jobs a tenant of weight 1 may start per turn within a
+    /// level. Default: 4. A job another tenant submits behind a flood
+    /// starts within `tenants × quantum × weight` dispatches.
+    pub fn quantum(mut self, quantum: u32) -> Self {
+        self.config.quantum = quantum.max(1);
+        self
+    }
+
+    /// After how long waiting at one level a job moves one level up;
+    /// `None` turns aging off. Default: 60 s.
+    pub fn aging(mut self, aging: Option<Duration>) -> Self {
+        self.config.aging = aging;
+        self
+    }
+
+    /// At most `limit` running jobs of concurrency group `group`.
+    pub fn concurrency_limit(mut self, group: impl Into<String>, limit: u32) -> Self {
+        self.config
+            .concurrency_limits
+            .insert(group.into(), limit.max(1));
+        self
+    }
+
+    /// The limit of groups not named. Default: 1.
+    pub fn default_concurrency_limit(mut self, limit: u32) -> Self {
+        self.config.default_concurrency_limit = limit.max(1);
+        self
+    }
+
+    /// How long a cancelled or timed-out attempt may take to stop before
+    /// the engine abandons it. Default: 5 s.
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.config.cancel_grace = grace;
+        self
+    }
+
+    /// Events each subscriber may fall behind by before it loses the
+    /// oldest. Default: 4096.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.config.event_capacity = capacity;
+        self
+    }
+
+    /// Builds the engine and starts its timer task.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidConfig`] for a negative or non-finite
+    /// capacity, or when called outside a Tokio runtime.
+    pub fn build(self) -> Result<Engine, EngineError> {
+        let capacity = &self.config.capacity;
+        if !capacity.cpu.is_finite() || capacity.cpu < 0.0 {
+            return Err(EngineError::InvalidConfig {
+                reason: format!(
+                    "cpu capacity {} must be a number of cores >= 0",
+                    capacity.cpu
+                ),
+            });
+        }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| EngineError::InvalidConfig {
+                reason: "Engine::build must be called inside a Tokio runtime".to_owned(),
+            })?;
+        let inner = Arc::new(Inner {
+            store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+            backends: self.backends,
+            telemetry: Telemetry::new(self.config.event_capacity),
+            timer: Arc::new(Notify::new()),
+            shutdown: CancellationToken::new(),
+            default_priority: self.config.default_priority,
+            default_namespace: self.config.default_namespace.clone(),
+            default_retry_policy: self.config.default_retry_policy.clone(),
+            default_timeout: self.config.default_timeout,
+            cancel_grace: self.config.cancel_grace,
+            state: Mutex::new(State::new(self.config)),
+        });
+        runtime.spawn(timer_loop(
+            Arc::downgrade(&inner),
+            Arc::clone(&inner.timer),
+            inner.shutdown.clone(),
+        ));
+        Ok(Engine { inner })
+    }
+}
+
+/// Wakes for delayed jobs and aging; everything else dispatches inline.
+async fn timer_loop(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: CancellationToken) {
+    loop {
+        let next = match inner.upgrade() {
+            Some(inner) => inner.state.lock().next_wakeup(Instant::now()),
+            None => return,
+        };
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = wake.notified() => {}
+            () = sleep => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let now = Instant::now();
+        let (enqueued, starts) = {
+            let mut state = inner.state.lock();
+            let enqueued = state.tick(now);
+            (enqueued, state.dispatch(now))
+        };
+        for (id, tenant, priority, depth) in enqueued {
+            inner
+                .telemetry
+                .job(id, &tenant, || EventData::Enqueued { priority, depth });
+        }
+        inner.spawn_all(starts);
+    }
+}
+
+/// A submission checked and filled in, not yet admitted.
+struct Prepared {
+    job: Job,
+    backend: usize,
+    run_at: Option<Instant>,
+    /// Dependencies that had not succeeded when read.
+    open_deps: Vec<JobId>,
+    /// A dependency had already failed for good.
+    doomed: bool,
+}
+
+impl Engine {
+    /// A builder with every default.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder {
+            config: SchedulerConfig::default(),
+            backends: Vec::new(),
+            store: None,
+        }
+    }
+
+    /// Admits one job: validates it (a tool call's arguments against the
+    /// tool's schema), checks the tenant's quotas and the queue's capacity,
+    /// stores it and queues it.
+    ///
+    /// # Errors
+    ///
+    /// Each reason has its [`EngineError`] variant: `InvalidJob`,
+    /// `InvalidArgs`, `UnknownTool`, `UnknownKind`, `UnknownDependency`,
+    /// `Unsatisfiable`, `QuotaExceeded`, `RateLimited`, `QueueFull`,
+    /// `Store`. Nothing is stored when it fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes may or may not have
+    /// accepted the job; use an idempotency key to resubmit safely.
+    pub async fn submit(&self, job: NewJob) -> Result<Job, EngineError> {
+        let mut jobs = self.admit(vec![job], None).await.map_err(|err| match err {
+            EngineError::Batch { source, .. } => *source,
+            other => other,
+        })?;
+        jobs.pop()
+            .ok_or_else(|| EngineError::invalid("empty submission"))
+    }
+
+    /// Admits several jobs atomically: all of them or none.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Batch`] with the index of the first job refused and
+    /// why; nothing is stored then.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Engine::submit`].
+    pub async fn submit_batch(&self, jobs: Vec<NewJob>) -> Result<Batch, EngineError> {
+        if jobs.is_empty() {
+            return Err(EngineError::invalid("a batch needs at least one job"));
+        }
+        let id = Uuid::now_v7();
+        let jobs = self.admit(jobs, Some(id)).await?;
+        Ok(Batch { id, jobs })
+    }
+
+    async fn admit(&self, new: Vec<NewJob>, batch: Option<Uuid>) -> Result<Vec<Job>, EngineError> {
+        let inner = &self.inner;
+        let batch_error = |index: usize| {
+            move |err: EngineError| EngineError::Batch {
+                index,
+                source: Box::new(err),
+            }
+        };
+        let mut prepared = Vec::with_capacity(new.len());
+        for (index, job) in new.into_iter().enumerate() {
+            prepared.push(
+                inner
+                    .prepare(job, batch)
+                    .await
+                    .map_err(batch_error(index))?,
+            );
+        }
+
+        // Quotas and capacity, for the whole submission at once.
+        let now = Instant::now();
+        {
+            let mut state = inner.state.lock();
+            let mut lives = Vec::with_capacity(prepared.len());
+            for (index, p) in prepared.iter().enumerate() {
+                let tenant = state.intern_tenant(&p.job.tenant_id, now);
+                let config = state.tenant_config(&tenant);
+                let need = need_for(&state, &p.job, &config).map_err(batch_error(index))?;
+                let group = p
+                    .job
+                    .constraints
+                    .concurrency_group
+                    .as_deref()
+                    .map(|g| state.intern_group(g));
+                lives.push((
+                    p.job.id,
+                    Live {
+                        tenant,
+                        priority: p.job.priority,
+                        level: p.job.priority,
+                        need,
+                        group,
+                        backend: p.backend,
+                        place: Place::Admitting,
+                        since: now,
+                        dependents: Vec::new(),
+                        cancel_requested: false,
+                    },
+                ));
+            }
+            if let Err((err, overflow)) = state.admit(lives, now) {
+                drop(state);
+                if let (Some(priority), EngineError::QueueFull { capacity, .. }) = (overflow, &err)
+                {
+                    let capacity = *capacity;
+                    let tenant = prepared.first().map(|p| p.job.tenant_id.clone());
+                    inner
+                        .telemetry
+                        .emit(None, tenant.as_deref(), || EventData::Overflow {
+                            priority,
+                            capacity,
+                        });
+                }
+                return Err(if prepared.len() == 1 && batch.is_none() {
+                    err
+                } else {
+                    batch_error(0)(err)
+                });
+            }
+        }
+
+        let ids: Vec<JobId> = prepared.iter().map(|p| p.job.id).collect();
+        let inserted = match inner
+            .store
+            .insert(prepared.iter().map(|p| p.job.clone()).collect())
+            .await
+        {
+            Ok(inserted) => inserted,
+            Err(err) => {
+                inner.state.lock().abandon(&ids);
+                return Err(err.into());
+            }
+        };
+
+        let mut accepted = Vec::with_capacity(prepared.len());
+        // (index in `accepted`, backend, where it was placed) of new jobs.
+        let mut placed = Vec::with_capacity(prepared.len());
+        let mut doomed = Vec::new();
+        let mut holds = Vec::new();
+        let starts = {
+            let mut state = inner.state.lock();
+            let now = Instant::now();
+            for (p, inserted) in prepared.into_iter().zip(inserted) {
+                if let Inserted::Existing(existing) = inserted {
+                    state.abandon(&[p.job.id]);
+                    accepted.push(*existing);
+                    continue;
+                }
+                let id = p.job.id;
+                let outcome = if p.doomed {
+                    doomed.push(id);
+                    state.doom(id);
+                    PlaceOutcome::Pending
+                } else {
+                    let hold = !p.open_deps.is_empty();
+                    let outcome = state.place(id, &p.open_deps, hold, p.run_at, now);
+                    if hold {
+                        holds.push((id, p.open_deps));
+                    }
+                    outcome
+                };
+                placed.push((accepted.len(), p.backend, outcome));
+                accepted.push(p.job);
+            }
+            state.dispatch(now)
+        };
+        for &(index, backend, outcome) in &placed {
+            let job = &accepted[index];
+            inner
+                .telemetry
+                .job(job.id, &job.tenant_id, || EventData::Submitted {
+                    kind: job.kind.clone(),
+                    priority: job.priority,
+                    namespace: job.namespace.clone(),
+                });
+            inner
+                .telemetry
+                .job(job.id, &job.tenant_id, || EventData::Admitted {
+                    backend: inner.backends[backend].name().to_owned(),
+                });
+            inner.announce_queued(job, outcome);
+        }
+        inner.spawn_all(starts);
+        for id in doomed {
+            inner
+                .cancel_waiting(id, dependency_failed("a dependency had already failed"))
+                .await;
+        }
+        for (id, deps) in holds {
+            inner.resolve_hold(id, &deps).await;
+        }
+        Ok(accepted)
+    }
+
+    /// One job.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::NotFound`]; [`EngineError::Store`].
+    pub async fn get(&self, id: JobId) -> Result<Job, EngineError> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or(EngineError::NotFound { id })
+    }
+
+    /// The job `tenant` submitted with `external_id`.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Store`] only; an unknown id is `Ok(None)`.
+    pub async fn get_by_external_id(
+        &self,
+        tenant: &str,
+        external_id: &str,
+    ) -> Result<Option<Job>, EngineError> {
+        Ok(self
+            .inner
+            .store
+            .get_by_external_id(tenant, external_id)
+            .await?)
+    }
+
+    /// A page of a tenant's jobs, newest first, filtered by namespace,
+    /// status, kind or batch.
+    ///
+    /// ```no_run
+    /// # async fn f(engine: work_engine::Engine) -> Result<(), work_engine::EngineError> {
+    /// use work_engine::{JobQuery, JobStatus};
+    /// let page = engine.list(&JobQuery::tenant("acme").status(JobStatus::Failed).limit(50)).await?;
+    /// if let Some(cursor) = page.next_cursor {
+    ///     let _next = engine.list(&JobQuery::tenant("acme").status(JobStatus::Failed).cursor(cursor)).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Store`] (an invalid cursor among them).
+    pub async fn list(&self, query: &JobQuery) -> Result<JobPage, EngineError> {
+        Ok(self.inner.store.list(query).await?)
+    }
+
+    /// A page of a tenant's dead-letter queue: jobs that ended `failed` or
+    /// `timeout`, newest first.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::list`].
+    pub async fn dead_letters(&self, query: &JobQuery) -> Result<JobPage, EngineError> {
+        self.list(&query.clone().dead_letters()).await
+    }
+
+    /// Runs a dead-lettered job again, with fresh attempts.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::NotFound`], [`EngineError::NotDeadLettered`], or the
+    /// admission errors of [`Engine::submit`] for quotas and capacity.
+    pub async fn retry_dead_letter(&self, id: JobId) -> Result<Job, EngineError> {
+        let inner = &self.inner;
+        let job = self.get(id).await?;
+        if !job.dead_letter {
+            return Err(EngineError::NotDeadLettered {
+                id,
+                status: job.status,
+            });
+        }
+        let backend = inner.select_backend(&job)?;
+        let now = Instant::now();
+        {
+            let mut state = inner.state.lock();
+            let tenant = state.intern_tenant(&job.tenant_id, now);
+            let config = state.tenant_config(&tenant);
+            let need = need_for(&state, &job, &config)?;
+            let group = job
+                .constraints
+                .concurrency_group
+                .as_deref()
+                .map(|g| state.intern_group(g));
+            let live = Live {
+                tenant,
+                priority: job.priority,
+                level: job.priority,
+                need,
+                group,
+                backend,
+                place: Place::Admitting,
+                since: now,
+                dependents: Vec::new(),
+                cancel_requested: false,
+            };
+            state.admit(vec![(id, live)], now).map_err(|(err, _)| err)?;
+        }
+        let job = match inner.store.transition(id, Transition::Revive).await {
+            Ok(job) => job,
+            Err(err) => {
+                inner.state.lock().abandon(&[id]);
+                return Err(err.into());
+            }
+        };
+        let starts = {
+            let mut state = inner.state.lock();
+            let now = Instant::now();
+            let outcome = state.place(id, &[], false, None, now);
+            let starts = state.dispatch(now);
+            drop(state);
+            inner.announce_queued(&job, outcome);
+            starts
+        };
+        inner.spawn_all(starts);
+        Ok(job)
+    }
+
+    /// Cancels a job: a waiting one ends `canceled` at once; a running one
+    /// is told to stop (a WASM call is interrupted within a millisecond)
+    /// and ends `canceled` when its attempt returns. Cancelling a job that
+    /// has ended changes nothing.
+    ///
+    /// Returns the job as it is after the request.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::NotFound`]; [`EngineError::Store`].
+    pub async fn cancel(&self, id: JobId) -> Result<Job, EngineError> {
+        let action = self.inner.state.lock().request_cancel(id);
+        match action {
+            CancelAction::Dequeued => {
+                let error = JobError {
+                    code: "canceled".to_owned(),
+                    message: "canceled by request".to_owned(),
+                    retryable: false,
+                };
+                if let Some(job) = self.inner.cancel_waiting(id, error).await {
+                    return Ok(job);
+                }
+                self.get(id).await
+            }
+            CancelAction::NotLive | CancelAction::Signalled | CancelAction::Nothing => {
+                self.get(id).await
+            }
+        }
+    }
+
+    /// Waits until the job ends or `timeout` passes, and returns it as it
+    /// is then (check [`JobStatus::is_terminal`]).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::NotFound`]; [`EngineError::Store`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<Job, EngineError> {
+        let waiter = self.inner.state.lock().waiter(id);
+        if let Some(waiter) = waiter {
+            let _ = tokio::time::timeout(timeout, waiter).await;
+        }
+        self.get(id).await
+    }
+
+    /// Counts by level, tenant and status; resources in use against
+    /// capacity; throughput; wait and run time summaries.
+    pub fn stats(&self) -> Stats {
+        self.inner.state.lock().stats(Instant::now())
+    }
+
+    /// Every event from now on. The stream is bounded: a subscriber that
+    /// falls behind is told how many events it missed and never slows the
+    /// scheduler down.
+    pub fn subscribe(&self) -> EventStream {
+        self.inner.telemetry.subscribe()
+    }
+
+    /// Changes a tenant's weight and quota from now on.
+    pub fn set_tenant(&self, tenant: &str, config: TenantConfig) {
+        self.inner
+            .state
+            .lock()
+            .set_tenant_config(tenant, config, Instant::now());
+    }
+
+    /// A tenant's weight and quota.
+    pub fn tenant(&self, tenant: &str) -> TenantConfig {
+        self.inner.state.lock().tenant_config(tenant)
+    }
+
+    /// The backends, in selection order.
+    pub fn backends(&self) -> impl Iterator<Item = &str> {
+        self.inner.backends.iter().map(|b| b.name())
+    }
+}
+
+fn dependency_failed(message: impl Into<String>) -> JobError {
+    JobError {
+        code: "dependency_failed".to_owned(),
+        message: message.into(),
+        retryable: false,
+    }
+}
+
+/// What `job` holds while it runs, checked against the engine's capacity
+/// and the tenant's caps: a job that could never start is refused now.
+fn need_for(state: &State, job: &Job, tenant: &TenantConfig) -> Result<Need, EngineError> {
+    let resources = &job.resources;
+    let cpu_milli = (resources.cpu * 1000.0).round() as u64;
+    let unsatisfiable = |reason: String| EngineError::Unsatisfiable { reason };
+    if cpu_milli > state.cpu_capacity_milli() {
+        return Err(unsatisfiable(format!(
+            "{} CPU cores asked for, the engine has {}",
+            resources.cpu,
+            state.cpu_capacity_milli() as f64 / 1000.0
+        )));
+    }
+    if resources.memory_mb > state.memory_capacity_mb() {
+        return Err(unsatisfiable(format!(
+            "{} MiB asked for, the engine has {}",
+            resources.memory_mb,
+            state.memory_capacity_mb()
+        )));
+    }
+    let gpu = match (&resources.gpu, resources.gpu_count) {
+        (_, 0) => None,
+        (kind, count) => {
+            let kinds = state.gpu_kinds();
+            let index = match kind {
+                Some(kind) => kinds.iter().position(|k| k == kind).ok_or_else(|| {
+                    unsatisfiable(format!(
+                        "no GPUs of type `{kind}` (the engine has: {})",
+                        if kinds.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            kinds.join(", ")
+                        }
+                    ))
+                })?,
+                None if kinds.len() == 1 => 0,
+                None if kinds.is_empty() => {
+                    return Err(unsatisfiable(
+                        "GPUs asked for, the engine has none".to_owned(),
+                    ));
+                }
+                None => {
+                    return Err(EngineError::invalid(format!(
+                        "name the GPU type in resources.gpu (one of: {})",
+                        kinds.join(", ")
+                    )));
+                }
+            };
+            if count > state.gpu_capacity(index) {
+                return Err(unsatisfiable(format!(
+                    "{count} GPUs asked for, the engine has {}",
+                    state.gpu_capacity(index)
+                )));
+            }
+            Some((index, count))
+        }
+    };
+    let quota = &tenant.quota;
+    let over = |limit: &'static str, max: String| EngineError::QuotaExceeded {
+        tenant: job.tenant_id.clone(),
+        limit,
+        max,
+    };
+    if let Some(max) = quota.max_cpu.filter(|max| resources.cpu > *max) {
+        return Err(over("max_cpu", max.to_string()));
+    }
+    if let Some(max) = quota.max_memory_mb.filter(|max| resources.memory_mb > *max) {
+        return Err(over("max_memory_mb", max.to_string()));
+    }
+    if let Some(max) = quota.max_gpus.filter(|max| resources.gpu_count > *max) {
+        return Err(over("max_gpus", max.to_string()));
+    }
+    Ok(Need {
+        cpu_milli,
+        memory_mb: resources.memory_mb,
+        gpu,
+    })
+}
+
+/// Names must be short and printable: they end up in URLs, logs and
+/// metrics labels.
+fn check_name(what: &str, value: &str) -> Result<(), EngineError> {
+    if value.is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
+        return Err(EngineError::invalid(format!(
+            "{what} must be 1 to 128 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn select_backend(&self, job: &Job) -> Result<usize, EngineError> {
+        self.backends
+            .iter()
+            .position(|b| b.supports(job))
+            .ok_or_else(|| EngineError::UnknownKind {
+                kind: job.kind.to_string(),
+            })
+    }
+
+    /// Checks a submission and fills in its defaults.
+    async fn prepare(&self, new: NewJob, batch: Option<Uuid>) -> Result<Prepared, EngineError> {
+        check_name("tenant_id", &new.tenant_id)?;
+        check_name("kind", new.kind.as_str())?;
+        if let Some(namespace) = &new.namespace {
+            check_name("namespace", namespace)?;
+        }
+        if let Some(group) = &new.constraints.concurrency_group {
+            check_name("concurrency_group", group)?;
+        }
+        let mut resources = new.resources;
+        if !resources.cpu.is_finite() || resources.cpu < 0.0 {
+            return Err(EngineError::invalid("resources.cpu must be a number >= 0"));
+        }
+        if resources.gpu.is_some() && resources.gpu_count == 0 {
+            resources.gpu_count = 1;
+        }
+        if resources.timeout_ms == Some(0) || resources.fuel == Some(0) {
+            return Err(EngineError::invalid(
+                "resources.timeout_ms and resources.fuel must be at least 1",
+            ));
+        }
+        let mut constraints = new.constraints;
+        let policy = constraints
+            .retry_policy
+            .get_or_insert_with(|| self.default_retry_policy.clone());
+        if policy.max_attempts == 0 {
+            return Err(EngineError::invalid(
+                "retry_policy.max_attempts must be at least 1",
+            ));
+        }
+        constraints.depends_on.sort_unstable();
+        constraints.depends_on.dedup();
+        let now = Utc::now();
+        let run_at = constraints
+            .not_before
+            .and_then(|at| (at - now).to_std().ok().map(|delay| Instant::now() + delay));
+        let mut job = Job {
+            id: Uuid::now_v7(),
+            kind: new.kind,
+            tenant_id: new.tenant_id,
+            namespace: new
+                .namespace
+                .unwrap_or_else(|| self.default_namespace.clone()),
+            priority: new.priority.unwrap_or(self.default_priority),
+            payload: new.payload,
+            resources,
+            constraints,
+            metadata: new.metadata,
+            external_id: new.external_id,
+            batch_id: batch,
+            status: JobStatus::Queued,
+            attempt: 0,
+            result: None,
+            error: None,
+            outcome: None,
+            backend: None,
+            next_run_at: None,
+            dead_letter: false,
+            lease_epoch: 0,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            cost_usd: 0.0,
+        };
+        if run_at.is_some() {
+            job.next_run_at = job.constraints.not_before;
+        }
+
+        let backend = self.select_backend(&job)?;
+        self.backends[backend]
+            .admit(&job)
+            .await
+            .map_err(|err| match err {
+                AdmitError::UnknownTool(name) => EngineError::UnknownTool { name },
+                AdmitError::InvalidArgs(violations) => EngineError::InvalidArgs {
+                    tool: job
+                        .tool_call()
+                        .map(|(tool, _)| tool.to_owned())
+                        .unwrap_or_default(),
+                    violations,
+                },
+                other => EngineError::invalid(other.to_string()),
+            })?;
+
+        let mut open_deps = Vec::new();
+        let mut doomed = false;
+        for dep in &job.constraints.depends_on {
+            match self.store.get(*dep).await? {
+                Some(found) if found.tenant_id == job.tenant_id => match found.status {
+                    JobStatus::Succeeded => {}
+                    status if status.is_terminal() => doomed = true,
+                    _ => open_deps.push(*dep),
+                },
+                _ => return Err(EngineError::UnknownDependency { id: *dep }),
+            }
+        }
+        if doomed || !open_deps.is_empty() {
+            job.status = JobStatus::Pending;
+        }
+        Ok(Prepared {
+            job,
+            backend,
+            run_at,
+            open_deps,
+            doomed,
+        })
+    }
+
+    fn announce_queued(&self, job: &Job, outcome: PlaceOutcome) {
+        let (id, tenant, priority) = (job.id, job.tenant_id.as_str(), job.priority);
+        match outcome {
+            PlaceOutcome::Queued(depth) => {
+                self.telemetry.job(id, tenant, || EventData::Queued {
+                    priority,
+                    run_at: None,
+                });
+                self.telemetry
+                    .job(id, tenant, || EventData::Enqueued { priority, depth });
+            }
+            PlaceOutcome::Delayed => {
+                self.telemetry.job(id, tenant, || EventData::Queued {
+                    priority,
+                    run_at: job.next_run_at,
+                });
+                self.timer.notify_one();
+            }
+            PlaceOutcome::Pending | PlaceOutcome::Gone => {}
+        }
+    }
+
+    fn spawn_all(self: &Arc<Self>, starts: Vec<Start>) {
+        for start in starts {
+            tokio::spawn(executor::run_attempt(Arc::clone(self), start));
+        }
+    }
+
+    /// Ends a job that was waiting (now `Ending` in the state) as
+    /// `canceled`, then settles its dependents.
+    async fn cancel_waiting(self: &Arc<Self>, id: JobId, error: JobError) -> Option<Job> {
+        let reason = error.message.clone();
+        let at = Utc::now();
+        match self
+            .store
+            .transition(id, Transition::Cancel { error, at })
+            .await
+        {
+            Ok(job) => {
+                let released = self
+                    .state
+                    .lock()
+                    .finished(id, JobStatus::Canceled, Instant::now());
+                self.telemetry
+                    .job(id, &job.tenant_id, || EventData::Canceled { reason });
+                self.settle(released).await;
+                Some(job)
+            }
+            Err(err) => {
+                tracing::warn!(%id, %err, "could not record a cancellation");
+                let status = match self.store.get(id).await {
+                    Ok(Some(job)) => job.status,
+                    _ => JobStatus::Canceled,
+                };
+                let released = self.state.lock().finished(id, status, Instant::now());
+                self.settle(released).await;
+                None
+            }
+        }
+    }
+
+    /// A submission's dependencies that had not succeeded when read: those
+    /// still live were registered; those that ended meanwhile are read
+    /// again now, and decide.
+    async fn resolve_hold(self: &Arc<Self>, id: JobId, deps: &[JobId]) {
+        let mut failed = None;
+        for dep in deps {
+            if self.state.lock().is_live(dep) {
+                continue;
+            }
+            if let Ok(Some(job)) = self.store.get(*dep).await {
+                if job.status.is_terminal() && job.status != JobStatus::Succeeded {
+                    failed = Some(*dep);
+                }
+            }
+        }
+        if let Some(dep) = failed {
+            let action = self.state.lock().request_cancel(id);
+            if let CancelAction::Dequeued = action {
+                self.cancel_waiting(id, dependency_failed(format!("dependency {dep} failed")))
+                    .await;
+            }
+            return;
+        }
+        let ready = self.state.lock().resolve_hold(id);
+        if ready {
+            self.settle(Released {
+                ready: vec![id],
+                doomed: Vec::new(),
+            })
+            .await;
+        }
+    }
+
+    /// Follows a job's end through its dependents: the ready ones are
+    /// queued, the doomed ones cancelled (and theirs after them).
+    async fn settle(self: &Arc<Self>, mut released: Released) {
+        loop {
+            for id in std::mem::take(&mut released.ready) {
+                match self.store.transition(id, Transition::Ready).await {
+                    Ok(job) => {
+                        let (depth, starts) = {
+                            let mut state = self.state.lock();
+                            let now = Instant::now();
+                            let depth = state.ready(id, now);
+                            (depth, state.dispatch(now))
+                        };
+                        if let Some(depth) = depth {
+                            self.announce_queued(&job, PlaceOutcome::Queued(depth));
+                        }
+                        self.spawn_all(starts);
+                    }
+                    Err(err) => tracing::warn!(%id, %err, "could not queue a ready dependent"),
+                }
+            }
+            let doomed = std::mem::take(&mut released.doomed);
+            if doomed.is_empty() && released.ready.is_empty() {
+                return;
+            }
+            for (id, _) in doomed {
+                let error = dependency_failed("a dependency did not succeed");
+                let at = Utc::now();
+                let status = match self
+                    .store
+                    .transition(id, Transition::Cancel { error, at })
+                    .await
+                {
+                    Ok(job) => {
+                        self.telemetry
+                            .job(id, &job.tenant_id, || EventData::Canceled {
+                                reason: "a dependency did not succeed".to_owned(),
+                            });
+                        JobStatus::Canceled
+                    }
+                    Err(err) => {
+                        tracing::warn!(%id, %err, "could not cancel a dependent");
+                        JobStatus::Canceled
+                    }
+                };
+                let more = self.state.lock().finished(id, status, Instant::now());
+                released.ready.extend(more.ready);
+                released.doomed.extend(more.doomed);
+            }
+        }
+    }
+}

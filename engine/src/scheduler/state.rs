@@ -1,0 +1,1233 @@
+//! The scheduler's in-memory state: every job that has not ended, the
+//! per-level queues, free resources, groups, tenants. One lock guards it;
+//! every method here is synchronous and short, and nothing awaits while
+//! holding it.
+//!
+//! Dispatch order: levels strictly by priority; within a level, deficit
+//! round robin across tenants (each turn a tenant may start up to
+//! `quantum × weight` jobs), FIFO within a tenant. A job whose resources do
+//! not fit takes the *reservation*: later jobs may only use what is left
+//! after its needs, so small jobs cannot starve it.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use work_host_api::{Device, JobId, JobStatus, Priority};
+
+use super::EngineError;
+use super::config::{SchedulerConfig, TenantConfig};
+use super::stats::{LevelStats, ResourceStats, Stats, StatusCounts, Summary, TenantStats};
+
+/// Samples kept for wait/run summaries and throughput.
+const SAMPLES: usize = 4096;
+
+/// What a job holds while it runs, in the units the scheduler counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Need {
+    pub(crate) cpu_milli: u64,
+    pub(crate) memory_mb: u64,
+    /// Index into the engine's GPU types, and how many.
+    pub(crate) gpu: Option<(usize, u32)>,
+}
+
+/// Where a live job is.
+#[derive(Debug)]
+pub(crate) enum Place {
+    /// Counted against quotas; not yet in the store.
+    Admitting,
+    /// Waiting for dependencies (plus one hold while submission resolves
+    /// dependencies that ended meanwhile).
+    Pending { deps_left: u32 },
+    /// Queued with a run time in the future.
+    Delayed,
+    /// In its level's queue.
+    Queued,
+    /// Parked until its concurrency group has room.
+    GroupWait,
+    /// Dispatched; an attempt is under way.
+    Running {
+        cancel: CancellationToken,
+        devices: Vec<Device>,
+        started: Instant,
+    },
+    /// On its way to a terminal state from `from`; `queued` when it left
+    /// a queue entry behind (now stale).
+    Ending { from: JobStatus, queued: bool },
+}
+
+/// A job that has not ended.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub(crate) tenant: Arc<str>,
+    /// The level it was submitted at (counts are kept by it).
+    pub(crate) priority: Priority,
+    /// The level it is queued at now (raised by aging).
+    pub(crate) level: Priority,
+    pub(crate) need: Need,
+    pub(crate) group: Option<Arc<str>>,
+    pub(crate) backend: usize,
+    pub(crate) place: Place,
+    /// When it entered its current queue.
+    pub(crate) since: Instant,
+    pub(crate) dependents: Vec<JobId>,
+    pub(crate) cancel_requested: bool,
+}
+
+impl Live {
+    fn status(&self) -> JobStatus {
+        match self.place {
+            Place::Admitting | Place::Delayed | Place::Queued | Place::GroupWait => {
+                JobStatus::Queued
+            }
+            Place::Pending { .. } => JobStatus::Pending,
+            Place::Running { .. } => JobStatus::Running,
+            Place::Ending { from, .. } => from,
+        }
+    }
+}
+
+/// A job dispatched: what its attempt task needs.
+#[derive(Debug)]
+pub(crate) struct Start {
+    pub(crate) id: JobId,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) backend: usize,
+    pub(crate) devices: Vec<Device>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) level: Priority,
+    pub(crate) waited: Duration,
+}
+
+#[derive(Default)]
+struct TenantQueue {
+    jobs: VecDeque<JobId>,
+    deficit: u32,
+}
+
+#[derive(Default)]
+struct Level {
+    /// Tenants with queued jobs, in turn order.
+    ring: VecDeque<Arc<str>>,
+    queues: HashMap<Arc<str>, TenantQueue>,
+    /// Jobs in the queues (stale entries excluded).
+    depth: usize,
+    /// Jobs admitted at this level and not yet running: what capacity
+    /// limits.
+    waiting: usize,
+    counts: StatusCounts,
+    waits_us: Ring,
+}
+
+struct Group {
+    running: u32,
+    parked: VecDeque<JobId>,
+}
+
+struct Tenant {
+    config: TenantConfig,
+    waiting: u64,
+    running: u32,
+    cpu_milli: u64,
+    memory_mb: u64,
+    gpus: u32,
+    bucket: Option<TokenBucket>,
+    counts: [StatusCounts; 4],
+}
+
+impl Tenant {
+    fn new(config: TenantConfig, now: Instant) -> Self {
+        let bucket = config
+            .quota
+            .submits_per_second
+            .map(|rate| TokenBucket::new(rate, now));
+        Self {
+            config,
+            waiting: 0,
+            running: 0,
+            cpu_milli: 0,
+            memory_mb: 0,
+            gpus: 0,
+            bucket,
+            counts: [StatusCounts::default(); 4],
+        }
+    }
+}
+
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, now: Instant) -> Self {
+        Self {
+            rate,
+            tokens: rate.max(1.0),
+            last: now,
+        }
+    }
+
+    /// Takes `n` tokens, or says how long until there are enough.
+    fn take(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
+        let burst = self.rate.max(1.0);
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(burst);
+        self.last = now;
+        if self.tokens >= n {
+            self.tokens -= n;
+            Ok(())
+        } else if n > burst || self.rate <= 0.0 {
+            Err(Duration::from_secs(3600))
+        } else {
+            Err(Duration::from_secs_f64((n - self.tokens) / self.rate))
+        }
+    }
+}
+
+/// The most recent samples, overwritten in a circle.
+#[derive(Default)]
+struct Ring {
+    samples: Vec<u32>,
+    next: usize,
+}
+
+impl Ring {
+    fn push(&mut self, sample: u32) {
+        if self.samples.len() < SAMPLES {
+            self.samples.push(sample);
+        } else {
+            self.samples[self.next] = sample;
+        }
+        self.next = (self.next + 1) % SAMPLES;
+    }
+}
+
+fn micros(duration: Duration) -> u32 {
+    u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// Free resources.
+#[derive(Debug, Clone)]
+struct Pool {
+    cpu_milli: u64,
+    memory_mb: u64,
+    /// Free device ids per GPU type.
+    gpus: Vec<Vec<Device>>,
+}
+
+/// What to do after a job reached a terminal state.
+#[derive(Debug, Default)]
+pub(crate) struct Released {
+    /// Dependents whose dependencies all succeeded: write `queued`, then
+    /// [`State::enqueue`].
+    pub(crate) ready: Vec<JobId>,
+    /// Dependents to cancel because this job did not succeed.
+    pub(crate) doomed: Vec<(JobId, Arc<str>)>,
+}
+
+/// What [`State::request_cancel`] found.
+#[derive(Debug)]
+pub(crate) enum CancelAction {
+    /// Not a live job here: look in the store.
+    NotLive,
+    /// Waiting: now `Ending`; write `canceled`, then [`State::finished`].
+    Dequeued,
+    /// Running: its attempt was told to stop and will write the outcome.
+    Signalled,
+    /// Already ending.
+    Nothing,
+}
+
+pub(crate) struct State {
+    pub(crate) config: SchedulerConfig,
+    jobs: HashMap<JobId, Live>,
+    levels: [Level; 4],
+    delayed: BinaryHeap<Reverse<(Instant, JobId)>>,
+    groups: HashMap<Arc<str>, Group>,
+    tenants: HashMap<Arc<str>, Tenant>,
+    gpu_kinds: Vec<String>,
+    capacity: Pool,
+    free: Pool,
+    reservation: Option<JobId>,
+    waiters: HashMap<JobId, Vec<oneshot::Sender<()>>>,
+    runs_us: Ring,
+    finished: VecDeque<Instant>,
+    finished_total: u64,
+}
+
+impl State {
+    pub(crate) fn new(config: SchedulerConfig) -> Self {
+        let mut gpu_kinds: Vec<String> = Vec::new();
+        let mut gpus: Vec<Vec<Device>> = Vec::new();
+        for device in &config.capacity.gpus {
+            let kind = match gpu_kinds.iter().position(|k| k == &device.kind) {
+                Some(kind) => kind,
+                None => {
+                    gpu_kinds.push(device.kind.clone());
+                    gpus.push(Vec::new());
+                    gpu_kinds.len() - 1
+                }
+            };
+            gpus[kind].push(device.clone());
+        }
+        // Devices are handed out from the end; keep the lowest ids first.
+        for devices in &mut gpus {
+            devices.reverse();
+        }
+        let capacity = Pool {
+            cpu_milli: (config.capacity.cpu * 1000.0) as u64,
+            memory_mb: config.capacity.memory_mb,
+            gpus,
+        };
+        Self {
+            config,
+            jobs: HashMap::new(),
+            levels: Default::default(),
+            delayed: BinaryHeap::new(),
+            groups: HashMap::new(),
+            tenants: HashMap::new(),
+            gpu_kinds,
+            free: capacity.clone(),
+            capacity,
+            reservation: None,
+            waiters: HashMap::new(),
+            runs_us: Ring::default(),
+            finished: VecDeque::new(),
+            finished_total: 0,
+        }
+    }
+
+    pub(crate) fn gpu_kinds(&self) -> &[String] {
+        &self.gpu_kinds
+    }
+
+    /// Total GPUs of type `kind`.
+    pub(crate) fn gpu_capacity(&self, kind: usize) -> u32 {
+        self.capacity.gpus.get(kind).map_or(0, |d| d.len() as u32)
+    }
+
+    pub(crate) fn cpu_capacity_milli(&self) -> u64 {
+        self.capacity.cpu_milli
+    }
+
+    pub(crate) fn memory_capacity_mb(&self) -> u64 {
+        self.capacity.memory_mb
+    }
+
+    pub(crate) fn tenant_config(&self, tenant: &str) -> TenantConfig {
+        self.tenants.get(tenant).map_or_else(
+            || {
+                self.config
+                    .tenants
+                    .get(tenant)
+                    .unwrap_or(&self.config.default_tenant)
+                    .clone()
+            },
+            |t| t.config.clone(),
+        )
+    }
+
+    pub(crate) fn set_tenant_config(&mut self, tenant: &str, config: TenantConfig, now: Instant) {
+        self.config
+            .tenants
+            .insert(tenant.to_owned(), config.clone());
+        if let Some(state) = self.tenants.get_mut(tenant) {
+            state.bucket = config
+                .quota
+                .submits_per_second
+                .map(|rate| TokenBucket::new(rate, now));
+            state.config = config;
+        }
+    }
+
+    pub(crate) fn is_live(&self, id: &JobId) -> bool {
+        self.jobs.contains_key(id)
+    }
+
+    fn tenant_mut(&mut self, name: &Arc<str>, now: Instant) -> &mut Tenant {
+        if !self.tenants.contains_key(name) {
+            let config = self
+                .config
+                .tenants
+                .get(name.as_ref())
+                .unwrap_or(&self.config.default_tenant)
+                .clone();
+            self.tenants
+                .insert(Arc::clone(name), Tenant::new(config, now));
+        }
+        // Inserted above when missing.
+        self.tenants
+            .get_mut(name)
+            .unwrap_or_else(|| unreachable!("tenant inserted above"))
+    }
+
+    /// The interned name of `tenant`, shared by every job of it.
+    pub(crate) fn intern_tenant(&mut self, tenant: &str, now: Instant) -> Arc<str> {
+        if let Some((name, _)) = self.tenants.get_key_value(tenant) {
+            return Arc::clone(name);
+        }
+        let name: Arc<str> = Arc::from(tenant);
+        self.tenant_mut(&name, now);
+        name
+    }
+
+    pub(crate) fn intern_group(&mut self, group: &str) -> Arc<str> {
+        if let Some((name, _)) = self.groups.get_key_value(group) {
+            return Arc::clone(name);
+        }
+        let name: Arc<str> = Arc::from(group);
+        self.groups.insert(
+            Arc::clone(&name),
+            Group {
+                running: 0,
+                parked: VecDeque::new(),
+            },
+        );
+        name
+    }
+
+    fn group_limit(&self, group: &str) -> u32 {
+        self.config
+            .concurrency_limits
+            .get(group)
+            .copied()
+            .unwrap_or(self.config.default_concurrency_limit)
+    }
+
+    fn count(
+        &mut self,
+        tenant: &Arc<str>,
+        priority: Priority,
+        from: Option<JobStatus>,
+        to: Option<JobStatus>,
+    ) {
+        let level = &mut self.levels[priority.index()].counts;
+        if let Some(from) = from {
+            let slot = level.slot(from);
+            *slot = slot.saturating_sub(1);
+        }
+        if let Some(to) = to {
+            *level.slot(to) += 1;
+        }
+        if let Some(t) = self.tenants.get_mut(tenant) {
+            let counts = &mut t.counts[priority.index()];
+            if let Some(from) = from {
+                let slot = counts.slot(from);
+                *slot = slot.saturating_sub(1);
+            }
+            if let Some(to) = to {
+                *counts.slot(to) += 1;
+            }
+        }
+    }
+
+    /// Admission: checks the tenant's rate, its queued quota and the
+    /// levels' capacity for `jobs` as one, then holds their places.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::RateLimited`], [`EngineError::QuotaExceeded`],
+    /// [`EngineError::QueueFull`] (the level is returned for the overflow
+    /// event).
+    pub(crate) fn admit(
+        &mut self,
+        jobs: Vec<(JobId, Live)>,
+        now: Instant,
+    ) -> Result<(), (EngineError, Option<Priority>)> {
+        let mut per_level = [0usize; 4];
+        let mut per_tenant: BTreeMap<Arc<str>, u64> = BTreeMap::new();
+        for (_, live) in &jobs {
+            per_level[live.priority.index()] += 1;
+            *per_tenant.entry(Arc::clone(&live.tenant)).or_default() += 1;
+        }
+        for (level, n) in per_level.iter().enumerate() {
+            let capacity = self.config.queue_capacity[level];
+            if *n > 0 && self.levels[level].waiting + n > capacity {
+                let priority = Priority::ALL[level];
+                return Err((
+                    EngineError::QueueFull { priority, capacity },
+                    Some(priority),
+                ));
+            }
+        }
+        for (name, n) in &per_tenant {
+            let tenant = self.tenant_mut(name, now);
+            if let Some(max) = tenant.config.quota.max_queued {
+                if tenant.waiting + n > max {
+                    return Err((
+                        EngineError::QuotaExceeded {
+                            tenant: name.to_string(),
+                            limit: "max_queued",
+                            max: max.to_string(),
+                        },
+                        None,
+                    ));
+                }
+            }
+        }
+        // Rate last, so a refusal for another reason costs no tokens.
+        for (name, n) in &per_tenant {
+            let tenant = self.tenant_mut(name, now);
+            if let Some(bucket) = &mut tenant.bucket {
+                bucket.take(*n as f64, now).map_err(|retry_after| {
+                    (
+                        EngineError::RateLimited {
+                            tenant: name.to_string(),
+                            retry_after,
+                        },
+                        None,
+                    )
+                })?;
+            }
+        }
+        for (id, live) in jobs {
+            self.levels[live.priority.index()].waiting += 1;
+            self.tenant_mut(&live.tenant, now).waiting += 1;
+            self.jobs.insert(id, live);
+        }
+        Ok(())
+    }
+
+    /// Forgets jobs admitted but never stored (the store refused, or an
+    /// idempotency key matched an existing job).
+    pub(crate) fn abandon(&mut self, ids: &[JobId]) {
+        for id in ids {
+            if let Some(live) = self.jobs.remove(id) {
+                self.levels[live.priority.index()].waiting -= 1;
+                if let Some(t) = self.tenants.get_mut(&live.tenant) {
+                    t.waiting = t.waiting.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// Places a stored job: pending on the dependencies still live, or
+    /// queued (at `run_at` if in the future). `unresolved` is how many
+    /// dependencies ended while it was being submitted and still need
+    /// checking; they hold it pending until [`State::resolve_hold`].
+    ///
+    /// Returns the live dependencies it now waits on.
+    pub(crate) fn place(
+        &mut self,
+        id: JobId,
+        depends_on: &[JobId],
+        hold: bool,
+        run_at: Option<Instant>,
+        now: Instant,
+    ) -> PlaceOutcome {
+        let mut waiting_on = 0u32;
+        for dep in depends_on {
+            if let Some(live) = self.jobs.get_mut(dep) {
+                live.dependents.push(id);
+                waiting_on += 1;
+            }
+        }
+        let Some(live) = self.jobs.get(&id) else {
+            return PlaceOutcome::Gone;
+        };
+        let (tenant, priority) = (Arc::clone(&live.tenant), live.priority);
+        let deps_left = waiting_on + u32::from(hold);
+        if deps_left > 0 {
+            if let Some(live) = self.jobs.get_mut(&id) {
+                live.place = Place::Pending { deps_left };
+            }
+            self.count(&tenant, priority, None, Some(JobStatus::Pending));
+            return PlaceOutcome::Pending;
+        }
+        self.count(&tenant, priority, None, Some(JobStatus::Queued));
+        match run_at {
+            Some(at) if at > now => {
+                self.delay(id, at);
+                PlaceOutcome::Delayed
+            }
+            _ => PlaceOutcome::Queued(self.enqueue(id, now)),
+        }
+    }
+
+    /// A new job whose dependency had already failed: counted as pending
+    /// and on its way to `canceled`.
+    pub(crate) fn doom(&mut self, id: JobId) {
+        let Some(live) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        live.place = Place::Ending {
+            from: JobStatus::Pending,
+            queued: false,
+        };
+        let (tenant, priority) = (Arc::clone(&live.tenant), live.priority);
+        self.count(&tenant, priority, None, Some(JobStatus::Pending));
+    }
+
+    /// Releases the submission hold of a pending job. Returns true when it
+    /// is now ready (write `queued`, then [`State::enqueue`]).
+    pub(crate) fn resolve_hold(&mut self, id: JobId) -> bool {
+        self.release_dependency(id)
+    }
+
+    fn release_dependency(&mut self, id: JobId) -> bool {
+        match self.jobs.get_mut(&id) {
+            Some(Live {
+                place: Place::Pending { deps_left },
+                ..
+            }) => {
+                *deps_left = deps_left.saturating_sub(1);
+                *deps_left == 0
+            }
+            _ => false,
+        }
+    }
+
+    /// A pending job whose dependencies succeeded, now `queued` in the
+    /// store.
+    pub(crate) fn ready(&mut self, id: JobId, now: Instant) -> Option<usize> {
+        let live = self.jobs.get(&id)?;
+        let (tenant, priority) = (Arc::clone(&live.tenant), live.priority);
+        self.count(
+            &tenant,
+            priority,
+            Some(JobStatus::Pending),
+            Some(JobStatus::Queued),
+        );
+        Some(self.enqueue(id, now))
+    }
+
+    /// Puts a live job at the back of its tenant's queue at its level and
+    /// returns the level's depth.
+    pub(crate) fn enqueue(&mut self, id: JobId, now: Instant) -> usize {
+        self.enqueue_at(id, now, false)
+    }
+
+    fn enqueue_at(&mut self, id: JobId, now: Instant, front: bool) -> usize {
+        let Some(live) = self.jobs.get_mut(&id) else {
+            return 0;
+        };
+        live.place = Place::Queued;
+        live.since = now;
+        let tenant = Arc::clone(&live.tenant);
+        let level = &mut self.levels[live.level.index()];
+        let queue = level.queues.entry(Arc::clone(&tenant)).or_insert_with(|| {
+            level.ring.push_back(Arc::clone(&tenant));
+            TenantQueue::default()
+        });
+        if front {
+            queue.jobs.push_front(id);
+        } else {
+            queue.jobs.push_back(id);
+        }
+        level.depth += 1;
+        level.depth
+    }
+
+    /// Holds a queued job until `until`.
+    pub(crate) fn delay(&mut self, id: JobId, until: Instant) {
+        if let Some(live) = self.jobs.get_mut(&id) {
+            live.place = Place::Delayed;
+            self.delayed.push(Reverse((until, id)));
+        }
+    }
+
+    /// The earliest time a delayed job or aging needs attention.
+    pub(crate) fn next_wakeup(&self, now: Instant) -> Option<Instant> {
+        let delayed = self.delayed.peek().map(|Reverse((at, _))| *at);
+        let aging = self.config.aging.and_then(|aging| {
+            let queued_below_top = self.levels[1..].iter().any(|level| level.depth > 0);
+            queued_below_top.then(|| now + (aging / 4).max(Duration::from_millis(1)))
+        });
+        match (delayed, aging) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Moves delayed jobs whose time has come into their queues, and lifts
+    /// jobs that waited longer than the aging interval one level up.
+    pub(crate) fn tick(&mut self, now: Instant) -> Vec<(JobId, Arc<str>, Priority, usize)> {
+        let mut enqueued = Vec::new();
+        while let Some(Reverse((at, id))) = self.delayed.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.delayed.pop();
+            if let Some(live) = self.jobs.get(&id) {
+                if matches!(live.place, Place::Delayed) {
+                    let (tenant, level) = (Arc::clone(&live.tenant), live.level);
+                    let depth = self.enqueue(id, now);
+                    enqueued.push((id, tenant, level, depth));
+                }
+            }
+        }
+        if let Some(aging) = self.config.aging {
+            self.age(aging, now);
+        }
+        enqueued
+    }
+
+    fn age(&mut self, aging: Duration, now: Instant) {
+        for level in 1..self.levels.len() {
+            let mut lifted = Vec::new();
+            for queue in self.levels[level].queues.values_mut() {
+                while let Some(id) = queue.jobs.front().copied() {
+                    match self.jobs.get(&id) {
+                        Some(live)
+                            if matches!(live.place, Place::Queued)
+                                && live.level.index() == level =>
+                        {
+                            if now.saturating_duration_since(live.since) < aging {
+                                break;
+                            }
+                            queue.jobs.pop_front();
+                            lifted.push(id);
+                        }
+                        // Stale entry: cancelled or moved.
+                        _ => {
+                            queue.jobs.pop_front();
+                        }
+                    }
+                }
+            }
+            self.levels[level].depth -= lifted.len();
+            for id in lifted {
+                if let Some(live) = self.jobs.get_mut(&id) {
+                    live.level = Priority::ALL[level - 1];
+                }
+                self.enqueue(id, now);
+            }
+        }
+    }
+
+    /// Starts every queued job that may start now, in dispatch order.
+    pub(crate) fn dispatch(&mut self, now: Instant) -> Vec<Start> {
+        let mut starts = Vec::new();
+        for level in 0..self.levels.len() {
+            let mut misses = 0;
+            while misses < self.levels[level].ring.len() {
+                let Some(tenant) = self.levels[level].ring.front().cloned() else {
+                    break;
+                };
+                let Some(id) = self.head(level, &tenant) else {
+                    // The tenant's queue here is empty: out of the ring.
+                    let level = &mut self.levels[level];
+                    level.ring.pop_front();
+                    level.queues.remove(&tenant);
+                    continue;
+                };
+                let quantum = self.config.quantum.max(1)
+                    * self
+                        .tenants
+                        .get(&tenant)
+                        .map_or(1, |t| t.config.weight.max(1));
+                let level_state = &mut self.levels[level];
+                let Some(queue) = level_state.queues.get_mut(&tenant) else {
+                    break;
+                };
+                if queue.deficit == 0 {
+                    queue.deficit = quantum;
+                }
+                match self.check(id) {
+                    Check::Start => {
+                        let level_state = &mut self.levels[level];
+                        if let Some(queue) = level_state.queues.get_mut(&tenant) {
+                            queue.jobs.pop_front();
+                            queue.deficit -= 1;
+                            if queue.deficit == 0 {
+                                level_state.ring.rotate_left(1);
+                            }
+                        }
+                        level_state.depth -= 1;
+                        misses = 0;
+                        if let Some(start) = self.start(id, now) {
+                            starts.push(start);
+                        }
+                    }
+                    Check::Park(group) => {
+                        let level_state = &mut self.levels[level];
+                        if let Some(queue) = level_state.queues.get_mut(&tenant) {
+                            queue.jobs.pop_front();
+                        }
+                        level_state.depth -= 1;
+                        if let Some(live) = self.jobs.get_mut(&id) {
+                            live.place = Place::GroupWait;
+                        }
+                        if let Some(group) = self.groups.get_mut(&group) {
+                            group.parked.push_back(id);
+                        }
+                    }
+                    Check::NoRoom => match self.backfill(level, &tenant) {
+                        Some(id) => {
+                            let level_state = &mut self.levels[level];
+                            if let Some(queue) = level_state.queues.get_mut(&tenant) {
+                                queue.deficit = queue.deficit.saturating_sub(1);
+                            }
+                            level_state.depth -= 1;
+                            misses = 0;
+                            if let Some(start) = self.start(id, now) {
+                                starts.push(start);
+                            }
+                        }
+                        None => {
+                            self.levels[level].ring.rotate_left(1);
+                            misses += 1;
+                        }
+                    },
+                    Check::Blocked => {
+                        self.levels[level].ring.rotate_left(1);
+                        misses += 1;
+                    }
+                }
+            }
+        }
+        starts
+    }
+
+    /// The first live entry of `tenant`'s queue at `level`, dropping stale
+    /// ones.
+    fn head(&mut self, level: usize, tenant: &Arc<str>) -> Option<JobId> {
+        let queue = self.levels[level].queues.get_mut(tenant)?;
+        while let Some(id) = queue.jobs.front().copied() {
+            match self.jobs.get(&id) {
+                Some(live)
+                    if matches!(live.place, Place::Queued) && live.level.index() == level =>
+                {
+                    return Some(id);
+                }
+                _ => {
+                    queue.jobs.pop_front();
+                }
+            }
+        }
+        None
+    }
+
+    /// When a tenant's first job waits for resources, one of its next few
+    /// jobs that fits what is free (less the reservation) may start ahead
+    /// of it: backfill that never delays the reserved job. Takes it out of
+    /// the queue.
+    fn backfill(&mut self, level: usize, tenant: &Arc<str>) -> Option<JobId> {
+        const LOOKAHEAD: usize = 8;
+        let queue = self.levels[level].queues.get(tenant)?;
+        let position = queue.jobs.iter().skip(1).take(LOOKAHEAD).position(|id| {
+            self.jobs.get(id).is_some_and(|live| {
+                matches!(live.place, Place::Queued)
+                    && live.level.index() == level
+                    && live.group.as_ref().is_none_or(|group| {
+                        self.groups.get(group).map_or(0, |g| g.running) < self.group_limit(group)
+                    })
+                    && self.fits(*id, &live.need)
+            })
+        })?;
+        self.levels[level]
+            .queues
+            .get_mut(tenant)?
+            .jobs
+            .remove(position + 1)
+    }
+
+    fn check(&mut self, id: JobId) -> Check {
+        let Some(live) = self.jobs.get(&id) else {
+            return Check::Blocked;
+        };
+        if let Some(tenant) = self.tenants.get(&live.tenant) {
+            let quota = &tenant.config.quota;
+            let over = quota.max_running.is_some_and(|max| tenant.running >= max)
+                || quota.max_cpu.is_some_and(|max| {
+                    tenant.cpu_milli + live.need.cpu_milli > (max * 1000.0) as u64
+                })
+                || quota
+                    .max_memory_mb
+                    .is_some_and(|max| tenant.memory_mb + live.need.memory_mb > max)
+                || quota
+                    .max_gpus
+                    .is_some_and(|max| tenant.gpus + live.need.gpu.map_or(0, |(_, n)| n) > max);
+            if over {
+                return Check::Blocked;
+            }
+        }
+        if let Some(group) = &live.group {
+            let running = self.groups.get(group).map_or(0, |g| g.running);
+            if running >= self.group_limit(group) {
+                return Check::Park(Arc::clone(group));
+            }
+        }
+        if self.fits(id, &live.need) {
+            if self.reservation == Some(id) {
+                self.reservation = None;
+            }
+            return Check::Start;
+        }
+        let outranks = match self.reservation.and_then(|r| self.jobs.get(&r)) {
+            Some(reserved) => live.level < reserved.level,
+            None => true,
+        };
+        if outranks {
+            self.reservation = Some(id);
+        }
+        Check::NoRoom
+    }
+
+    /// Whether `need` fits the free pool, less what the reservation (if it
+    /// is another job) is waiting for.
+    fn fits(&self, id: JobId, need: &Need) -> bool {
+        let mut cpu = self.free.cpu_milli as i64;
+        let mut memory = self.free.memory_mb as i64;
+        let mut gpus = need.gpu.map_or(0, |(kind, _)| {
+            self.free.gpus.get(kind).map_or(0, Vec::len) as i64
+        });
+        if let Some(reserved) = self
+            .reservation
+            .filter(|r| *r != id)
+            .and_then(|r| self.jobs.get(&r))
+        {
+            cpu -= reserved.need.cpu_milli as i64;
+            memory -= reserved.need.memory_mb as i64;
+            if let (Some((kind, n)), Some((mine, _))) = (reserved.need.gpu, need.gpu) {
+                if kind == mine {
+                    gpus -= i64::from(n);
+                }
+            }
+        }
+        need.cpu_milli as i64 <= cpu
+            && need.memory_mb as i64 <= memory
+            && need.gpu.is_none_or(|(_, n)| i64::from(n) <= gpus)
+    }
+
+    fn start(&mut self, id: JobId, now: Instant) -> Option<Start> {
+        let live = self.jobs.get_mut(&id)?;
+        let need = live.need.clone();
+        let mut devices = Vec::new();
+        if let Some((kind, n)) = need.gpu {
+            let free = self.free.gpus.get_mut(kind)?;
+            for _ in 0..n {
+                devices.extend(free.pop());
+            }
+        }
+        self.free.cpu_milli -= need.cpu_milli.min(self.free.cpu_milli);
+        self.free.memory_mb -= need.memory_mb.min(self.free.memory_mb);
+        let cancel = CancellationToken::new();
+        if live.cancel_requested {
+            cancel.cancel();
+        }
+        let waited = now.saturating_duration_since(live.since);
+        live.place = Place::Running {
+            cancel: cancel.clone(),
+            devices: devices.clone(),
+            started: now,
+        };
+        let (tenant, priority, level, group, backend) = (
+            Arc::clone(&live.tenant),
+            live.priority,
+            live.level,
+            live.group.clone(),
+            live.backend,
+        );
+        if let Some(group) = group.and_then(|g| self.groups.get_mut(&g)) {
+            group.running += 1;
+        }
+        let t = self.tenant_mut(&tenant, now);
+        t.waiting = t.waiting.saturating_sub(1);
+        t.running += 1;
+        t.cpu_milli += need.cpu_milli;
+        t.memory_mb += need.memory_mb;
+        t.gpus += need.gpu.map_or(0, |(_, n)| n);
+        let level_state = &mut self.levels[priority.index()];
+        level_state.waiting = level_state.waiting.saturating_sub(1);
+        self.levels[level.index()].waits_us.push(micros(waited));
+        self.count(
+            &tenant,
+            priority,
+            Some(JobStatus::Queued),
+            Some(JobStatus::Running),
+        );
+        Some(Start {
+            id,
+            tenant,
+            backend,
+            devices,
+            cancel,
+            level,
+            waited,
+        })
+    }
+
+    /// An attempt ended: gives its resources and group slot back. The job
+    /// stays live (`Ending`) until [`State::retry`] or [`State::finished`].
+    pub(crate) fn end_attempt(&mut self, id: JobId, now: Instant) {
+        let Some(live) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let Place::Running {
+            devices, started, ..
+        } = std::mem::replace(
+            &mut live.place,
+            Place::Ending {
+                from: JobStatus::Running,
+                queued: false,
+            },
+        )
+        else {
+            return;
+        };
+        let need = live.need.clone();
+        let (tenant, group) = (Arc::clone(&live.tenant), live.group.clone());
+        if let Some((kind, _)) = need.gpu {
+            if let Some(free) = self.free.gpus.get_mut(kind) {
+                free.extend(devices);
+            }
+        }
+        self.free.cpu_milli += need.cpu_milli;
+        self.free.memory_mb += need.memory_mb;
+        if let Some(t) = self.tenants.get_mut(&tenant) {
+            t.running = t.running.saturating_sub(1);
+            t.cpu_milli = t.cpu_milli.saturating_sub(need.cpu_milli);
+            t.memory_mb = t.memory_mb.saturating_sub(need.memory_mb);
+            t.gpus = t.gpus.saturating_sub(need.gpu.map_or(0, |(_, n)| n));
+        }
+        self.runs_us
+            .push(micros(now.saturating_duration_since(started)));
+        if let Some(group) = group.and_then(|g| self.groups.get_mut(&g)) {
+            group.running = group.running.saturating_sub(1);
+            // One slot freed: the longest-parked job goes back to the front
+            // of its queue.
+            let next = group.parked.pop_front();
+            if let Some(next) = next {
+                self.enqueue_at(next, now, true);
+            }
+        }
+    }
+
+    /// After [`State::end_attempt`]: the job goes back to its queue at
+    /// `run_at`. Returns the level's depth when it is queued right away.
+    pub(crate) fn retry(&mut self, id: JobId, run_at: Instant, now: Instant) -> Option<usize> {
+        let live = self.jobs.get_mut(&id)?;
+        // A retry starts over at its own level.
+        live.level = live.priority;
+        live.since = now;
+        let (tenant, priority) = (Arc::clone(&live.tenant), live.priority);
+        self.levels[priority.index()].waiting += 1;
+        self.tenant_mut(&tenant, now).waiting += 1;
+        self.count(
+            &tenant,
+            priority,
+            Some(JobStatus::Running),
+            Some(JobStatus::Queued),
+        );
+        if run_at > now {
+            self.delay(id, run_at);
+            None
+        } else {
+            Some(self.enqueue(id, now))
+        }
+    }
+
+    /// The job is now terminal in the store: forgets it, wakes waiters and
+    /// says what becomes of its dependents.
+    pub(crate) fn finished(&mut self, id: JobId, status: JobStatus, now: Instant) -> Released {
+        let mut released = Released::default();
+        let Some(live) = self.jobs.remove(&id) else {
+            return released;
+        };
+        if self.reservation == Some(id) {
+            self.reservation = None;
+        }
+        let from = live.status();
+        if from != JobStatus::Running {
+            // Ended while waiting (cancelled, or a dependency failed).
+            let level = &mut self.levels[live.priority.index()];
+            level.waiting = level.waiting.saturating_sub(1);
+            if let Some(t) = self.tenants.get_mut(&live.tenant) {
+                t.waiting = t.waiting.saturating_sub(1);
+            }
+            if matches!(live.place, Place::Ending { queued: true, .. }) {
+                let level = &mut self.levels[live.level.index()];
+                level.depth = level.depth.saturating_sub(1);
+            }
+        }
+        self.count(&live.tenant, live.priority, Some(from), Some(status));
+        self.finished_total += 1;
+        self.finished.push_back(now);
+        if self.finished.len() > SAMPLES {
+            self.finished.pop_front();
+        }
+        if let Some(waiters) = self.waiters.remove(&id) {
+            for waiter in waiters {
+                let _ = waiter.send(());
+            }
+        }
+        for dependent in live.dependents {
+            let Some(dep) = self.jobs.get(&dependent) else {
+                continue;
+            };
+            if status == JobStatus::Succeeded {
+                if self.release_dependency(dependent) {
+                    released.ready.push(dependent);
+                }
+            } else if matches!(dep.place, Place::Pending { .. }) {
+                let tenant = Arc::clone(&dep.tenant);
+                if let Some(dep) = self.jobs.get_mut(&dependent) {
+                    dep.place = Place::Ending {
+                        from: JobStatus::Pending,
+                        queued: false,
+                    };
+                }
+                released.doomed.push((dependent, tenant));
+            }
+        }
+        released
+    }
+
+    /// Takes a waiting job out of the running, or signals a running one.
+    pub(crate) fn request_cancel(&mut self, id: JobId) -> CancelAction {
+        let Some(live) = self.jobs.get_mut(&id) else {
+            return CancelAction::NotLive;
+        };
+        live.cancel_requested = true;
+        match &live.place {
+            Place::Running { cancel, .. } => {
+                cancel.cancel();
+                CancelAction::Signalled
+            }
+            Place::Ending { .. } => CancelAction::Nothing,
+            // Admitting: the submitter places it next; it starts cancelled.
+            Place::Admitting => CancelAction::Nothing,
+            Place::Pending { .. } | Place::Delayed | Place::Queued | Place::GroupWait => {
+                let group = live.group.clone();
+                live.place = Place::Ending {
+                    from: live.status(),
+                    queued: matches!(live.place, Place::Queued),
+                };
+                if let Some(group) = group.and_then(|g| self.groups.get_mut(&g)) {
+                    group.parked.retain(|parked| *parked != id);
+                }
+                if self.reservation == Some(id) {
+                    self.reservation = None;
+                }
+                CancelAction::Dequeued
+            }
+        }
+    }
+
+    /// A channel that fires when `id` ends, or `None` when it is not live.
+    pub(crate) fn waiter(&mut self, id: JobId) -> Option<oneshot::Receiver<()>> {
+        if !self.jobs.contains_key(&id) {
+            return None;
+        }
+        let (sender, receiver) = oneshot::channel();
+        let waiters = self.waiters.entry(id).or_default();
+        waiters.retain(|w| !w.is_closed());
+        waiters.push(sender);
+        Some(receiver)
+    }
+
+    pub(crate) fn stats(&self, now: Instant) -> Stats {
+        let mut jobs = StatusCounts::default();
+        let levels = Priority::ALL
+            .into_iter()
+            .map(|priority| {
+                let level = &self.levels[priority.index()];
+                jobs.add(&level.counts);
+                LevelStats {
+                    priority,
+                    jobs: level.counts,
+                    depth: level.depth,
+                    capacity: self.config.queue_capacity[priority.index()],
+                    wait: Summary::of(&level.waits_us.samples),
+                }
+            })
+            .collect();
+        let mut tenants: Vec<TenantStats> = self
+            .tenants
+            .iter()
+            .map(|(name, t)| {
+                let mut total = StatusCounts::default();
+                let mut by_priority = BTreeMap::new();
+                for priority in Priority::ALL {
+                    let counts = t.counts[priority.index()];
+                    total.add(&counts);
+                    by_priority.insert(priority, counts);
+                }
+                TenantStats {
+                    tenant_id: name.to_string(),
+                    jobs: total,
+                    by_priority,
+                    cpu_in_use: t.cpu_milli as f64 / 1000.0,
+                    memory_mb_in_use: t.memory_mb,
+                    gpus_in_use: t.gpus,
+                }
+            })
+            .collect();
+        tenants.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        let gpu_map = |pool: &Pool| {
+            self.gpu_kinds
+                .iter()
+                .enumerate()
+                .map(|(i, kind)| (kind.clone(), pool.gpus.get(i).map_or(0, Vec::len) as u32))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let capacity_gpus = gpu_map(&self.capacity);
+        let free_gpus = gpu_map(&self.free);
+        let resources = ResourceStats {
+            cpu_in_use: (self.capacity.cpu_milli - self.free.cpu_milli) as f64 / 1000.0,
+            cpu_capacity: self.capacity.cpu_milli as f64 / 1000.0,
+            memory_mb_in_use: self.capacity.memory_mb - self.free.memory_mb,
+            memory_mb_capacity: self.capacity.memory_mb,
+            gpus_in_use: capacity_gpus
+                .iter()
+                .map(|(kind, total)| {
+                    (
+                        kind.clone(),
+                        total - free_gpus.get(kind).copied().unwrap_or(0),
+                    )
+                })
+                .collect(),
+            gpus_capacity: capacity_gpus,
+        };
+        let throughput_per_second = match self.finished.front() {
+            Some(first) if self.finished.len() > 1 => {
+                let span = now.saturating_duration_since(*first).as_secs_f64();
+                if span > 0.0 {
+                    self.finished.len() as f64 / span
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        };
+        Stats {
+            jobs,
+            levels,
+            tenants,
+            resources,
+            finished_total: self.finished_total,
+            throughput_per_second,
+            run: Summary::of(&self.runs_us.samples),
+        }
+    }
+}
+
+/// Where [`State::place`] put a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PlaceOutcome {
+    /// Waiting on dependencies.
+    Pending,
+    /// Queued for later.
+    Delayed,
+    /// In its queue; the level's depth.
+    Queued(usize),
+    /// Cancelled meanwhile.
+    Gone,
+}
+
+enum Check {
+    Start,
+    /// Its concurrency group is full: park it.
+    Park(Arc<str>),
+    /// Not enough free resources.
+    NoRoom,
+    /// Its tenant is at a quota: the tenant's turn passes.
+    Blocked,
+}

@@ -1,0 +1,157 @@
+//! [`Stats`]: what the scheduler is doing, as numbers.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use work_host_api::{JobStatus, Priority};
+
+/// Jobs by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StatusCounts {
+    /// Waiting for dependencies.
+    pub pending: u64,
+    /// Waiting for their turn or their run time.
+    pub queued: u64,
+    /// Running.
+    pub running: u64,
+    /// Ended with a result.
+    pub succeeded: u64,
+    /// Ended without one.
+    pub failed: u64,
+    /// Cancelled.
+    pub canceled: u64,
+    /// Ran out of time.
+    pub timeout: u64,
+}
+
+impl StatusCounts {
+    pub(crate) fn slot(&mut self, status: JobStatus) -> &mut u64 {
+        match status {
+            JobStatus::Pending => &mut self.pending,
+            JobStatus::Queued => &mut self.queued,
+            JobStatus::Running => &mut self.running,
+            JobStatus::Succeeded => &mut self.succeeded,
+            JobStatus::Failed => &mut self.failed,
+            JobStatus::Canceled => &mut self.canceled,
+            JobStatus::Timeout => &mut self.timeout,
+        }
+    }
+
+    pub(crate) fn add(&mut self, other: &StatusCounts) {
+        for status in JobStatus::ALL {
+            *self.slot(status) += other.get(status);
+        }
+    }
+
+    /// The count for `status`.
+    pub fn get(&self, status: JobStatus) -> u64 {
+        let mut copy = *self;
+        *copy.slot(status)
+    }
+}
+
+/// A summary of durations, in milliseconds, over the most recent samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Summary {
+    /// Samples summarised.
+    pub count: usize,
+    /// Median.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+impl Summary {
+    pub(crate) fn of(samples_us: &[u32]) -> Self {
+        if samples_us.is_empty() {
+            return Self::default();
+        }
+        let mut sorted = samples_us.to_vec();
+        sorted.sort_unstable();
+        let at = |q: f64| {
+            let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+            f64::from(sorted[i]) / 1000.0
+        };
+        Self {
+            count: sorted.len(),
+            p50_ms: at(0.5),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+/// One priority level.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LevelStats {
+    /// The level.
+    pub priority: Priority,
+    /// Its jobs by status (by the level they were submitted at).
+    pub jobs: StatusCounts,
+    /// Jobs in its queue now, aged-in jobs included.
+    pub depth: usize,
+    /// Its queue capacity.
+    pub capacity: usize,
+    /// Time from queued to started, recent jobs.
+    pub wait: Summary,
+}
+
+/// One tenant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantStats {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Its jobs by status.
+    pub jobs: StatusCounts,
+    /// Its jobs by status per level.
+    pub by_priority: BTreeMap<Priority, StatusCounts>,
+    /// CPU cores its running jobs hold.
+    pub cpu_in_use: f64,
+    /// Memory its running jobs hold, MiB.
+    pub memory_mb_in_use: u64,
+    /// GPUs its running jobs hold.
+    pub gpus_in_use: u32,
+}
+
+/// Resources held by running jobs against the engine's capacity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResourceStats {
+    /// CPU cores held.
+    pub cpu_in_use: f64,
+    /// CPU cores in all.
+    pub cpu_capacity: f64,
+    /// Memory held, MiB.
+    pub memory_mb_in_use: u64,
+    /// Memory in all, MiB.
+    pub memory_mb_capacity: u64,
+    /// GPUs held, by type.
+    pub gpus_in_use: BTreeMap<String, u32>,
+    /// GPUs in all, by type.
+    pub gpus_capacity: BTreeMap<String, u32>,
+}
+
+/// A snapshot of the scheduler ([`Engine::stats`](crate::Engine::stats)).
+///
+/// Counts cover the jobs this engine has seen since it started.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    /// Every job by status.
+    pub jobs: StatusCounts,
+    /// Per level, highest first.
+    pub levels: Vec<LevelStats>,
+    /// Per tenant, by name.
+    pub tenants: Vec<TenantStats>,
+    /// Running resources against capacity.
+    pub resources: ResourceStats,
+    /// Jobs ended since start.
+    pub finished_total: u64,
+    /// Jobs ended per second over the recent window.
+    pub throughput_per_second: f64,
+    /// Time from started to ended, recent jobs.
+    pub run: Summary,
+}

@@ -1,0 +1,270 @@
+//! [`MemoryStore`]: jobs in sharded hash maps with per-tenant indexes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use work_host_api::{Job, JobId, JobStatus};
+
+use super::{Inserted, JobPage, JobQuery, Store, StoreError, Transition};
+
+const SHARDS: usize = 32;
+
+/// Jobs in memory, for embedding and tests; gone when the process ends.
+///
+/// Jobs live in 32 shards, each behind its own short-held lock, so claims
+/// and completions on different jobs rarely contend. Each tenant has its
+/// own index (all jobs, by status, by namespace, dead letters, idempotency
+/// keys, external ids), so a listing reads one tenant's index instead of
+/// every job. No lock is held across an `.await`.
+///
+/// Lock order: a tenant's index, then a shard; never the other way round.
+#[derive(Default)]
+pub struct MemoryStore {
+    shards: [Mutex<HashMap<JobId, Box<Job>>>; SHARDS],
+    tenants: RwLock<HashMap<String, Arc<Mutex<TenantIndex>>>>,
+    hasher: RandomState,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+/// One tenant's jobs, ordered by id (so by submission time).
+#[derive(Default)]
+struct TenantIndex {
+    all: BTreeSet<JobId>,
+    by_status: [BTreeSet<JobId>; JobStatus::ALL.len()],
+    by_namespace: HashMap<String, BTreeSet<JobId>>,
+    dead_letters: BTreeSet<JobId>,
+    idempotency: HashMap<String, JobId>,
+    external: HashMap<String, JobId>,
+}
+
+impl TenantIndex {
+    fn add(&mut self, job: &Job) {
+        self.all.insert(job.id);
+        self.by_status[job.status as usize].insert(job.id);
+        self.by_namespace
+            .entry(job.namespace.clone())
+            .or_default()
+            .insert(job.id);
+        if job.dead_letter {
+            self.dead_letters.insert(job.id);
+        }
+        if let Some(key) = &job.constraints.idempotency_key {
+            self.idempotency.insert(key.clone(), job.id);
+        }
+        if let Some(external) = &job.external_id {
+            self.external.insert(external.clone(), job.id);
+        }
+    }
+
+    /// Moves `id` out of the status sets of `touched` and into those of
+    /// its current state. Updates may arrive out of order; each one reads
+    /// the job's state at the time, so the last one leaves the index right.
+    fn moved(
+        &mut self,
+        id: JobId,
+        touched: [JobStatus; 2],
+        (status, dead_letter): (JobStatus, bool),
+    ) {
+        for old in touched {
+            if old != status {
+                self.by_status[old as usize].remove(&id);
+            }
+        }
+        self.by_status[status as usize].insert(id);
+        if dead_letter {
+            self.dead_letters.insert(id);
+        } else {
+            self.dead_letters.remove(&id);
+        }
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn shard(&self, id: &JobId) -> &Mutex<HashMap<JobId, Box<Job>>> {
+        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
+    }
+
+    fn tenant(&self, tenant: &str) -> Option<Arc<Mutex<TenantIndex>>> {
+        self.tenants.read().get(tenant).cloned()
+    }
+
+    fn tenant_or_new(&self, tenant: &str) -> Arc<Mutex<TenantIndex>> {
+        if let Some(index) = self.tenant(tenant) {
+            return index;
+        }
+        Arc::clone(self.tenants.write().entry(tenant.to_owned()).or_default())
+    }
+
+    fn read(&self, id: &JobId) -> Option<Job> {
+        self.shard(id).lock().get(id).map(|job| Job::clone(job))
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn insert(&self, jobs: Vec<Job>) -> Result<Vec<Inserted>, StoreError> {
+        // Lock every tenant involved, in name order, so two batches cannot
+        // deadlock and idempotency checks and inserts happen as one step.
+        let mut names: Vec<String> = jobs.iter().map(|job| job.tenant_id.clone()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let indexes: Vec<_> = names.iter().map(|name| self.tenant_or_new(name)).collect();
+        let mut guards: Vec<_> = indexes.iter().map(|index| index.lock()).collect();
+        let guard_of = |tenant: &str| {
+            names
+                .binary_search_by(|name| name.as_str().cmp(tenant))
+                .unwrap_or(0)
+        };
+
+        for job in &jobs {
+            if self.shard(&job.id).lock().contains_key(&job.id) {
+                return Err(StoreError::Duplicate(job.id));
+            }
+        }
+        let mut outcome = Vec::with_capacity(jobs.len());
+        let mut first_with_key: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, job) in jobs.iter().enumerate() {
+            let Some(key) = job.constraints.idempotency_key.as_deref() else {
+                outcome.push(Inserted::New);
+                continue;
+            };
+            let stored = guards[guard_of(&job.tenant_id)]
+                .idempotency
+                .get(key)
+                .and_then(|id| self.read(id));
+            let existing = stored.or_else(|| {
+                first_with_key
+                    .get(&(job.tenant_id.as_str(), key))
+                    .map(|&first| jobs[first].clone())
+            });
+            match existing {
+                Some(existing) => outcome.push(Inserted::Existing(Box::new(existing))),
+                None => {
+                    first_with_key.insert((job.tenant_id.as_str(), key), i);
+                    outcome.push(Inserted::New);
+                }
+            }
+        }
+        drop(first_with_key);
+        for (job, inserted) in jobs.into_iter().zip(&outcome) {
+            if matches!(inserted, Inserted::New) {
+                guards[guard_of(&job.tenant_id)].add(&job);
+                self.shard(&job.id).lock().insert(job.id, Box::new(job));
+            }
+        }
+        drop(guards);
+        Ok(outcome)
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        Ok(self.read(&id))
+    }
+
+    async fn get_by_external_id(
+        &self,
+        tenant: &str,
+        external_id: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        let Some(index) = self.tenant(tenant) else {
+            return Ok(None);
+        };
+        let index = index.lock();
+        Ok(index.external.get(external_id).and_then(|id| self.read(id)))
+    }
+
+    async fn list(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
+        let cursor = query.cursor_id()?;
+        let limit = query.page_size();
+        let empty = JobPage {
+            jobs: Vec::new(),
+            next_cursor: None,
+        };
+        let Some(index) = self.tenant(&query.tenant_id) else {
+            return Ok(empty);
+        };
+        let index = index.lock();
+        // Walk the narrowest index that applies; check the other filters
+        // on each job.
+        let ids = if query.dead_letter {
+            &index.dead_letters
+        } else if let Some(status) = query.status {
+            &index.by_status[status as usize]
+        } else if let Some(namespace) = &query.namespace {
+            match index.by_namespace.get(namespace) {
+                Some(ids) => ids,
+                None => return Ok(empty),
+            }
+        } else {
+            &index.all
+        };
+        let below = match cursor {
+            Some(cursor) => ids.range(..cursor),
+            None => ids.range(..),
+        };
+        let mut jobs = Vec::with_capacity(limit.min(ids.len()));
+        let mut next_cursor = None;
+        for id in below.rev() {
+            let Some(job) = self.read(id) else { continue };
+            if !query.matches(&job) {
+                continue;
+            }
+            if jobs.len() == limit {
+                next_cursor = jobs.last().map(|last: &Job| last.id.to_string());
+                break;
+            }
+            jobs.push(job);
+        }
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    async fn transition(&self, id: JobId, change: Transition) -> Result<Job, StoreError> {
+        let (before, after) = {
+            let mut shard = self.shard(&id).lock();
+            let job = shard.get_mut(&id).ok_or(StoreError::NotFound(id))?;
+            let before = job.status;
+            change.apply(job)?;
+            (before, Job::clone(job))
+        };
+        if let Some(index) = self.tenant(&after.tenant_id) {
+            let mut index = index.lock();
+            // Re-read under the index lock: a later transition may already
+            // have moved the job on.
+            let current = self
+                .shard(&id)
+                .lock()
+                .get(&id)
+                .map(|job| (job.status, job.dead_letter));
+            if let Some(current) = current {
+                index.moved(id, [before, after.status], current);
+            }
+        }
+        Ok(after)
+    }
+
+    async fn unfinished(&self) -> Result<Vec<Job>, StoreError> {
+        Ok(self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .lock()
+                    .values()
+                    .filter(|job| !job.status.is_terminal())
+                    .map(|job| Job::clone(job))
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,1063 @@
+//! The scheduler through the public `Engine` API, on the mock backend and
+//! Tokio's paused clock: priorities, fairness, resources, groups,
+//! dependencies, retries, cancellation, quotas, events, stats.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use work_engine::backends::{MockBackend, MockRun};
+use work_engine::{
+    Backoff, Capacity, Engine, EngineBuilder, EngineError, EventData, EventStreamError, Job,
+    JobQuery, JobStatus, NewJob, OutcomeClass, Priority, Quota, Resources, RetryPolicy,
+    TenantConfig,
+};
+
+const LONG: Duration = Duration::from_secs(3600);
+
+pub fn capacity(cpu: f64) -> Capacity {
+    Capacity {
+        cpu,
+        memory_mb: 64 * 1024,
+        gpus: Vec::new(),
+    }
+}
+
+/// An engine on a mock backend (aging off unless a test turns it on).
+pub fn builder(cpu: f64, mock: &MockBackend) -> EngineBuilder {
+    Engine::builder()
+        .capacity(capacity(cpu))
+        .aging(None)
+        .backend(mock.clone())
+}
+
+/// A mock job of `tenant` doing what `mock` says (`{}`: succeed at once).
+pub fn job(tenant: &str, mock: Value) -> NewJob {
+    NewJob::new("sim", tenant, json!({ "mock": mock }))
+}
+
+async fn run_all(engine: &Engine, ids: &[work_engine::JobId]) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for id in ids {
+        let job = engine.wait(*id, LONG).await.unwrap();
+        assert!(job.status.is_terminal(), "{job:?}");
+        jobs.push(job);
+    }
+    jobs
+}
+
+fn started_order(history: &[MockRun]) -> Vec<work_engine::JobId> {
+    let mut runs = history.to_vec();
+    runs.sort_by_key(|run| run.started);
+    runs.into_iter().map(|run| run.job_id).collect()
+}
+
+fn run_of(history: &[MockRun], id: work_engine::JobId) -> &MockRun {
+    history.iter().find(|run| run.job_id == id).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn higher_levels_go_first() {
+    let mock = MockBackend::new();
+    let engine = builder(1.0, &mock).build().unwrap();
+    let blocker = engine
+        .submit(job("a", json!({"delay_ms": 10})))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for priority in [
+        Priority::Offline,
+        Priority::Batch,
+        Priority::Interactive,
+        Priority::Realtime,
+    ] {
+        let job = job("a", json!({"delay_ms": 1})).with_priority(priority);
+        ids.push((priority, engine.submit(job).await.unwrap().id));
+    }
+    run_all(&engine, &ids.iter().map(|(_, id)| *id).collect::<Vec<_>>()).await;
+    let order = started_order(&mock.history());
+    assert_eq!(order[0], blocker.id);
+    let by_priority: Vec<Priority> = order[1..]
+        .iter()
+        .map(|id| ids.iter().find(|(_, i)| i == id).unwrap().0)
+        .collect();
+    assert_eq!(by_priority, Priority::ALL);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_tenant_is_first_in_first_out_within_a_level() {
+    let mock = MockBackend::new();
+    let engine = builder(1.0, &mock).build().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(
+            engine
+                .submit(job("a", json!({"delay_ms": 1})))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    run_all(&engine, &ids).await;
+    assert_eq!(started_order(&mock.history()), ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn aging_keeps_offline_work_from_starving() {
+    for aging in [None, Some(Duration::from_millis(100))] {
+        let mock = MockBackend::new();
+        let engine = builder(1.0, &mock).aging(aging).build().unwrap();
+        let blocker = engine
+            .submit(job("busy", json!({"delay_ms": 10})))
+            .await
+            .unwrap();
+        let offline = engine
+            .submit(job("patient", json!({})).with_priority(Priority::Offline))
+            .await
+            .unwrap();
+        let mut ids = vec![blocker.id, offline.id];
+        for _ in 0..60 {
+            let realtime = job("busy", json!({"delay_ms": 10})).with_priority(Priority::Realtime);
+            ids.push(engine.submit(realtime).await.unwrap().id);
+        }
+        run_all(&engine, &ids).await;
+        let order = started_order(&mock.history());
+        let position = order.iter().position(|id| *id == offline.id).unwrap();
+        match aging {
+            // 60 realtime jobs of 10 ms each: without aging it runs last.
+            None => assert_eq!(position, 61),
+            // Three levels up after 300 ms, then a fair turn at `realtime`.
+            Some(_) => assert!((28..=40).contains(&position), "started at {position}"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_tenant_waits_a_bounded_number_of_dispatches_behind_a_flood() {
+    let quantum = 4;
+    let mock = MockBackend::new();
+    let engine = builder(1.0, &mock).quantum(quantum).build().unwrap();
+    let flood: Vec<NewJob> = (0..10_000).map(|_| job("flood", json!({}))).collect();
+    let flood = engine.submit_batch(flood).await.unwrap();
+    let before = mock.history().len();
+    let late = engine.submit(job("late", json!({}))).await.unwrap();
+    engine.wait(late.id, LONG).await.unwrap();
+    let history = mock.history();
+    let position = history
+        .iter()
+        .position(|run| run.job_id == late.id)
+        .unwrap();
+    let tenants = 2;
+    assert!(
+        position - before <= tenants * quantum as usize,
+        "{} dispatches after submission",
+        position - before
+    );
+    assert!(
+        flood.jobs.len() - history.len() > 9_000,
+        "the flood is still queued"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_flooding_tenants_share_a_level_by_weight() {
+    let quantum = 4;
+    let mock = MockBackend::new();
+    let engine = builder(1.0, &mock)
+        .quantum(quantum)
+        .tenant(
+            "heavy",
+            TenantConfig {
+                weight: 2,
+                ..TenantConfig::default()
+            },
+        )
+        .build()
+        .unwrap();
+    let mut all = Vec::new();
+    for tenant in ["a", "b", "heavy"] {
+        let jobs = (0..1_000).map(|_| job(tenant, json!({}))).collect();
+        all.extend(
+            engine
+                .submit_batch(jobs)
+                .await
+                .unwrap()
+                .jobs
+                .into_iter()
+                .map(|j| j.id),
+        );
+    }
+    let late = engine.submit(job("late", json!({}))).await.unwrap();
+    all.push(late.id);
+    run_all(&engine, &all).await;
+    let history = mock.history();
+    // Late: within one round of every tenant's turn (4 tenants, heavy x2).
+    let position = history
+        .iter()
+        .position(|run| run.job_id == late.id)
+        .unwrap();
+    assert!(
+        position <= (1 + 1 + 2 + 1) * quantum as usize,
+        "started at {position}"
+    );
+    // Over the first 600 dispatches, shares follow the weights 1:1:2.
+    let mut counts = std::collections::HashMap::new();
+    for run in &history[..600] {
+        *counts.entry(run.tenant_id.as_str()).or_insert(0usize) += 1;
+    }
+    let (a, b, heavy) = (counts["a"], counts["b"], counts["heavy"]);
+    assert!(a.abs_diff(b) <= quantum as usize, "{counts:?}");
+    assert!(heavy.abs_diff(2 * a) <= 2 * quantum as usize, "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_backoff_policy_spaces_its_attempts() {
+    let cases = [
+        (Backoff::Exponential, [100, 200, 400]),
+        (Backoff::Linear, [100, 200, 300]),
+        (Backoff::Constant, [100, 100, 100]),
+    ];
+    for (backoff, expected) in cases {
+        let mock = MockBackend::new();
+        let engine = builder(4.0, &mock).build().unwrap();
+        let mut events = engine.subscribe();
+        let policy = RetryPolicy {
+            max_attempts: 4,
+            backoff,
+            base_delay_ms: 100,
+            max_delay_ms: 10_000,
+            jitter: false,
+            ..RetryPolicy::default()
+        };
+        let submitted = engine
+            .submit(
+                job("a", json!({"fail_times": 3, "fail_class": "trap"})).with_retry_policy(policy),
+            )
+            .await
+            .unwrap();
+        let done = engine.wait(submitted.id, LONG).await.unwrap();
+        assert_eq!(done.status, JobStatus::Succeeded, "{backoff:?}");
+        assert_eq!(done.attempt, 4);
+        let runs = mock.history();
+        assert_eq!(
+            runs.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        let gaps: Vec<u128> = runs
+            .windows(2)
+            .map(|w| (w[1].started - w[0].ended).as_millis())
+            .collect();
+        assert_eq!(gaps, expected, "{backoff:?}");
+        let mut retries = Vec::new();
+        while let Ok(Some(event)) = events.try_recv() {
+            if let EventData::Retry {
+                delay_ms, outcome, ..
+            } = event.data
+            {
+                assert_eq!(outcome, OutcomeClass::Trap);
+                retries.push(delay_ms as u128);
+            }
+        }
+        assert_eq!(retries, expected, "{backoff:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn jitter_stays_within_half_to_full_delay() {
+    let mock = MockBackend::new();
+    let engine = builder(8.0, &mock).build().unwrap();
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        backoff: Backoff::Constant,
+        base_delay_ms: 1000,
+        jitter: true,
+        ..RetryPolicy::default()
+    };
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let job = job("a", json!({"fail_times": 1})).with_retry_policy(policy.clone());
+        ids.push(engine.submit(job).await.unwrap().id);
+    }
+    run_all(&engine, &ids).await;
+    let history = mock.history();
+    let mut gaps = Vec::new();
+    for id in ids {
+        let runs: Vec<_> = history.iter().filter(|r| r.job_id == id).collect();
+        gaps.push((runs[1].started - runs[0].ended).as_millis());
+    }
+    assert!(
+        gaps.iter().all(|gap| (500..=1000).contains(gap)),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps.iter().any(|gap| *gap != gaps[0]),
+        "jitter varies: {gaps:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_jobs_are_dead_lettered_and_can_be_retried() {
+    let mock = MockBackend::new();
+    let engine = builder(2.0, &mock).build().unwrap();
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        base_delay_ms: 10,
+        ..RetryPolicy::default()
+    };
+    let doomed = engine
+        .submit(job("a", json!({"fail_times": 3})).with_retry_policy(policy))
+        .await
+        .unwrap();
+    let failed = engine.wait(doomed.id, LONG).await.unwrap();
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert_eq!(failed.attempt, 2);
+    assert_eq!(failed.outcome, Some(OutcomeClass::Retryable));
+    assert!(failed.dead_letter);
+    let letters = engine.dead_letters(&JobQuery::tenant("a")).await.unwrap();
+    assert_eq!(
+        letters.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [doomed.id]
+    );
+    assert!(
+        engine
+            .dead_letters(&JobQuery::tenant("b"))
+            .await
+            .unwrap()
+            .jobs
+            .is_empty()
+    );
+
+    // Retried with fresh attempts (the count starts over): the mock fails
+    // attempts 1 and 2 again, so it is dead-lettered again.
+    let revived = engine.retry_dead_letter(doomed.id).await.unwrap();
+    assert_eq!((revived.status, revived.attempt), (JobStatus::Queued, 0));
+    let again = engine.wait(doomed.id, LONG).await.unwrap();
+    assert_eq!(again.status, JobStatus::Failed);
+    assert_eq!(mock.history().len(), 4);
+    let err = engine
+        .retry_dead_letter(engine.submit(job("a", json!({}))).await.unwrap().id)
+        .await;
+    assert!(
+        matches!(err, Err(EngineError::NotDeadLettered { .. })),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn deterministic_failures_are_not_retried_unless_the_policy_says_so() {
+    let mock = MockBackend::new();
+    let engine = builder(2.0, &mock).build().unwrap();
+    let fast = RetryPolicy {
+        max_attempts: 3,
+        base_delay_ms: 1,
+        ..RetryPolicy::default()
+    };
+    for class in ["tool_error", "out_of_fuel", "out_of_memory"] {
+        let job =
+            job("a", json!({"fail": true, "fail_class": class})).with_retry_policy(fast.clone());
+        let done = engine
+            .wait(engine.submit(job).await.unwrap().id, LONG)
+            .await
+            .unwrap();
+        assert_eq!(
+            (done.status, done.attempt),
+            (JobStatus::Failed, 1),
+            "{class}"
+        );
+        assert_eq!(done.error.unwrap().code, class);
+    }
+    let mut retry_fuel = fast;
+    retry_fuel.retry_on.push(OutcomeClass::OutOfFuel);
+    let job =
+        job("a", json!({"fail": true, "fail_class": "out_of_fuel"})).with_retry_policy(retry_fuel);
+    let done = engine
+        .wait(engine.submit(job).await.unwrap().id, LONG)
+        .await
+        .unwrap();
+    assert_eq!((done.status, done.attempt), (JobStatus::Failed, 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_attempt_times_out_and_is_retried_then_ends_timeout() {
+    let mock = MockBackend::new();
+    let engine = builder(2.0, &mock).build().unwrap();
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        base_delay_ms: 5,
+        jitter: false,
+        ..RetryPolicy::default()
+    };
+    let hung = job("a", json!({"hang": true}))
+        .with_resources(Resources {
+            timeout_ms: Some(100),
+            ..Resources::default()
+        })
+        .with_retry_policy(policy);
+    let done = engine
+        .wait(engine.submit(hung).await.unwrap().id, LONG)
+        .await
+        .unwrap();
+    assert_eq!((done.status, done.attempt), (JobStatus::Timeout, 2));
+    assert_eq!(done.outcome, Some(OutcomeClass::Timeout));
+    assert!(done.dead_letter);
+    let runs = mock.history();
+    assert!(
+        runs.iter()
+            .all(|r| (r.ended - r.started) == Duration::from_millis(100))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dag_runs_in_order_and_a_failed_branch_cancels_its_dependents() {
+    let mock = MockBackend::new();
+    let engine = builder(4.0, &mock).build().unwrap();
+    let never = RetryPolicy::never();
+    let root = engine
+        .submit(job("a", json!({"delay_ms": 10})))
+        .await
+        .unwrap();
+    let left = engine
+        .submit(job("a", json!({"delay_ms": 10})).with_depends_on([root.id]))
+        .await
+        .unwrap();
+    let broken = engine
+        .submit(
+            job("a", json!({"fail": true}))
+                .with_depends_on([root.id])
+                .with_retry_policy(never),
+        )
+        .await
+        .unwrap();
+    let join = engine
+        .submit(job("a", json!({})).with_depends_on([left.id, broken.id]))
+        .await
+        .unwrap();
+    let after_left = engine
+        .submit(job("a", json!({})).with_depends_on([left.id]))
+        .await
+        .unwrap();
+    use JobStatus::*;
+    assert_eq!(left.status, Pending);
+    let jobs = run_all(
+        &engine,
+        &[root.id, left.id, broken.id, join.id, after_left.id],
+    )
+    .await;
+    let status: Vec<JobStatus> = jobs.iter().map(|j| j.status).collect();
+    assert_eq!(status, [Succeeded, Succeeded, Failed, Canceled, Succeeded]);
+    assert_eq!(jobs[3].error.as_ref().unwrap().code, "dependency_failed");
+    assert_eq!(jobs[3].attempt, 0, "a cancelled dependent never ran");
+    let history = mock.history();
+    assert!(run_of(&history, left.id).started >= run_of(&history, root.id).ended);
+    assert!(run_of(&history, after_left.id).started >= run_of(&history, left.id).ended);
+
+    // A dependency that already failed cancels at once; an unknown one or
+    // another tenant's is refused.
+    let late = engine
+        .submit(job("a", json!({})).with_depends_on([broken.id]))
+        .await
+        .unwrap();
+    assert_eq!(engine.wait(late.id, LONG).await.unwrap().status, Canceled);
+    let unknown = engine
+        .submit(job("a", json!({})).with_depends_on([uuid::Uuid::now_v7()]))
+        .await;
+    assert!(
+        matches!(unknown, Err(EngineError::UnknownDependency { .. })),
+        "{unknown:?}"
+    );
+    let foreign = engine
+        .submit(job("b", json!({})).with_depends_on([root.id]))
+        .await;
+    assert!(
+        matches!(foreign, Err(EngineError::UnknownDependency { .. })),
+        "{foreign:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_concurrency_group_of_limit_one_never_runs_two_at_once() {
+    let mock = MockBackend::new();
+    let engine = builder(8.0, &mock)
+        .concurrency_limit("pair", 2)
+        .build()
+        .unwrap();
+    let mut grouped = Vec::new();
+    for _ in 0..3 {
+        let job = job("a", json!({"delay_ms": 50})).with_concurrency_group("experiment:42");
+        grouped.push(engine.submit(job).await.unwrap().id);
+    }
+    let free = engine
+        .submit(job("a", json!({"delay_ms": 50})))
+        .await
+        .unwrap();
+    let mut pair = Vec::new();
+    for _ in 0..4 {
+        let job = job("a", json!({"delay_ms": 50})).with_concurrency_group("pair");
+        pair.push(engine.submit(job).await.unwrap().id);
+    }
+    run_all(&engine, &grouped).await;
+    run_all(&engine, &pair).await;
+    engine.wait(free.id, LONG).await.unwrap();
+    let history = mock.history();
+    let concurrency = |ids: &[work_engine::JobId]| {
+        let runs: Vec<_> = ids.iter().map(|id| run_of(&history, *id)).collect();
+        runs.iter()
+            .map(|r| {
+                runs.iter()
+                    .filter(|o| o.started <= r.started && r.started < o.ended)
+                    .count()
+            })
+            .max()
+            .unwrap()
+    };
+    assert_eq!(concurrency(&grouped), 1);
+    assert_eq!(concurrency(&pair), 2);
+    // Outside the group, work runs alongside it.
+    assert_eq!(
+        run_of(&history, free.id).started,
+        run_of(&history, grouped[0]).started
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_two_gpu_job_gets_two_devices_ahead_of_later_one_gpu_jobs() {
+    let mock = MockBackend::new();
+    let engine = Engine::builder()
+        .capacity(capacity(16.0).with_gpus("A100", ["0", "1"]))
+        .aging(None)
+        .backend(mock.clone())
+        .build()
+        .unwrap();
+    let gpu = |count: u32, delay: u64| {
+        job("a", json!({"delay_ms": delay})).with_resources(Resources {
+            gpu: Some("A100".into()),
+            gpu_count: count,
+            ..Resources::default()
+        })
+    };
+    let first = engine.submit(gpu(1, 100)).await.unwrap();
+    let big = engine.submit(gpu(2, 10)).await.unwrap();
+    let mut small = Vec::new();
+    for _ in 0..4 {
+        small.push(engine.submit(gpu(1, 100)).await.unwrap().id);
+    }
+    let cpu_only = engine
+        .submit(job("a", json!({"delay_ms": 1})))
+        .await
+        .unwrap();
+    let stats = engine.stats();
+    assert_eq!(
+        stats.resources.gpus_in_use["A100"], 1,
+        "the second GPU is held for the big job"
+    );
+    let mut ids = vec![first.id, big.id, cpu_only.id];
+    ids.extend(&small);
+    run_all(&engine, &ids).await;
+    let history = mock.history();
+    let big_run = run_of(&history, big.id);
+    assert_eq!(big_run.started, run_of(&history, first.id).ended);
+    let mut devices: Vec<_> = big_run.devices.iter().map(|d| d.id.as_str()).collect();
+    devices.sort_unstable();
+    assert_eq!(devices, ["0", "1"]);
+    for id in &small {
+        assert!(
+            run_of(&history, *id).started >= big_run.ended,
+            "a small job jumped the big one"
+        );
+    }
+    // Work that needs no GPU is not held back by the reservation: it is
+    // backfilled past the waiting GPU jobs of its tenant.
+    assert_eq!(
+        run_of(&history, cpu_only.id).started,
+        run_of(&history, first.id).started
+    );
+    let after = engine.stats();
+    assert_eq!(
+        after.resources.gpus_in_use["A100"], 0,
+        "devices are released"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_queued_and_running_jobs() {
+    let mock = MockBackend::new();
+    let engine = builder(1.0, &mock).build().unwrap();
+    let running = engine
+        .submit(job("a", json!({"hang": true})))
+        .await
+        .unwrap();
+    let queued = engine.submit(job("a", json!({}))).await.unwrap();
+    let dependent = engine
+        .submit(job("a", json!({})).with_depends_on([queued.id]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        engine.get(running.id).await.unwrap().status,
+        JobStatus::Running
+    );
+
+    let canceled = engine.cancel(queued.id).await.unwrap();
+    assert_eq!(canceled.status, JobStatus::Canceled);
+    let dependent = engine.wait(dependent.id, LONG).await.unwrap();
+    assert_eq!(dependent.status, JobStatus::Canceled);
+    assert_eq!(dependent.error.unwrap().code, "dependency_failed");
+
+    engine.cancel(running.id).await.unwrap();
+    let stopped = engine.wait(running.id, LONG).await.unwrap();
+    assert_eq!(
+        (stopped.status, stopped.outcome),
+        (JobStatus::Canceled, Some(OutcomeClass::Canceled))
+    );
+    assert!(!stopped.dead_letter);
+    // Cancelling again changes nothing.
+    assert_eq!(
+        engine.cancel(running.id).await.unwrap().status,
+        JobStatus::Canceled
+    );
+    let missing = engine.cancel(uuid::Uuid::now_v7()).await;
+    assert!(matches!(missing, Err(EngineError::NotFound { .. })));
+    assert_eq!(mock.history().len(), 1, "the queued job never ran");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idempotent_resubmission_returns_the_first_job() {
+    let mock = MockBackend::new();
+    let engine = builder(1.0, &mock).build().unwrap();
+    let first = engine
+        .submit(job("a", json!({})).with_idempotency_key("order-17"))
+        .await
+        .unwrap();
+    let second = engine
+        .submit(job("a", json!({"delay_ms": 5})).with_idempotency_key("order-17"))
+        .await
+        .unwrap();
+    assert_eq!(second.id, first.id);
+    let other_tenant = engine
+        .submit(job("b", json!({})).with_idempotency_key("order-17"))
+        .await
+        .unwrap();
+    assert_ne!(other_tenant.id, first.id);
+    // Within one batch too.
+    let batch = engine
+        .submit_batch(vec![
+            job("c", json!({})).with_idempotency_key("k"),
+            job("c", json!({})).with_idempotency_key("k"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(batch.jobs[0].id, batch.jobs[1].id);
+    run_all(&engine, &[first.id, other_tenant.id, batch.jobs[0].id]).await;
+    assert_eq!(mock.history().len(), 3);
+    assert_eq!(
+        engine
+            .list(&JobQuery::tenant("a"))
+            .await
+            .unwrap()
+            .jobs
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn not_before_holds_a_job_until_its_time() {
+    let mock = MockBackend::new();
+    let engine = builder(1.0, &mock).build().unwrap();
+    let mut later = job("a", json!({}));
+    later.constraints.not_before = Some(chrono::Utc::now() + chrono::Duration::seconds(30));
+    let t0 = tokio::time::Instant::now();
+    let submitted = engine.submit(later).await.unwrap();
+    assert!(submitted.next_run_at.is_some());
+    engine.wait(submitted.id, LONG).await.unwrap();
+    let waited = mock.history()[0].started - t0;
+    assert!(waited >= Duration::from_millis(29_900), "{waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn quotas_rates_and_capacity_are_enforced_at_admission() {
+    let mock = MockBackend::new();
+    let engine = builder(4.0, &mock)
+        .tenant(
+            "small",
+            TenantConfig {
+                weight: 1,
+                quota: Quota {
+                    max_queued: Some(2),
+                    max_cpu: Some(1.0),
+                    ..Quota::default()
+                },
+            },
+        )
+        .tenant(
+            "chatty",
+            TenantConfig {
+                weight: 1,
+                quota: Quota {
+                    submits_per_second: Some(5.0),
+                    ..Quota::default()
+                },
+            },
+        )
+        .queue_capacity(Priority::Offline, 3)
+        .build()
+        .unwrap();
+    let mut events = engine.subscribe();
+
+    // max_queued counts waiting jobs (a hung one runs, so it does not).
+    for _ in 0..3 {
+        engine
+            .submit(job("small", json!({"hang": true})))
+            .await
+            .unwrap();
+    }
+    let over = engine.submit(job("small", json!({}))).await;
+    assert!(
+        matches!(
+            over,
+            Err(EngineError::QuotaExceeded {
+                limit: "max_queued",
+                ..
+            })
+        ),
+        "{over:?}"
+    );
+    let big = job("small", json!({})).with_resources(Resources {
+        cpu: 2.0,
+        ..Resources::default()
+    });
+    let over = engine.submit(big).await;
+    assert!(
+        matches!(
+            over,
+            Err(EngineError::QuotaExceeded {
+                limit: "max_cpu",
+                ..
+            })
+        ),
+        "{over:?}"
+    );
+
+    for _ in 0..5 {
+        engine.submit(job("chatty", json!({}))).await.unwrap();
+    }
+    let limited = engine.submit(job("chatty", json!({}))).await;
+    let Err(EngineError::RateLimited { retry_after, .. }) = limited else {
+        panic!("{limited:?}");
+    };
+    tokio::time::sleep(retry_after).await;
+    engine.submit(job("chatty", json!({}))).await.unwrap();
+
+    let hang = || job("x", json!({"hang": true})).with_priority(Priority::Offline);
+    // Capacity 4 CPU: hung jobs of "small" hold one; fill the rest so the
+    // offline ones wait.
+    for _ in 0..3 {
+        engine
+            .submit(job("y", json!({"hang": true})))
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        engine.submit(hang()).await.unwrap();
+    }
+    let full = engine.submit(hang()).await;
+    assert!(
+        matches!(
+            full,
+            Err(EngineError::QueueFull {
+                priority: Priority::Offline,
+                capacity: 3
+            })
+        ),
+        "{full:?}"
+    );
+    let mut overflowed = false;
+    while let Ok(Some(event)) = events.try_recv() {
+        overflowed |= matches!(
+            event.data,
+            EventData::Overflow {
+                priority: Priority::Offline,
+                capacity: 3
+            }
+        );
+    }
+    assert!(overflowed, "a queue.overflow event");
+
+    let huge = job("z", json!({})).with_resources(Resources {
+        cpu: 64.0,
+        ..Resources::default()
+    });
+    assert!(matches!(
+        engine.submit(huge).await,
+        Err(EngineError::Unsatisfiable { .. })
+    ));
+    let gpu = job("z", json!({})).with_resources(Resources {
+        gpu: Some("H100".into()),
+        ..Resources::default()
+    });
+    assert!(matches!(
+        engine.submit(gpu).await,
+        Err(EngineError::Unsatisfiable { .. })
+    ));
+    let bad = job("", json!({}));
+    assert!(matches!(
+        engine.submit(bad).await,
+        Err(EngineError::InvalidJob { .. })
+    ));
+    let bad_mock = job("z", json!({"explode": true}));
+    assert!(matches!(
+        engine.submit(bad_mock).await,
+        Err(EngineError::InvalidJob { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_running_caps_a_tenant_while_others_proceed() {
+    let mock = MockBackend::new();
+    let engine = builder(8.0, &mock)
+        .tenant(
+            "capped",
+            TenantConfig {
+                weight: 1,
+                quota: Quota {
+                    max_running: Some(1),
+                    ..Quota::default()
+                },
+            },
+        )
+        .build()
+        .unwrap();
+    let mut capped = Vec::new();
+    for _ in 0..3 {
+        capped.push(
+            engine
+                .submit(job("capped", json!({"delay_ms": 10})))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let other = engine
+        .submit(job("free", json!({"delay_ms": 10})))
+        .await
+        .unwrap();
+    run_all(&engine, &capped).await;
+    engine.wait(other.id, LONG).await.unwrap();
+    let history = mock.history();
+    let starts: Vec<_> = capped
+        .iter()
+        .map(|id| run_of(&history, *id).started)
+        .collect();
+    assert!(
+        starts
+            .windows(2)
+            .all(|w| w[1] - w[0] >= Duration::from_millis(10))
+    );
+    assert_eq!(run_of(&history, other.id).started, starts[0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_kinds_are_refused() {
+    let mock = MockBackend::new().only_kinds(["inference"]);
+    let engine = builder(1.0, &mock).build().unwrap();
+    let err = engine.submit(job("a", json!({}))).await.unwrap_err();
+    assert_eq!(err.code(), "unknown_kind");
+    assert!(err.to_string().contains("sim"), "{err}");
+    let ok = engine
+        .submit(NewJob::new("inference", "a", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(ok.id, LONG).await.unwrap().backend.as_deref(),
+        Some("mock")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_lifecycle_step_is_an_event() {
+    let mock = MockBackend::new();
+    let engine = builder(1.0, &mock).build().unwrap();
+    let mut events = engine.subscribe();
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        base_delay_ms: 1,
+        ..RetryPolicy::default()
+    };
+    let submitted = engine
+        .submit(job("a", json!({"fail_times": 1})).with_retry_policy(policy))
+        .await
+        .unwrap();
+    engine.wait(submitted.id, LONG).await.unwrap();
+    let mut names = Vec::new();
+    while let Ok(Some(event)) = events.try_recv() {
+        assert_eq!(event.job_id, Some(submitted.id));
+        assert_eq!(event.tenant_id.as_deref(), Some("a"));
+        names.push(event.data.name());
+    }
+    assert_eq!(
+        names,
+        [
+            "job.submitted",
+            "scheduler.admit",
+            "job.queued",
+            "queue.enqueue",
+            "queue.dequeue",
+            "scheduler.select_backend",
+            "job.started",
+            "job.retry",
+            "queue.enqueue",
+            "queue.dequeue",
+            "scheduler.select_backend",
+            "job.started",
+            "job.completed",
+        ]
+    );
+    let json = serde_json::to_value(&names).unwrap();
+    assert!(json.is_array());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_subscriber_is_told_it_lagged_and_never_stalls_the_scheduler() {
+    let mock = MockBackend::new();
+    let engine = builder(4.0, &mock).event_capacity(16).build().unwrap();
+    let mut slow = engine.subscribe();
+    let jobs = (0..200).map(|_| job("a", json!({}))).collect();
+    let batch = engine.submit_batch(jobs).await.unwrap();
+    let ids: Vec<_> = batch.jobs.iter().map(|j| j.id).collect();
+    run_all(&engine, &ids).await;
+    assert_eq!(mock.history().len(), 200);
+    let Err(EventStreamError::Lagged { missed }) = slow.recv().await else {
+        panic!("expected a lag signal");
+    };
+    assert!(missed > 1000, "{missed}");
+    assert!(slow.recv().await.is_ok(), "the stream goes on after a lag");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stats_count_by_level_tenant_and_status() {
+    let mock = MockBackend::new();
+    let engine = builder(2.0, &mock).build().unwrap();
+    let hung = engine
+        .submit(job("a", json!({"hang": true})))
+        .await
+        .unwrap();
+    engine
+        .submit(job("a", json!({"hang": true})).with_resources(Resources {
+            cpu: 1.0,
+            memory_mb: 512,
+            ..Resources::default()
+        }))
+        .await
+        .unwrap();
+    let waiting = engine
+        .submit(job("b", json!({})).with_priority(Priority::Realtime))
+        .await
+        .unwrap();
+    let fails = engine
+        .submit(
+            job("b", json!({"fail": true}))
+                .with_priority(Priority::Realtime)
+                .with_retry_policy(RetryPolicy::never()),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let stats = engine.stats();
+    assert_eq!(stats.jobs.running, 2);
+    assert_eq!(stats.jobs.queued, 2);
+    assert_eq!(stats.resources.cpu_in_use, 2.0);
+    assert_eq!(stats.resources.memory_mb_in_use, 512);
+    let realtime = &stats.levels[0];
+    assert_eq!((realtime.priority, realtime.depth), (Priority::Realtime, 2));
+    engine.cancel(hung.id).await.unwrap();
+    run_all(&engine, &[hung.id, waiting.id, fails.id]).await;
+    let stats = engine.stats();
+    let b = stats.tenants.iter().find(|t| t.tenant_id == "b").unwrap();
+    assert_eq!((b.jobs.succeeded, b.jobs.failed, b.jobs.queued), (1, 1, 0));
+    assert_eq!(b.by_priority[&Priority::Realtime].succeeded, 1);
+    let a = stats.tenants.iter().find(|t| t.tenant_id == "a").unwrap();
+    assert_eq!((a.jobs.canceled, a.jobs.running), (1, 1));
+    assert_eq!(stats.finished_total, 3);
+    assert!(stats.levels[0].wait.count >= 2);
+    assert!(stats.run.count >= 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn listing_by_namespace_status_and_kind_with_cursors() {
+    let mock = MockBackend::new();
+    let engine = builder(1.0, &mock).build().unwrap();
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let ns = if i % 2 == 0 { "even" } else { "odd" };
+        let job = job("a", json!({})).with_namespace(ns);
+        ids.push(engine.submit(job).await.unwrap().id);
+    }
+    engine
+        .submit(NewJob::new("other", "a", json!({})))
+        .await
+        .unwrap();
+    engine.submit(job("b", json!({}))).await.unwrap();
+    run_all(&engine, &ids).await;
+
+    let mut seen = Vec::new();
+    let mut query = JobQuery::tenant("a").namespace("even").limit(5);
+    loop {
+        let page = engine.list(&query).await.unwrap();
+        seen.extend(page.jobs.iter().map(|j| j.id));
+        match page.next_cursor {
+            Some(cursor) => query = query.cursor(cursor),
+            None => break,
+        }
+    }
+    let even: Vec<_> = ids.iter().step_by(2).rev().copied().collect();
+    assert_eq!(seen, even, "newest first, every page");
+    let succeeded = engine
+        .list(
+            &JobQuery::tenant("a")
+                .status(JobStatus::Succeeded)
+                .kind("sim")
+                .limit(1000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(succeeded.jobs.len(), 25);
+    let other = engine
+        .list(&JobQuery::tenant("a").kind("other"))
+        .await
+        .unwrap();
+    assert_eq!(other.jobs.len(), 1);
+    assert_eq!(
+        engine
+            .list(&JobQuery::tenant("nobody"))
+            .await
+            .unwrap()
+            .jobs
+            .len(),
+        0
+    );
+    let bad = engine
+        .list(&JobQuery::tenant("a").cursor("not-a-cursor"))
+        .await;
+    assert_eq!(bad.unwrap_err().code(), "invalid_cursor");
+}
+
+#[tokio::test(start_paused = true)]
+async fn external_ids_find_jobs_per_tenant() {
+    let mock = MockBackend::new();
+    let engine = builder(1.0, &mock).build().unwrap();
+    let mut new = job("a", json!({}));
+    new.external_id = Some("ticket-9".into());
+    let job = engine.submit(new).await.unwrap();
+    let found = engine
+        .get_by_external_id("a", "ticket-9")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, job.id);
+    assert!(
+        engine
+            .get_by_external_id("b", "ticket-9")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
