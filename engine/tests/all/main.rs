@@ -12,6 +12,8 @@
 mod calls;
 mod cli;
 mod guests;
+mod jobs;
 mod registry;
 mod scheduler;
+mod store;
 mod support;

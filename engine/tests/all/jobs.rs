@@ -1,0 +1,309 @@
+//! `tool_call` jobs through the engine: admission against the tool's
+//! schema, results, progress events, cancellation of a running guest, and
+//! batches that are all or none.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tempfile::TempDir;
+use work_engine::backends::{LocalBackend, MockBackend};
+use work_engine::runtime::Grants;
+use work_engine::{
+    Capacity, Engine, EngineError, EventData, ExecUpdate, JobQuery, JobStatus, NewJob,
+    OutcomeClass, Resources, RetryPolicy, ToolHost,
+};
+use work_test_artifacts as guests;
+
+use crate::support::{config, wasm};
+
+const LONG: Duration = Duration::from_secs(120);
+
+async fn engine_with(tools: &[&str]) -> (TempDir, Engine) {
+    let dir = TempDir::new().unwrap();
+    let host = ToolHost::open(dir.path(), config()).unwrap();
+    for path in tools {
+        host.register(&wasm(path), Grants::default()).await.unwrap();
+    }
+    let engine = Engine::builder()
+        .capacity(Capacity {
+            cpu: 4.0,
+            memory_mb: 4096,
+            gpus: Vec::new(),
+        })
+        .tool_host(Arc::new(host))
+        .backend(MockBackend::new().only_kinds(["sim"]))
+        .build()
+        .unwrap();
+    (dir, engine)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_call_job_runs_in_the_sandbox() {
+    let (_dir, engine) = engine_with(&[guests::CALCULATOR]).await;
+    let job = engine
+        .submit(NewJob::tool_call(
+            "acme",
+            "calculator",
+            json!({"op": "mul", "a": 6, "b": 7}),
+        ))
+        .await
+        .unwrap();
+    let done = engine.wait(job.id, LONG).await.unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
+    assert_eq!(done.result, Some(json!(42.0)));
+    assert_eq!((done.attempt, done.backend.as_deref()), (1, Some("wasm")));
+    assert_eq!(done.outcome, Some(OutcomeClass::Ok));
+
+    // `tool_name` is an alias, and versions pin.
+    let aliased = NewJob::new(
+        "tool_call",
+        "acme",
+        json!({"tool_name": "calculator@0.1.0", "args": {"op": "add", "a": 1, "b": 1}}),
+    );
+    let done = engine
+        .wait(engine.submit(aliased).await.unwrap().id, LONG)
+        .await
+        .unwrap();
+    assert_eq!(done.result, Some(json!(2.0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tool_calls_are_refused_at_admission_with_every_violation() {
+    let (_dir, engine) = engine_with(&[guests::CALCULATOR]).await;
+    let err = engine
+        .submit(NewJob::tool_call(
+            "acme",
+            "calculator",
+            json!({"op": "pow", "a": "two"}),
+        ))
+        .await
+        .unwrap_err();
+    let EngineError::InvalidArgs { tool, violations } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(tool, "calculator");
+    let paths: Vec<&str> = violations.iter().map(|v| v.path.as_str()).collect();
+    assert!(paths.contains(&"/op"), "{violations:?}");
+    assert!(paths.contains(&"/a"), "{violations:?}");
+    assert!(violations.len() >= 3, "b is missing too: {violations:?}");
+    assert_eq!(err.code(), "invalid_args");
+
+    let unknown = engine
+        .submit(NewJob::tool_call("acme", "nope", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unknown,
+        EngineError::UnknownTool {
+            name: "nope".into()
+        }
+    );
+    let no_tool = engine
+        .submit(NewJob::new("tool_call", "acme", json!({"args": {}})))
+        .await
+        .unwrap_err();
+    assert_eq!(no_tool.code(), "invalid_job", "{no_tool}");
+    assert!(
+        engine
+            .list(&JobQuery::tenant("acme"))
+            .await
+            .unwrap()
+            .jobs
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_one_invalid_job_is_refused_whole() {
+    let (_dir, engine) = engine_with(&[guests::CALCULATOR]).await;
+    let good =
+        |a: i32| NewJob::tool_call("acme", "calculator", json!({"op": "add", "a": a, "b": 1}));
+    let bad = NewJob::tool_call("acme", "calculator", json!({"op": "add", "a": 1}));
+    let err = engine
+        .submit_batch(vec![good(1), bad, good(3)])
+        .await
+        .unwrap_err();
+    let EngineError::Batch { index, source } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(*index, 1);
+    assert!(
+        matches!(**source, EngineError::InvalidArgs { .. }),
+        "{source:?}"
+    );
+    assert_eq!(err.code(), "invalid_args");
+    assert!(
+        engine
+            .list(&JobQuery::tenant("acme"))
+            .await
+            .unwrap()
+            .jobs
+            .is_empty(),
+        "none stored"
+    );
+    assert_eq!(engine.stats().jobs.queued, 0);
+
+    let batch = engine
+        .submit_batch(vec![good(1), good(2), good(3)])
+        .await
+        .unwrap();
+    assert!(batch.jobs.iter().all(|job| job.batch_id == Some(batch.id)));
+    let mut results = Vec::new();
+    for job in &batch.jobs {
+        results.push(engine.wait(job.id, LONG).await.unwrap().result.unwrap());
+    }
+    assert_eq!(results, [json!(2.0), json!(3.0), json!(4.0)]);
+    let listed = engine
+        .list(&JobQuery::tenant("acme").batch(batch.id))
+        .await
+        .unwrap();
+    assert_eq!(listed.jobs.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_infinite_loop_interrupts_it() {
+    let (_dir, engine) = engine_with(&[guests::INFINITE_LOOP]).await;
+    let mut events = engine.subscribe();
+    let job = NewJob::tool_call("acme", "infinite_loop", json!({})).with_resources(Resources {
+        timeout_ms: Some(600_000),
+        fuel: Some(u64::MAX / 2),
+        ..Resources::default()
+    });
+    let job = engine.submit(job).await.unwrap();
+    loop {
+        let event = events.recv().await.unwrap();
+        if event.job_id == Some(job.id) && matches!(event.data, EventData::Started { .. }) {
+            break;
+        }
+    }
+    let asked = std::time::Instant::now();
+    engine.cancel(job.id).await.unwrap();
+    let done = engine.wait(job.id, LONG).await.unwrap();
+    let took = asked.elapsed();
+    assert_eq!(done.status, JobStatus::Canceled, "{done:?}");
+    assert_eq!(done.outcome, Some(OutcomeClass::Canceled));
+    assert!(!done.dead_letter);
+    // Not a timing assertion on a busy machine: it ended by cancellation
+    // long before its ten-minute deadline.
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    assert_eq!(engine.stats().resources.cpu_in_use, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_failures_follow_the_retry_policy() {
+    let (_dir, engine) = engine_with(&[guests::FLAKY, guests::TRAP, guests::INFINITE_LOOP]).await;
+    let fast = RetryPolicy {
+        max_attempts: 3,
+        base_delay_ms: 1,
+        ..RetryPolicy::default()
+    };
+    let flaky = NewJob::tool_call("acme", "flaky", json!({"succeed_on": 3}))
+        .with_retry_policy(fast.clone());
+    let done = engine
+        .wait(engine.submit(flaky).await.unwrap().id, LONG)
+        .await
+        .unwrap();
+    assert_eq!((done.status, done.attempt), (JobStatus::Succeeded, 3));
+    assert_eq!(done.result, Some(json!(3)));
+
+    let trap = NewJob::tool_call("acme", "trap", json!({})).with_retry_policy(fast.clone());
+    let done = engine
+        .wait(engine.submit(trap).await.unwrap().id, LONG)
+        .await
+        .unwrap();
+    assert_eq!((done.status, done.attempt), (JobStatus::Failed, 3));
+    assert_eq!(done.outcome, Some(OutcomeClass::Trap));
+    assert!(done.dead_letter);
+
+    let spin = NewJob::tool_call("acme", "infinite_loop", json!({}))
+        .with_resources(Resources {
+            timeout_ms: Some(50),
+            fuel: Some(u64::MAX / 2),
+            ..Resources::default()
+        })
+        .with_retry_policy(RetryPolicy {
+            max_attempts: 2,
+            ..fast
+        });
+    let done = engine
+        .wait(engine.submit(spin).await.unwrap().id, LONG)
+        .await
+        .unwrap();
+    assert_eq!((done.status, done.attempt), (JobStatus::Timeout, 2));
+    assert_eq!(done.error.unwrap().code, "timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatty_tool_streams_progress_and_partials_as_events() {
+    let (_dir, engine) = engine_with(&[guests::CHATTY]).await;
+    let mut events = engine.subscribe();
+    let job = engine
+        .submit(NewJob::tool_call("acme", "chatty", json!({"steps": 3})))
+        .await
+        .unwrap();
+    let mut updates = Vec::new();
+    loop {
+        let event = events.recv().await.unwrap();
+        if event.job_id != Some(job.id) {
+            continue;
+        }
+        if let EventData::Progress { update, .. } = &event.data {
+            updates.push(update.clone());
+        }
+        if event.data.is_terminal() {
+            assert_eq!(event.data.name(), "job.completed");
+            break;
+        }
+    }
+    let partials: Vec<_> = updates
+        .iter()
+        .filter_map(|u| match u {
+            ExecUpdate::Partial { value } => Some(value.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        partials,
+        [json!({"step": 1}), json!({"step": 2}), json!({"step": 3})]
+    );
+    let progress = updates
+        .iter()
+        .filter(|u| matches!(u, ExecUpdate::Progress { .. }))
+        .count();
+    assert_eq!(progress, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_closures_run_native_kinds_with_devices() {
+    let local = LocalBackend::new().handle("training_step", |job, ctx| async move {
+        ctx.progress(0.5, "halfway");
+        Ok(json!({
+            "devices": ctx.devices().iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+            "lr": job.payload["lr"],
+        }))
+    });
+    let engine = Engine::builder()
+        .capacity(
+            Capacity {
+                cpu: 2.0,
+                memory_mb: 1024,
+                gpus: Vec::new(),
+            }
+            .with_gpus("H100", ["3"]),
+        )
+        .backend(local)
+        .build()
+        .unwrap();
+    let job = NewJob::new("training_step", "lab", json!({"lr": 0.01})).with_resources(Resources {
+        gpu_count: 1,
+        ..Resources::default()
+    });
+    let done = engine
+        .wait(engine.submit(job).await.unwrap().id, LONG)
+        .await
+        .unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.result, Some(json!({"devices": ["3"], "lr": 0.01})));
+    assert_eq!(done.backend.as_deref(), Some("local"));
+}

@@ -1,0 +1,241 @@
+//! The store contract, as one suite every implementation runs.
+
+use chrono::Utc;
+use serde_json::json;
+use work_engine::store::{Inserted, MemoryStore, Store, StoreError, Transition};
+use work_engine::{Job, JobError, JobQuery, JobStatus, OutcomeClass, Priority, Resources};
+
+fn job(tenant: &str, namespace: &str) -> Job {
+    Job {
+        id: uuid::Uuid::now_v7(),
+        kind: "sim".into(),
+        tenant_id: tenant.into(),
+        namespace: namespace.into(),
+        priority: Priority::Batch,
+        payload: json!({}),
+        resources: Resources::default(),
+        constraints: Default::default(),
+        metadata: serde_json::Value::Null,
+        external_id: None,
+        batch_id: None,
+        status: JobStatus::Queued,
+        attempt: 0,
+        result: None,
+        error: None,
+        outcome: None,
+        backend: None,
+        next_run_at: None,
+        dead_letter: false,
+        lease_epoch: 0,
+        created_at: Utc::now(),
+        started_at: None,
+        finished_at: None,
+        cost_usd: 0.0,
+    }
+}
+
+fn claim() -> Transition {
+    Transition::Claim {
+        backend: "mock".into(),
+        at: Utc::now(),
+    }
+}
+
+fn finish(epoch: u64, status: JobStatus) -> Transition {
+    Transition::Finish {
+        epoch,
+        status,
+        outcome: OutcomeClass::Ok,
+        result: Some(json!(1)),
+        error: None,
+        dead_letter: status == JobStatus::Failed,
+        at: Utc::now(),
+    }
+}
+
+/// Every `Store` must pass this.
+async fn conformance(store: &dyn Store) {
+    // Batch insert, idempotency within and across batches, per tenant.
+    let mut a = job("t1", "ns");
+    a.constraints.idempotency_key = Some("k".into());
+    let mut dup = job("t1", "ns");
+    dup.constraints.idempotency_key = Some("k".into());
+    let mut other_tenant = job("t2", "ns");
+    other_tenant.constraints.idempotency_key = Some("k".into());
+    let inserted = store
+        .insert(vec![a.clone(), dup.clone(), other_tenant.clone()])
+        .await
+        .unwrap();
+    assert_eq!(inserted[0], Inserted::New);
+    assert!(matches!(&inserted[1], Inserted::Existing(j) if j.id == a.id));
+    assert_eq!(inserted[2], Inserted::New);
+    assert!(store.get(dup.id).await.unwrap().is_none());
+    let again = store.insert(vec![dup.clone()]).await.unwrap();
+    assert!(matches!(&again[0], Inserted::Existing(j) if j.id == a.id));
+    assert_eq!(
+        store.insert(vec![a.clone()]).await,
+        Err(StoreError::Duplicate(a.id))
+    );
+
+    // Claims are atomic and raise the epoch; stale reports are refused.
+    let claimed = store.transition(a.id, claim()).await.unwrap();
+    assert_eq!(
+        (claimed.status, claimed.attempt, claimed.lease_epoch),
+        (JobStatus::Running, 1, 1)
+    );
+    assert!(matches!(
+        store.transition(a.id, claim()).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let retry = Transition::Retry {
+        epoch: 1,
+        outcome: OutcomeClass::Trap,
+        error: JobError {
+            code: "trap".into(),
+            message: "boom".into(),
+            retryable: true,
+        },
+        next_run_at: Utc::now(),
+    };
+    store.transition(a.id, retry).await.unwrap();
+    let second = store.transition(a.id, claim()).await.unwrap();
+    assert_eq!((second.attempt, second.lease_epoch), (2, 2));
+    assert!(matches!(
+        store
+            .transition(a.id, finish(1, JobStatus::Succeeded))
+            .await,
+        Err(StoreError::Conflict { epoch: 2, .. })
+    ));
+    let done = store
+        .transition(a.id, finish(2, JobStatus::Succeeded))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.status, done.result),
+        (JobStatus::Succeeded, Some(json!(1)))
+    );
+    let cancel = || Transition::Cancel {
+        error: JobError {
+            code: "canceled".into(),
+            message: "by test".into(),
+            retryable: false,
+        },
+        at: Utc::now(),
+    };
+    assert!(matches!(
+        store.transition(a.id, cancel()).await,
+        Err(StoreError::Conflict { .. })
+    ));
+
+    // Indexes by tenant, namespace and status; pages newest first.
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let j = job("t3", if i % 2 == 0 { "even" } else { "odd" });
+        ids.push(j.id);
+        store.insert(vec![j]).await.unwrap();
+    }
+    let failed = store.transition(ids[0], claim()).await.unwrap();
+    store
+        .transition(ids[0], finish(failed.lease_epoch, JobStatus::Failed))
+        .await
+        .unwrap();
+    let page = store
+        .list(&JobQuery::tenant("t3").namespace("even").limit(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[6], ids[4]]
+    );
+    let rest = store
+        .list(
+            &JobQuery::tenant("t3")
+                .namespace("even")
+                .cursor(page.next_cursor.unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[2], ids[0]]
+    );
+    assert!(rest.next_cursor.is_none());
+    let queued = store
+        .list(&JobQuery::tenant("t3").status(JobStatus::Queued))
+        .await
+        .unwrap();
+    assert_eq!(queued.jobs.len(), 6);
+    let dead = store
+        .list(&JobQuery::tenant("t3").dead_letters())
+        .await
+        .unwrap();
+    assert_eq!(dead.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[0]]);
+
+    // Revival, cancellation, and the unfinished set for recovery.
+    let revived = store.transition(ids[0], Transition::Revive).await.unwrap();
+    assert_eq!(
+        (revived.status, revived.attempt, revived.dead_letter),
+        (JobStatus::Queued, 0, false)
+    );
+    assert!(
+        store
+            .list(&JobQuery::tenant("t3").dead_letters())
+            .await
+            .unwrap()
+            .jobs
+            .is_empty()
+    );
+    store.transition(ids[1], cancel()).await.unwrap();
+    let unfinished = store.unfinished().await.unwrap();
+    assert!(unfinished.iter().all(|j| !j.status.is_terminal()));
+    assert_eq!(unfinished.iter().filter(|j| j.tenant_id == "t3").count(), 6);
+    let missing = uuid::Uuid::now_v7();
+    assert_eq!(
+        store.transition(missing, claim()).await.map(|_| ()),
+        Err(StoreError::NotFound(missing))
+    );
+}
+
+#[tokio::test]
+async fn memory_store_honours_the_contract() {
+    conformance(&MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_index_stays_right_under_concurrent_transitions() {
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let jobs: Vec<Job> = (0..400).map(|_| job("t", "ns")).collect();
+    let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
+    store.insert(jobs).await.unwrap();
+    let mut tasks = Vec::new();
+    for chunk in ids.chunks(100) {
+        let store = std::sync::Arc::clone(&store);
+        let chunk = chunk.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for id in chunk {
+                let job = store.transition(id, claim()).await.unwrap();
+                store
+                    .transition(id, finish(job.lease_epoch, JobStatus::Succeeded))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let by = |status| {
+        let store = std::sync::Arc::clone(&store);
+        async move {
+            store
+                .list(&JobQuery::tenant("t").status(status).limit(1000))
+                .await
+                .unwrap()
+                .jobs
+                .len()
+        }
+    };
+    assert_eq!(by(JobStatus::Succeeded).await, 400);
+    assert_eq!(by(JobStatus::Running).await, 0);
+    assert_eq!(by(JobStatus::Queued).await, 0);
+}
