@@ -46,6 +46,7 @@ pub mod backends;
 pub mod commands;
 mod error;
 pub mod events;
+mod id_map;
 pub mod registry;
 pub mod runtime;
 pub mod scheduler;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use work_host_api::{ExecContext, ExecError, Job, JobError, JobStatus, OutcomeClass};
+use work_host_api::{ExecContext, ExecError, Job, JobError, JobStatus, OutcomeClass, RetryPolicy};
 
 use super::Inner;
 use super::state::{Released, Start};
@@ -59,7 +59,6 @@ pub(crate) async fn run_attempt(inner: Arc<Inner>, start: Start) {
         devices: start.devices.clone(),
     });
 
-    let attempt_cancel = start.cancel.child_token();
     let updates = {
         let inner = Arc::clone(&inner);
         let tenant = Arc::clone(&tenant);
@@ -73,14 +72,13 @@ pub(crate) async fn run_attempt(inner: Arc<Inner>, start: Start) {
         attempt,
         start.devices.clone(),
         updates,
-        attempt_cancel.clone(),
+        start.cancel.clone(),
     );
     let timeout = job.resources.timeout().or(inner.default_timeout);
     let started = Instant::now();
     let outcome = supervise(
         backend.execute(&job, ctx),
         &start.cancel,
-        &attempt_cancel,
         timeout,
         inner.cancel_grace,
     )
@@ -91,8 +89,10 @@ pub(crate) async fn run_attempt(inner: Arc<Inner>, start: Start) {
         Ok(_) => OutcomeClass::Ok,
         Err(err) => err.class,
     };
-    let decision = decide(&job, outcome, start.cancel.is_cancelled());
-    let epoch = job.lease_epoch;
+    let decision = decide(&job, outcome);
+    let (epoch, priority) = (job.lease_epoch, job.priority);
+    // Let go of the claimed copy so the store can update it in place.
+    drop(job);
     let at = Utc::now();
     let (change, run_at) = match &decision {
         Decision::Retry { delay, error } => (
@@ -153,10 +153,9 @@ pub(crate) async fn run_attempt(inner: Arc<Inner>, start: Start) {
                 delay_ms: delay.as_millis() as u64,
             });
             if let Some(depth) = requeued {
-                inner.telemetry.job(id, &tenant, || EventData::Enqueued {
-                    priority: job.priority,
-                    depth,
-                });
+                inner
+                    .telemetry
+                    .job(id, &tenant, || EventData::Enqueued { priority, depth });
             }
         }
         Decision::Finish {
@@ -214,13 +213,12 @@ async fn abandon_attempt(inner: &Arc<Inner>, start: &Start) {
 }
 
 /// Runs `exec` until it returns, its deadline passes, or the job is
-/// cancelled. On a deadline or a cancellation the backend is told through
-/// `attempt_cancel` and given `grace` to return; after that the future is
-/// dropped.
+/// cancelled (`cancel`, which the backend also holds). At the deadline the
+/// engine cancels `cancel` itself; either way the backend gets `grace` to
+/// return, and is dropped after that.
 async fn supervise(
     exec: impl Future<Output = Result<serde_json::Value, ExecError>>,
-    job_cancel: &CancellationToken,
-    attempt_cancel: &CancellationToken,
+    cancel: &CancellationToken,
     timeout: Option<Duration>,
     grace: Duration,
 ) -> Result<serde_json::Value, ExecError> {
@@ -245,13 +243,13 @@ async fn supervise(
                     (result, _) => result,
                 };
             }
-            () = job_cancel.cancelled(), if stopped.is_none() => {
+            () = cancel.cancelled(), if stopped.is_none() => {
                 stopped = Some((OutcomeClass::Canceled, Instant::now() + grace));
-                attempt_cancel.cancel();
             }
             () = sleep_until(deadline), if stopped.is_none() && deadline.is_some() => {
+                // Set before cancelling, so the branch above never sees it.
                 stopped = Some((OutcomeClass::Timeout, Instant::now() + grace));
-                attempt_cancel.cancel();
+                cancel.cancel();
             }
             () = sleep_until(give_up), if give_up.is_some() => {
                 let class = stopped.map_or(OutcomeClass::Canceled, |(class, _)| class);
@@ -286,11 +284,7 @@ fn job_error(class: OutcomeClass, message: String) -> JobError {
 }
 
 /// Success, another attempt after the policy's backoff, or the end.
-fn decide(
-    job: &Job,
-    outcome: Result<serde_json::Value, ExecError>,
-    cancel_requested: bool,
-) -> Decision {
+fn decide(job: &Job, outcome: Result<serde_json::Value, ExecError>) -> Decision {
     let err = match outcome {
         Ok(value) => {
             return Decision::Finish {
@@ -303,12 +297,13 @@ fn decide(
         Err(err) => err,
     };
     let class = err.class;
-    let policy = job.retry_policy();
+    let default = RetryPolicy::never();
+    let policy = job.constraints.retry_policy.as_ref().unwrap_or(&default);
     let error = JobError {
         retryable: policy.retries(class),
         ..job_error(class, err.message)
     };
-    if class == OutcomeClass::Canceled || cancel_requested {
+    if class == OutcomeClass::Canceled {
         return Decision::Finish {
             status: JobStatus::Canceled,
             result: None,

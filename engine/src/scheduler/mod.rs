@@ -599,7 +599,7 @@ impl Engine {
             state.admit(vec![(id, live)], now).map_err(|(err, _)| err)?;
         }
         let job = match inner.store.transition(id, Transition::Revive).await {
-            Ok(job) => job,
+            Ok(job) => Arc::unwrap_or_clone(job),
             Err(err) => {
                 inner.state.lock().abandon(&[id]);
                 return Err(err.into());
@@ -961,7 +961,7 @@ impl Inner {
                 self.telemetry
                     .job(id, &job.tenant_id, || EventData::Canceled { reason });
                 self.settle(released).await;
-                Some(job)
+                Some(Arc::unwrap_or_clone(job))
             }
             Err(err) => {
                 tracing::warn!(%id, %err, "could not record a cancellation");

@@ -22,6 +22,7 @@ use work_host_api::{Device, JobId, JobStatus, Priority};
 use super::EngineError;
 use super::config::{SchedulerConfig, TenantConfig};
 use super::stats::{LevelStats, ResourceStats, Stats, StatusCounts, Summary, TenantStats};
+use crate::id_map::IdMap;
 
 /// Samples kept for wait/run summaries and throughput.
 const SAMPLES: usize = 4096;
@@ -246,7 +247,7 @@ pub(crate) enum CancelAction {
 
 pub(crate) struct State {
     pub(crate) config: SchedulerConfig,
-    jobs: HashMap<JobId, Live>,
+    jobs: IdMap<Live>,
     levels: [Level; 4],
     delayed: BinaryHeap<Reverse<(Instant, JobId)>>,
     groups: HashMap<Arc<str>, Group>,
@@ -255,7 +256,7 @@ pub(crate) struct State {
     capacity: Pool,
     free: Pool,
     reservation: Option<JobId>,
-    waiters: HashMap<JobId, Vec<oneshot::Sender<()>>>,
+    waiters: IdMap<Vec<oneshot::Sender<()>>>,
     runs_us: Ring,
     finished: VecDeque<Instant>,
     finished_total: u64,
@@ -287,7 +288,7 @@ impl State {
         };
         Self {
             config,
-            jobs: HashMap::new(),
+            jobs: IdMap::default(),
             levels: Default::default(),
             delayed: BinaryHeap::new(),
             groups: HashMap::new(),
@@ -296,7 +297,7 @@ impl State {
             free: capacity.clone(),
             capacity,
             reservation: None,
-            waiters: HashMap::new(),
+            waiters: IdMap::default(),
             runs_us: Ring::default(),
             finished: VecDeque::new(),
             finished_total: 0,
@@ -441,10 +442,13 @@ impl State {
         now: Instant,
     ) -> Result<(), (EngineError, Option<Priority>)> {
         let mut per_level = [0usize; 4];
-        let mut per_tenant: BTreeMap<Arc<str>, u64> = BTreeMap::new();
+        let mut per_tenant: Vec<(Arc<str>, u64)> = Vec::with_capacity(1);
         for (_, live) in &jobs {
             per_level[live.priority.index()] += 1;
-            *per_tenant.entry(Arc::clone(&live.tenant)).or_default() += 1;
+            match per_tenant.iter_mut().find(|(name, _)| *name == live.tenant) {
+                Some((_, n)) => *n += 1,
+                None => per_tenant.push((Arc::clone(&live.tenant), 1)),
+            }
         }
         for (level, n) in per_level.iter().enumerate() {
             let capacity = self.config.queue_capacity[level];

@@ -1,10 +1,11 @@
 //! [`MemoryStore`]: jobs in sharded hash maps with per-tenant indexes.
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
+
+use crate::id_map::{IdMap, spread};
 use work_host_api::{Job, JobId, JobStatus};
 
 use super::{Inserted, JobPage, JobQuery, Store, StoreError, Transition};
@@ -22,9 +23,8 @@ const SHARDS: usize = 32;
 /// Lock order: a tenant's index, then a shard; never the other way round.
 #[derive(Default)]
 pub struct MemoryStore {
-    shards: [Mutex<HashMap<JobId, Box<Job>>>; SHARDS],
+    shards: [Mutex<IdMap<Arc<Job>>>; SHARDS],
     tenants: RwLock<HashMap<String, Arc<Mutex<TenantIndex>>>>,
-    hasher: RandomState,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -92,8 +92,8 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn shard(&self, id: &JobId) -> &Mutex<HashMap<JobId, Box<Job>>> {
-        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
+    fn shard(&self, id: &JobId) -> &Mutex<IdMap<Arc<Job>>> {
+        &self.shards[spread(id) as usize % SHARDS]
     }
 
     fn tenant(&self, tenant: &str) -> Option<Arc<Mutex<TenantIndex>>> {
@@ -117,16 +117,18 @@ impl Store for MemoryStore {
     async fn insert(&self, jobs: Vec<Job>) -> Result<Vec<Inserted>, StoreError> {
         // Lock every tenant involved, in name order, so two batches cannot
         // deadlock and idempotency checks and inserts happen as one step.
-        let mut names: Vec<String> = jobs.iter().map(|job| job.tenant_id.clone()).collect();
-        names.sort_unstable();
-        names.dedup();
-        let indexes: Vec<_> = names.iter().map(|name| self.tenant_or_new(name)).collect();
-        let mut guards: Vec<_> = indexes.iter().map(|index| index.lock()).collect();
-        let guard_of = |tenant: &str| {
-            names
-                .binary_search_by(|name| name.as_str().cmp(tenant))
-                .unwrap_or(0)
+        let (indexes, slots) = {
+            let mut names: Vec<&str> = jobs.iter().map(|job| job.tenant_id.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            let slots: Vec<usize> = jobs
+                .iter()
+                .map(|job| names.binary_search(&job.tenant_id.as_str()).unwrap_or(0))
+                .collect();
+            let indexes: Vec<_> = names.iter().map(|name| self.tenant_or_new(name)).collect();
+            (indexes, slots)
         };
+        let mut guards: Vec<_> = indexes.iter().map(|index| index.lock()).collect();
 
         for job in &jobs {
             if self.shard(&job.id).lock().contains_key(&job.id) {
@@ -140,7 +142,7 @@ impl Store for MemoryStore {
                 outcome.push(Inserted::New);
                 continue;
             };
-            let stored = guards[guard_of(&job.tenant_id)]
+            let stored = guards[slots[i]]
                 .idempotency
                 .get(key)
                 .and_then(|id| self.read(id));
@@ -158,10 +160,10 @@ impl Store for MemoryStore {
             }
         }
         drop(first_with_key);
-        for (job, inserted) in jobs.into_iter().zip(&outcome) {
+        for ((job, inserted), slot) in jobs.into_iter().zip(&outcome).zip(slots) {
             if matches!(inserted, Inserted::New) {
-                guards[guard_of(&job.tenant_id)].add(&job);
-                self.shard(&job.id).lock().insert(job.id, Box::new(job));
+                guards[slot].add(&job);
+                self.shard(&job.id).lock().insert(job.id, Arc::new(job));
             }
         }
         drop(guards);
@@ -229,13 +231,14 @@ impl Store for MemoryStore {
         Ok(JobPage { jobs, next_cursor })
     }
 
-    async fn transition(&self, id: JobId, change: Transition) -> Result<Job, StoreError> {
+    async fn transition(&self, id: JobId, change: Transition) -> Result<Arc<Job>, StoreError> {
         let (before, after) = {
             let mut shard = self.shard(&id).lock();
             let job = shard.get_mut(&id).ok_or(StoreError::NotFound(id))?;
             let before = job.status;
-            change.apply(job)?;
-            (before, Job::clone(job))
+            // Copies only while a reader still holds the previous version.
+            change.apply(Arc::make_mut(job))?;
+            (before, Arc::clone(job))
         };
         if let Some(index) = self.tenant(&after.tenant_id) {
             let mut index = index.lock();

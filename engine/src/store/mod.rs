@@ -11,6 +11,8 @@
 
 mod memory;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use work_host_api::{Job, JobError, JobId, JobKind, JobStatus, OutcomeClass};
 
@@ -364,12 +366,13 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, query: &JobQuery) -> Result<JobPage, StoreError>;
 
     /// Applies `change` if its precondition holds ([`Transition::apply`]),
-    /// atomically, and returns the job as it is after.
+    /// atomically, and returns the job as it is after (shared: a store
+    /// may keep the same allocation).
     ///
     /// # Errors
     ///
     /// [`StoreError::NotFound`], [`StoreError::Conflict`].
-    async fn transition(&self, id: JobId, change: Transition) -> Result<Job, StoreError>;
+    async fn transition(&self, id: JobId, change: Transition) -> Result<Arc<Job>, StoreError>;
 
     /// Every job that has not ended, for an engine starting on this store.
     ///

@@ -11,6 +11,7 @@
 
 mod calls;
 mod cli;
+mod examples;
 mod guests;
 mod jobs;
 mod registry;

@@ -111,7 +111,7 @@ async fn conformance(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(
-        (done.status, done.result),
+        (done.status, done.result.clone()),
         (JobStatus::Succeeded, Some(json!(1)))
     );
     let cancel = || Transition::Cancel {

@@ -1,0 +1,311 @@
+//! Run with: `cargo bench -p work-engine --bench scheduler`
+//!
+//! The scheduler, side by side in one run (medians of `BENCH_ROUNDS`
+//! rounds, default 5):
+//!
+//! - **(a) no-op jobs**: submit → complete throughput of zero-delay `mock`
+//!   jobs through the in-memory engine, for 1 tenant and for 100 tenants,
+//!   submitted one by one from two tasks and in batches of 1,000; against
+//!   the floor: the same number of items pushed through a plain
+//!   `tokio::sync::mpsc` channel to a pool of two workers.
+//! - **(b) memory**: resident memory per queued job with 1,000,000 jobs
+//!   queued (`BENCH_QUEUED` to change), measured from `/proc/self/statm`.
+//! - **(c) tool calls**: `calculator` `tool_call` jobs through the
+//!   scheduler against direct `ToolHost::call`s, both on two threads, and
+//!   one-at-a-time latency (submit → wait) against one direct call.
+//!
+//! Everything runs on a Tokio runtime with two worker threads.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a bench aborts on a broken set-up"
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use work_engine::backends::MockBackend;
+use work_engine::runtime::{CallOptions, Grants, RuntimeConfig};
+use work_engine::{Capacity, Engine, JobStatus, NewJob, Resources, ToolHost};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn capacity(cpu: f64) -> Capacity {
+    Capacity {
+        cpu,
+        memory_mb: 1 << 20,
+        gpus: Vec::new(),
+    }
+}
+
+fn noop(tenant: usize) -> NewJob {
+    NewJob::new("noop", format!("tenant-{tenant}"), json!({})).with_resources(Resources {
+        cpu: 0.0,
+        ..Resources::default()
+    })
+}
+
+async fn wait_finished(engine: &Engine, total: u64) {
+    while engine.stats().finished_total < total {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Jobs per second, submit to complete, of `n` no-op jobs.
+async fn noop_throughput(n: usize, tenants: usize, batched: bool) -> f64 {
+    let engine = Engine::builder()
+        .capacity(capacity(1024.0))
+        .backend(MockBackend::new().without_history())
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    if batched {
+        let mut next = 0;
+        while next < n {
+            let jobs = (next..(next + 1000).min(n))
+                .map(|i| noop(i % tenants))
+                .collect();
+            engine.submit_batch(jobs).await.unwrap();
+            next += 1000;
+        }
+    } else {
+        let submitters: Vec<_> = (0..2)
+            .map(|s| {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    for i in (s..n).step_by(2) {
+                        engine.submit(noop(i % tenants)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for submitter in submitters {
+            submitter.await.unwrap();
+        }
+    }
+    wait_finished(&engine, n as u64).await;
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Items per second through an mpsc channel to two workers.
+async fn mpsc_floor(n: usize) -> f64 {
+    let done = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(tokio::sync::Notify::new());
+    let start = Instant::now();
+    let mut senders = Vec::new();
+    for _ in 0..2 {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
+        senders.push(tx);
+        let (done, finished) = (Arc::clone(&done), Arc::clone(&finished));
+        tokio::spawn(async move {
+            while let Some(item) = rx.recv().await {
+                std::hint::black_box(item);
+                if done.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    finished.notify_one();
+                }
+            }
+        });
+    }
+    let notified = finished.notified();
+    for i in 0..n {
+        senders[i % 2].send(i as u64).await.unwrap();
+    }
+    notified.await;
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// Bytes of resident memory per queued job.
+async fn memory_per_queued_job(n: usize) -> f64 {
+    let engine = Engine::builder()
+        .capacity(capacity(1.0))
+        .backend(MockBackend::new().without_history())
+        .build()
+        .unwrap();
+    // One job holds the only CPU so that every other one stays queued.
+    engine
+        .submit(NewJob::new("noop", "t", json!({"mock": {"hang": true}})))
+        .await
+        .unwrap();
+    let before = resident_bytes();
+    let mut next = 0;
+    while next < n {
+        let jobs = (next..(next + 10_000).min(n))
+            .map(|i| NewJob::new("noop", format!("tenant-{}", i % 100), json!({})))
+            .collect();
+        engine.submit_batch(jobs).await.unwrap();
+        next += 10_000;
+    }
+    let after = resident_bytes();
+    assert_eq!(engine.stats().jobs.queued, n as u64);
+    (after - before) as f64 / n as f64
+}
+
+async fn tool_host() -> (tempfile::TempDir, Arc<ToolHost>) {
+    let data = tempfile::TempDir::new().unwrap();
+    let host = Arc::new(ToolHost::open(data.path(), RuntimeConfig::default()).unwrap());
+    let wasm = std::fs::read(work_test_artifacts::CALCULATOR).unwrap();
+    host.register(&wasm, Grants::default()).await.unwrap();
+    host.prepare("calculator").unwrap();
+    (data, host)
+}
+
+const ARGS: &str = r#"{"op": "add", "a": 2, "b": 2}"#;
+
+fn calc_job() -> NewJob {
+    NewJob::tool_call("bench", "calculator", json!({"op": "add", "a": 2, "b": 2}))
+}
+
+/// Direct calls per second from two tasks.
+async fn direct_calls(host: &Arc<ToolHost>, n: usize) -> f64 {
+    let start = Instant::now();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let host = Arc::clone(host);
+            tokio::spawn(async move {
+                for _ in 0..n / 2 {
+                    let report = host
+                        .call("calculator", ARGS, CallOptions::default())
+                        .await
+                        .unwrap();
+                    assert!(report.outcome.is_ok());
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `tool_call` jobs per second through the scheduler.
+async fn scheduled_calls(engine: &Engine, n: usize) -> f64 {
+    let before = engine.stats().finished_total;
+    let start = Instant::now();
+    let mut next = 0;
+    while next < n {
+        let jobs = (next..(next + 500).min(n)).map(|_| calc_job()).collect();
+        engine.submit_batch(jobs).await.unwrap();
+        next += 500;
+    }
+    wait_finished(engine, before + n as u64).await;
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let rounds = env("BENCH_ROUNDS", 5);
+    let jobs = env("BENCH_JOBS", 200_000);
+    let queued = env("BENCH_QUEUED", 1_000_000);
+    let calls = env("BENCH_CALLS", 20_000);
+    let rt = runtime();
+
+    println!("(a) no-op jobs, submit -> complete, {jobs} jobs, median of {rounds} rounds");
+    let mut floor = Vec::new();
+    let mut cases: Vec<(&str, usize, bool, Vec<f64>)> = vec![
+        ("1 tenant, single submits", 1, false, Vec::new()),
+        ("100 tenants, single submits", 100, false, Vec::new()),
+        ("1 tenant, batches of 1000", 1, true, Vec::new()),
+        ("100 tenants, batches of 1000", 100, true, Vec::new()),
+    ];
+    rt.block_on(async {
+        for _ in 0..rounds {
+            floor.push(mpsc_floor(jobs).await);
+            for (_, tenants, batched, samples) in &mut cases {
+                samples.push(noop_throughput(jobs, *tenants, *batched).await);
+            }
+        }
+    });
+    let floor = median(floor);
+    println!(
+        "  mpsc floor                      {:>10.0} items/s  {:>7.3} us/item",
+        floor,
+        1e6 / floor
+    );
+    for (name, _, _, samples) in cases {
+        let rate = median(samples);
+        println!(
+            "  {name:<31} {rate:>10.0} jobs/s   {:>7.3} us/job  ({:.1}x the floor's per-item time)",
+            1e6 / rate,
+            floor / rate
+        );
+    }
+
+    println!("(b) memory with {queued} queued jobs");
+    let per_job = rt.block_on(memory_per_queued_job(queued));
+    println!("  {per_job:.0} bytes resident per queued job");
+
+    println!("(c) calculator tool calls, {calls} per round, median of {rounds} rounds");
+    rt.block_on(async {
+        let (_data, host) = tool_host().await;
+        let engine = Engine::builder()
+            .capacity(capacity(8.0))
+            .tool_host(Arc::clone(&host))
+            .build()
+            .unwrap();
+        // Warm up both paths.
+        direct_calls(&host, 2_000).await;
+        scheduled_calls(&engine, 2_000).await;
+        let mut direct = Vec::new();
+        let mut scheduled = Vec::new();
+        for _ in 0..rounds {
+            direct.push(direct_calls(&host, calls).await);
+            scheduled.push(scheduled_calls(&engine, calls).await);
+        }
+        let (direct, scheduled) = (median(direct), median(scheduled));
+        println!(
+            "  direct ToolHost::call, 2 tasks  {direct:>10.0} calls/s  {:>7.2} us/call",
+            1e6 / direct
+        );
+        println!(
+            "  tool_call jobs, scheduler       {scheduled:>10.0} jobs/s   {:>7.2} us/job  ({:.2}x the direct path)",
+            1e6 / scheduled,
+            direct / scheduled
+        );
+
+        let mut direct_latency = Vec::new();
+        let mut job_latency = Vec::new();
+        for _ in 0..2_000 {
+            let start = Instant::now();
+            host.call("calculator", ARGS, CallOptions::default()).await.unwrap();
+            direct_latency.push(start.elapsed().as_secs_f64() * 1e6);
+            let start = Instant::now();
+            let job = engine.submit(calc_job()).await.unwrap();
+            let done = engine.wait(job.id, Duration::from_secs(10)).await.unwrap();
+            job_latency.push(start.elapsed().as_secs_f64() * 1e6);
+            assert_eq!(done.status, JobStatus::Succeeded);
+        }
+        let (direct, job) = (median(direct_latency), median(job_latency));
+        println!(
+            "  one at a time, p50: direct {direct:.1} us, submit+wait {job:.1} us ({:.2}x)",
+            job / direct
+        );
+    });
+}
