@@ -985,10 +985,11 @@ impl Inner {
             if self.state.lock().is_live(dep) {
                 continue;
             }
-            if let Ok(Some(job)) = self.store.get(*dep).await {
-                if job.status.is_terminal() && job.status != JobStatus::Succeeded {
-                    failed = Some(*dep);
-                }
+            if let Ok(Some(job)) = self.store.get(*dep).await
+                && job.status.is_terminal()
+                && job.status != JobStatus::Succeeded
+            {
+                failed = Some(*dep);
             }
         }
         if let Some(dep) = failed {

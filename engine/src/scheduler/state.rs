@@ -462,17 +462,17 @@ impl State {
         }
         for (name, n) in &per_tenant {
             let tenant = self.tenant_mut(name, now);
-            if let Some(max) = tenant.config.quota.max_queued {
-                if tenant.waiting + n > max {
-                    return Err((
-                        EngineError::QuotaExceeded {
-                            tenant: name.to_string(),
-                            limit: "max_queued",
-                            max: max.to_string(),
-                        },
-                        None,
-                    ));
-                }
+            if let Some(max) = tenant.config.quota.max_queued
+                && tenant.waiting + n > max
+            {
+                return Err((
+                    EngineError::QuotaExceeded {
+                        tenant: name.to_string(),
+                        limit: "max_queued",
+                        max: max.to_string(),
+                    },
+                    None,
+                ));
             }
         }
         // Rate last, so a refusal for another reason costs no tokens.
@@ -658,12 +658,12 @@ impl State {
                 break;
             }
             self.delayed.pop();
-            if let Some(live) = self.jobs.get(&id) {
-                if matches!(live.place, Place::Delayed) {
-                    let (tenant, level) = (Arc::clone(&live.tenant), live.level);
-                    let depth = self.enqueue(id, now);
-                    enqueued.push((id, tenant, level, depth));
-                }
+            if let Some(live) = self.jobs.get(&id)
+                && matches!(live.place, Place::Delayed)
+            {
+                let (tenant, level) = (Arc::clone(&live.tenant), live.level);
+                let depth = self.enqueue(id, now);
+                enqueued.push((id, tenant, level, depth));
             }
         }
         if let Some(aging) = self.config.aging {
@@ -889,10 +889,10 @@ impl State {
         {
             cpu -= reserved.need.cpu_milli as i64;
             memory -= reserved.need.memory_mb as i64;
-            if let (Some((kind, n)), Some((mine, _))) = (reserved.need.gpu, need.gpu) {
-                if kind == mine {
-                    gpus -= i64::from(n);
-                }
+            if let (Some((kind, n)), Some((mine, _))) = (reserved.need.gpu, need.gpu)
+                && kind == mine
+            {
+                gpus -= i64::from(n);
             }
         }
         need.cpu_milli as i64 <= cpu
@@ -978,10 +978,10 @@ impl State {
         };
         let need = live.need.clone();
         let (tenant, group) = (Arc::clone(&live.tenant), live.group.clone());
-        if let Some((kind, _)) = need.gpu {
-            if let Some(free) = self.free.gpus.get_mut(kind) {
-                free.extend(devices);
-            }
+        if let Some((kind, _)) = need.gpu
+            && let Some(free) = self.free.gpus.get_mut(kind)
+        {
+            free.extend(devices);
         }
         self.free.cpu_milli += need.cpu_milli;
         self.free.memory_mb += need.memory_mb;
