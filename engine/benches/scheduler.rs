@@ -227,6 +227,12 @@ fn main() {
     let calls = env("BENCH_CALLS", 20_000);
     let rt = runtime();
 
+    // Memory first, in a fresh process: later phases leave freed memory
+    // resident, which would hide new allocations.
+    println!("(b) memory with {queued} queued jobs");
+    let per_job = rt.block_on(memory_per_queued_job(queued));
+    println!("  {per_job:.0} bytes resident per queued job");
+
     println!("(a) no-op jobs, submit -> complete, {jobs} jobs, median of {rounds} rounds");
     let mut floor = Vec::new();
     let mut cases: Vec<(&str, usize, bool, Vec<f64>)> = vec![
@@ -257,10 +263,6 @@ fn main() {
             floor / rate
         );
     }
-
-    println!("(b) memory with {queued} queued jobs");
-    let per_job = rt.block_on(memory_per_queued_job(queued));
-    println!("  {per_job:.0} bytes resident per queued job");
 
     println!("(c) calculator tool calls, {calls} per round, median of {rounds} rounds");
     rt.block_on(async {

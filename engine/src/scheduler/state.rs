@@ -247,7 +247,9 @@ pub(crate) enum CancelAction {
 
 pub(crate) struct State {
     pub(crate) config: SchedulerConfig,
-    jobs: IdMap<Live>,
+    /// Boxed: a million queued jobs cost a map of pointers, not of
+    /// `Live`s at the map's spare capacity.
+    jobs: IdMap<Box<Live>>,
     levels: [Level; 4],
     delayed: BinaryHeap<Reverse<(Instant, JobId)>>,
     groups: HashMap<Arc<str>, Group>,
@@ -493,7 +495,7 @@ impl State {
         for (id, live) in jobs {
             self.levels[live.priority.index()].waiting += 1;
             self.tenant_mut(&live.tenant, now).waiting += 1;
-            self.jobs.insert(id, live);
+            self.jobs.insert(id, Box::new(live));
         }
         Ok(())
     }
@@ -575,7 +577,7 @@ impl State {
     }
 
     fn release_dependency(&mut self, id: JobId) -> bool {
-        match self.jobs.get_mut(&id) {
+        match self.jobs.get_mut(&id).map(|live| &mut **live) {
             Some(Live {
                 place: Place::Pending { deps_left },
                 ..
