@@ -289,7 +289,7 @@ impl Telemetry {
             tracing::debug!(
                 target: "work_engine::event",
                 event = event.data.name(),
-                job_id = ?event.job_id,
+                job_id = event.job_id.map(|id| id.to_string()).as_deref(),
                 tenant_id = event.tenant_id.as_deref(),
                 detail,
             );

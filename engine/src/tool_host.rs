@@ -346,13 +346,41 @@ impl ToolHost {
                     message: format!("arguments are not JSON: {err}"),
                 }],
             })?;
-        ready.validate(&value)?;
+        self.call_checked(ready, &value, args, options).await
+    }
+
+    /// [`ToolHost::call_ready`] with the arguments already parsed (a job's
+    /// payload): no second parse.
+    ///
+    /// # Errors
+    ///
+    /// As [`ToolHost::call`].
+    pub async fn call_value(
+        &self,
+        ready: &ReadyTool,
+        args: &serde_json::Value,
+        options: CallOptions,
+    ) -> Result<CallReport> {
+        let text = args.to_string();
+        self.runtime.check_args_size(&text)?;
+        self.call_checked(ready, args, &text, options).await
+    }
+
+    /// Validates `value` (whose JSON text is `text`) and runs the call.
+    async fn call_checked(
+        &self,
+        ready: &ReadyTool,
+        value: &serde_json::Value,
+        text: &str,
+        options: CallOptions,
+    ) -> Result<CallReport> {
+        ready.validate(value)?;
         self.runtime
             .call(
                 &ready.component,
                 &ready.manifest.name,
                 &ready.manifest.grants,
-                args,
+                text,
                 options,
             )
             .await

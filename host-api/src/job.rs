@@ -607,9 +607,12 @@ pub struct Job {
 }
 
 impl Job {
-    /// The retry policy the engine filled in at admission.
-    pub fn retry_policy(&self) -> RetryPolicy {
-        self.constraints.retry_policy.clone().unwrap_or_default()
+    /// The retry policy the engine filled in at admission
+    /// ([`RetryPolicy::default`] for a job that never went through one).
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        static DEFAULT: std::sync::LazyLock<RetryPolicy> =
+            std::sync::LazyLock::new(RetryPolicy::default);
+        self.constraints.retry_policy.as_ref().unwrap_or(&DEFAULT)
     }
 
     /// For a tool call: the tool (`payload.tool`, or its alias

@@ -28,15 +28,16 @@ impl WasmBackend {
     }
 
     /// The tool named by the job, loaded (compiling off the async threads
-    /// the first time).
-    async fn tool(&self, job: &Job) -> Result<(Arc<ReadyTool>, String), AdmitError> {
+    /// the first time), and the job's arguments.
+    async fn tool<'a>(
+        &self,
+        job: &'a Job,
+    ) -> Result<(Arc<ReadyTool>, &'a serde_json::Value), AdmitError> {
         let (tool, args) = job.tool_call().ok_or_else(|| {
             AdmitError::InvalidPayload(
                 "a tool call's payload is {\"tool\": \"name[@version]\", \"args\": {...}}".into(),
             )
         })?;
-        let args =
-            serde_json::to_string(args).map_err(|e| AdmitError::InvalidPayload(e.to_string()))?;
         let ready = match self.host.loaded(tool) {
             Some(ready) => Ok(ready),
             None => {
@@ -77,18 +78,17 @@ impl Backend for WasmBackend {
 
     async fn admit(&self, job: &Job) -> Result<(), AdmitError> {
         let (ready, args) = self.tool(job).await?;
-        self.host
-            .runtime()
-            .check_args_size(&args)
-            .map_err(admit_error)?;
-        let (_, value) = job.tool_call().unwrap_or(("", &serde_json::Value::Null));
-        if value.is_null() {
+        if args.is_null() {
             return Err(AdmitError::InvalidArgs(vec![Violation {
                 path: String::new(),
                 message: "payload.args is missing".to_owned(),
             }]));
         }
-        ready.validate(value).map_err(admit_error)
+        self.host
+            .runtime()
+            .check_args_size(&args.to_string())
+            .map_err(admit_error)?;
+        ready.validate(args).map_err(admit_error)
     }
 
     async fn execute(&self, job: &Job, ctx: ExecContext) -> Result<serde_json::Value, ExecError> {
@@ -126,7 +126,7 @@ impl Backend for WasmBackend {
         };
         let report =
             self.host
-                .call_ready(&ready, &args, options)
+                .call_value(&ready, args, options)
                 .await
                 .map_err(|err| match err {
                     // The tool changed under the job since admission.

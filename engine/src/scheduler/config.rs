@@ -114,17 +114,36 @@ pub(crate) struct SchedulerConfig {
     pub(crate) capacity: Capacity,
     pub(crate) tenants: HashMap<String, TenantConfig>,
     pub(crate) default_tenant: TenantConfig,
-    pub(crate) default_priority: Priority,
-    pub(crate) default_namespace: String,
-    pub(crate) default_retry_policy: RetryPolicy,
-    pub(crate) default_timeout: Option<Duration>,
     pub(crate) queue_capacity: [usize; 4],
     pub(crate) quantum: u32,
     pub(crate) aging: Option<Duration>,
     pub(crate) concurrency_limits: HashMap<String, u32>,
     pub(crate) default_concurrency_limit: u32,
-    pub(crate) cancel_grace: Duration,
     pub(crate) event_capacity: usize,
+}
+
+/// What the engine fills in for jobs, and how long it lets an attempt take
+/// to stop: read on every submission and attempt, outside the scheduler's
+/// lock.
+#[derive(Debug, Clone)]
+pub(crate) struct JobDefaults {
+    pub(crate) priority: Priority,
+    pub(crate) namespace: String,
+    pub(crate) retry_policy: RetryPolicy,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) cancel_grace: Duration,
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        Self {
+            priority: Priority::Batch,
+            namespace: "default".to_owned(),
+            retry_policy: RetryPolicy::default(),
+            timeout: None,
+            cancel_grace: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -133,16 +152,11 @@ impl Default for SchedulerConfig {
             capacity: Capacity::of_this_machine(),
             tenants: HashMap::new(),
             default_tenant: TenantConfig::default(),
-            default_priority: Priority::Batch,
-            default_namespace: "default".to_owned(),
-            default_retry_policy: RetryPolicy::default(),
-            default_timeout: None,
             queue_capacity: [1_000_000; 4],
             quantum: 4,
             aging: Some(Duration::from_secs(60)),
             concurrency_limits: HashMap::new(),
             default_concurrency_limit: 1,
-            cancel_grace: Duration::from_secs(5),
             event_capacity: 4096,
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use work_host_api::{ExecContext, ExecError, Job, JobError, JobStatus, OutcomeClass, RetryPolicy};
+use work_host_api::{ExecContext, ExecError, Job, JobError, JobStatus, OutcomeClass};
 
 use super::Inner;
 use super::state::{Released, Start};
@@ -91,13 +91,13 @@ async fn attempt(inner: &Arc<Inner>, start: Start) -> Vec<Start> {
         updates,
         start.cancel.clone(),
     );
-    let timeout = job.resources.timeout().or(inner.default_timeout);
+    let timeout = job.resources.timeout().or(inner.defaults.timeout);
     let started = Instant::now();
     let outcome = supervise(
         backend.execute(&job, ctx),
         &start.cancel,
         timeout,
-        inner.cancel_grace,
+        inner.defaults.cancel_grace,
     )
     .await;
     let run_time = started.elapsed();
@@ -106,12 +106,12 @@ async fn attempt(inner: &Arc<Inner>, start: Start) -> Vec<Start> {
         Ok(_) => OutcomeClass::Ok,
         Err(err) => err.class,
     };
-    let decision = decide(&job, outcome);
+    let mut decision = decide(&job, outcome);
     let (epoch, priority) = (job.lease_epoch, job.priority);
     // Let go of the claimed copy so the store can update it in place.
     drop(job);
     let at = Utc::now();
-    let (change, run_at) = match &decision {
+    let (change, run_at) = match &mut decision {
         Decision::Retry { delay, error } => (
             Transition::Retry {
                 epoch,
@@ -131,7 +131,8 @@ async fn attempt(inner: &Arc<Inner>, start: Start) -> Vec<Start> {
                 epoch,
                 status: *status,
                 outcome: class,
-                result: result.clone(),
+                // Only the store needs the result.
+                result: result.take(),
                 error: error.clone(),
                 dead_letter: *dead_letter,
                 at,
@@ -315,8 +316,7 @@ fn decide(job: &Job, outcome: Result<serde_json::Value, ExecError>) -> Decision 
         Err(err) => err,
     };
     let class = err.class;
-    let default = RetryPolicy::never();
-    let policy = job.constraints.retry_policy.as_ref().unwrap_or(&default);
+    let policy = job.retry_policy();
     let error = JobError {
         retryable: policy.retries(class),
         ..job_error(class, err.message)

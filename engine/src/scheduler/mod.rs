@@ -46,7 +46,7 @@ pub use config::{Capacity, Quota, TenantConfig};
 pub use error::EngineError;
 pub use stats::{LevelStats, ResourceStats, Stats, StatusCounts, Summary, TenantStats};
 
-use config::SchedulerConfig;
+use config::{JobDefaults, SchedulerConfig};
 use state::{CancelAction, Live, Need, Place, PlaceOutcome, Released, Start, State};
 
 /// Jobs accepted together by [`Engine::submit_batch`].
@@ -80,11 +80,7 @@ pub(crate) struct Inner {
     telemetry: Telemetry,
     timer: Arc<Notify>,
     shutdown: CancellationToken,
-    default_priority: Priority,
-    default_namespace: String,
-    default_retry_policy: RetryPolicy,
-    default_timeout: Option<Duration>,
-    cancel_grace: Duration,
+    defaults: JobDefaults,
 }
 
 impl Drop for Inner {
@@ -96,6 +92,7 @@ impl Drop for Inner {
 /// Builds an [`Engine`]. Every setting has a default, listed with it.
 pub struct EngineBuilder {
     config: SchedulerConfig,
+    defaults: JobDefaults,
     backends: Vec<Arc<dyn Backend>>,
     store: Option<Arc<dyn Store>>,
 }
@@ -145,7 +142,7 @@ impl EngineBuilder {
 
     /// The level of jobs that name none. Default: `batch`.
     pub fn default_priority(mut self, priority: Priority) -> Self {
-        self.config.default_priority = priority;
+        self.defaults.priority = priority;
         self
     }
 
@@ -153,14 +150,14 @@ impl EngineBuilder {
     /// exponential from 1 s up to 60 s, with jitter, on `trap`, `timeout`
     /// and `retryable`.
     pub fn default_retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.config.default_retry_policy = policy;
+        self.defaults.retry_policy = policy;
         self
     }
 
     /// The wall-clock limit of attempts whose job names none. Default:
     /// none (a tool call still gets the sandbox's own limit).
     pub fn default_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.default_timeout = timeout;
+        self.defaults.timeout = timeout;
         self
     }
 
@@ -203,7 +200,7 @@ impl EngineBuilder {
     /// How long a cancelled or timed-out attempt may take to stop before
     /// the engine abandons it. Default: 5 s.
     pub fn cancel_grace(mut self, grace: Duration) -> Self {
-        self.config.cancel_grace = grace;
+        self.defaults.cancel_grace = grace;
         self
     }
 
@@ -240,11 +237,7 @@ impl EngineBuilder {
             telemetry: Telemetry::new(self.config.event_capacity),
             timer: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
-            default_priority: self.config.default_priority,
-            default_namespace: self.config.default_namespace.clone(),
-            default_retry_policy: self.config.default_retry_policy.clone(),
-            default_timeout: self.config.default_timeout,
-            cancel_grace: self.config.cancel_grace,
+            defaults: self.defaults,
             state: Mutex::new(State::new(self.config)),
         });
         runtime.spawn(timer_loop(
@@ -306,6 +299,7 @@ impl Engine {
     pub fn builder() -> EngineBuilder {
         EngineBuilder {
             config: SchedulerConfig::default(),
+            defaults: JobDefaults::default(),
             backends: Vec::new(),
             store: None,
         }
@@ -378,30 +372,9 @@ impl Engine {
             let mut state = inner.state.lock();
             let mut lives = Vec::with_capacity(prepared.len());
             for (index, p) in prepared.iter().enumerate() {
-                let tenant = state.intern_tenant(&p.job.tenant_id, now);
-                let config = state.tenant_config(&tenant);
-                let need = need_for(&state, &p.job, &config).map_err(batch_error(index))?;
-                let group = p
-                    .job
-                    .constraints
-                    .concurrency_group
-                    .as_deref()
-                    .map(|g| state.intern_group(g));
-                lives.push((
-                    p.job.id,
-                    Live {
-                        tenant,
-                        priority: p.job.priority,
-                        level: p.job.priority,
-                        need,
-                        group,
-                        backend: p.backend,
-                        place: Place::Admitting,
-                        since: now,
-                        dependents: Vec::new(),
-                        cancel_requested: false,
-                    },
-                ));
+                let live =
+                    live_for(&mut state, &p.job, p.backend, now).map_err(batch_error(index))?;
+                lives.push((p.job.id, live));
             }
             if let Err((err, overflow)) = state.admit(lives, now) {
                 drop(state);
@@ -576,26 +549,7 @@ impl Engine {
         let now = Instant::now();
         {
             let mut state = inner.state.lock();
-            let tenant = state.intern_tenant(&job.tenant_id, now);
-            let config = state.tenant_config(&tenant);
-            let need = need_for(&state, &job, &config)?;
-            let group = job
-                .constraints
-                .concurrency_group
-                .as_deref()
-                .map(|g| state.intern_group(g));
-            let live = Live {
-                tenant,
-                priority: job.priority,
-                level: job.priority,
-                need,
-                group,
-                backend,
-                place: Place::Admitting,
-                since: now,
-                dependents: Vec::new(),
-                cancel_requested: false,
-            };
+            let live = live_for(&mut state, &job, backend, now)?;
             state.admit(vec![(id, live)], now).map_err(|(err, _)| err)?;
         }
         let job = match inner.store.transition(id, Transition::Revive).await {
@@ -704,6 +658,36 @@ fn dependency_failed(message: impl Into<String>) -> JobError {
         message: message.into(),
         retryable: false,
     }
+}
+
+/// The scheduler's entry for `job`, not yet admitted: what it needs, its
+/// tenant and group interned.
+fn live_for(
+    state: &mut State,
+    job: &Job,
+    backend: usize,
+    now: Instant,
+) -> Result<Live, EngineError> {
+    let tenant = state.intern_tenant(&job.tenant_id, now);
+    let config = state.tenant_config(&tenant);
+    let need = need_for(state, job, &config)?;
+    let group = job
+        .constraints
+        .concurrency_group
+        .as_deref()
+        .map(|g| state.intern_group(g));
+    Ok(Live {
+        tenant,
+        priority: job.priority,
+        level: job.priority,
+        need,
+        group,
+        backend,
+        place: Place::Admitting,
+        since: now,
+        dependents: Vec::new(),
+        cancel_requested: false,
+    })
 }
 
 /// What `job` holds while it runs, checked against the engine's capacity
@@ -831,7 +815,7 @@ impl Inner {
         let mut constraints = new.constraints;
         let policy = constraints
             .retry_policy
-            .get_or_insert_with(|| self.default_retry_policy.clone());
+            .get_or_insert_with(|| self.defaults.retry_policy.clone());
         if policy.max_attempts == 0 {
             return Err(EngineError::invalid(
                 "retry_policy.max_attempts must be at least 1",
@@ -849,8 +833,8 @@ impl Inner {
             tenant_id: new.tenant_id,
             namespace: new
                 .namespace
-                .unwrap_or_else(|| self.default_namespace.clone()),
-            priority: new.priority.unwrap_or(self.default_priority),
+                .unwrap_or_else(|| self.defaults.namespace.clone()),
+            priority: new.priority.unwrap_or(self.defaults.priority),
             payload: new.payload,
             resources,
             constraints,
@@ -946,34 +930,38 @@ impl Inner {
     /// Ends a job that was waiting (now `Ending` in the state) as
     /// `canceled`, then settles its dependents.
     async fn cancel_waiting(self: &Arc<Self>, id: JobId, error: JobError) -> Option<Job> {
+        let (job, released) = self.record_cancel(id, error).await;
+        self.settle(released).await;
+        job.map(Arc::unwrap_or_clone)
+    }
+
+    /// Writes `canceled` for a job that is `Ending` in the state, emits the
+    /// event and forgets the job; returns what becomes of its dependents.
+    async fn record_cancel(&self, id: JobId, error: JobError) -> (Option<Arc<Job>>, Released) {
         let reason = error.message.clone();
         let at = Utc::now();
-        match self
+        let (job, status) = match self
             .store
             .transition(id, Transition::Cancel { error, at })
             .await
         {
             Ok(job) => {
-                let released = self
-                    .state
-                    .lock()
-                    .finished(id, JobStatus::Canceled, Instant::now());
                 self.telemetry
                     .job(id, &job.tenant_id, || EventData::Canceled { reason });
-                self.settle(released).await;
-                Some(Arc::unwrap_or_clone(job))
+                (Some(job), JobStatus::Canceled)
             }
             Err(err) => {
+                // It ended some other way first: the store's word stands.
                 tracing::warn!(%id, %err, "could not record a cancellation");
                 let status = match self.store.get(id).await {
                     Ok(Some(job)) => job.status,
                     _ => JobStatus::Canceled,
                 };
-                let released = self.state.lock().finished(id, status, Instant::now());
-                self.settle(released).await;
-                None
+                (None, status)
             }
-        }
+        };
+        let released = self.state.lock().finished(id, status, Instant::now());
+        (job, released)
     }
 
     /// A submission's dependencies that had not succeeded when read: those
@@ -1000,7 +988,7 @@ impl Inner {
             }
             return;
         }
-        let ready = self.state.lock().resolve_hold(id);
+        let ready = self.state.lock().release_dependency(id);
         if ready {
             self.settle(Released {
                 ready: vec![id],
@@ -1035,27 +1023,9 @@ impl Inner {
             if doomed.is_empty() && released.ready.is_empty() {
                 return;
             }
-            for (id, _) in doomed {
+            for id in doomed {
                 let error = dependency_failed("a dependency did not succeed");
-                let at = Utc::now();
-                let status = match self
-                    .store
-                    .transition(id, Transition::Cancel { error, at })
-                    .await
-                {
-                    Ok(job) => {
-                        self.telemetry
-                            .job(id, &job.tenant_id, || EventData::Canceled {
-                                reason: "a dependency did not succeed".to_owned(),
-                            });
-                        JobStatus::Canceled
-                    }
-                    Err(err) => {
-                        tracing::warn!(%id, %err, "could not cancel a dependent");
-                        JobStatus::Canceled
-                    }
-                };
-                let more = self.state.lock().finished(id, status, Instant::now());
+                let (_, more) = self.record_cancel(id, error).await;
                 released.ready.extend(more.ready);
                 released.doomed.extend(more.doomed);
             }

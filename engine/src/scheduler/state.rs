@@ -229,7 +229,7 @@ pub(crate) struct Released {
     /// [`State::enqueue`].
     pub(crate) ready: Vec<JobId>,
     /// Dependents to cancel because this job did not succeed.
-    pub(crate) doomed: Vec<(JobId, Arc<str>)>,
+    pub(crate) doomed: Vec<JobId>,
 }
 
 /// What [`State::request_cancel`] found.
@@ -323,17 +323,13 @@ impl State {
         self.capacity.memory_mb
     }
 
+    /// `tenant`'s weight and quota: configured by name, or the default.
     pub(crate) fn tenant_config(&self, tenant: &str) -> TenantConfig {
-        self.tenants.get(tenant).map_or_else(
-            || {
-                self.config
-                    .tenants
-                    .get(tenant)
-                    .unwrap_or(&self.config.default_tenant)
-                    .clone()
-            },
-            |t| t.config.clone(),
-        )
+        self.config
+            .tenants
+            .get(tenant)
+            .unwrap_or(&self.config.default_tenant)
+            .clone()
     }
 
     pub(crate) fn set_tenant_config(&mut self, tenant: &str, config: TenantConfig, now: Instant) {
@@ -355,12 +351,7 @@ impl State {
 
     fn tenant_mut(&mut self, name: &Arc<str>, now: Instant) -> &mut Tenant {
         if !self.tenants.contains_key(name) {
-            let config = self
-                .config
-                .tenants
-                .get(name.as_ref())
-                .unwrap_or(&self.config.default_tenant)
-                .clone();
+            let config = self.tenant_config(name);
             self.tenants
                 .insert(Arc::clone(name), Tenant::new(config, now));
         }
@@ -516,7 +507,7 @@ impl State {
     /// Places a stored job: pending on the dependencies still live, or
     /// queued (at `run_at` if in the future). `unresolved` is how many
     /// dependencies ended while it was being submitted and still need
-    /// checking; they hold it pending until [`State::resolve_hold`].
+    /// checking; they hold it pending until [`State::release_dependency`].
     ///
     /// Returns the live dependencies it now waits on.
     pub(crate) fn place(
@@ -570,13 +561,10 @@ impl State {
         self.count(&tenant, priority, None, Some(JobStatus::Pending));
     }
 
-    /// Releases the submission hold of a pending job. Returns true when it
-    /// is now ready (write `queued`, then [`State::enqueue`]).
-    pub(crate) fn resolve_hold(&mut self, id: JobId) -> bool {
-        self.release_dependency(id)
-    }
-
-    fn release_dependency(&mut self, id: JobId) -> bool {
+    /// One dependency of a pending job (or its submission hold) is
+    /// settled. Returns true when it is now ready (write `queued`, then
+    /// [`State::ready`]).
+    pub(crate) fn release_dependency(&mut self, id: JobId) -> bool {
         match self.jobs.get_mut(&id).map(|live| &mut **live) {
             Some(Live {
                 place: Place::Pending { deps_left },
@@ -1073,14 +1061,13 @@ impl State {
                     released.ready.push(dependent);
                 }
             } else if matches!(dep.place, Place::Pending { .. }) {
-                let tenant = Arc::clone(&dep.tenant);
                 if let Some(dep) = self.jobs.get_mut(&dependent) {
                     dep.place = Place::Ending {
                         from: JobStatus::Pending,
                         queued: false,
                     };
                 }
-                released.doomed.push((dependent, tenant));
+                released.doomed.push(dependent);
             }
         }
         released

@@ -109,7 +109,7 @@ impl Transition {
     /// # Errors
     ///
     /// [`StoreError::Conflict`] when the precondition fails.
-    pub fn apply(&self, job: &mut Job) -> Result<(), StoreError> {
+    pub fn apply(self, job: &mut Job) -> Result<(), StoreError> {
         let conflict = |job: &Job, reason| StoreError::Conflict {
             id: job.id,
             status: job.status,
@@ -130,10 +130,10 @@ impl Transition {
                 job.status = JobStatus::Running;
                 job.attempt += 1;
                 job.lease_epoch += 1;
-                job.started_at = Some(*at);
+                job.started_at = Some(at);
                 job.next_run_at = None;
-                if job.backend.as_deref() != Some(backend) {
-                    job.backend = Some(backend.clone());
+                if job.backend.as_deref() != Some(backend.as_str()) {
+                    job.backend = Some(backend);
                 }
             }
             Self::Retry {
@@ -142,13 +142,13 @@ impl Transition {
                 error,
                 next_run_at,
             } => {
-                if job.status != JobStatus::Running || job.lease_epoch != *epoch {
+                if job.status != JobStatus::Running || job.lease_epoch != epoch {
                     return Err(conflict(job, "expected running with the same epoch"));
                 }
                 job.status = JobStatus::Queued;
-                job.outcome = Some(*outcome);
-                job.error = Some(error.clone());
-                job.next_run_at = Some(*next_run_at);
+                job.outcome = Some(outcome);
+                job.error = Some(error);
+                job.next_run_at = Some(next_run_at);
             }
             Self::Finish {
                 epoch,
@@ -159,23 +159,23 @@ impl Transition {
                 dead_letter,
                 at,
             } => {
-                if job.status != JobStatus::Running || job.lease_epoch != *epoch {
+                if job.status != JobStatus::Running || job.lease_epoch != epoch {
                     return Err(conflict(job, "expected running with the same epoch"));
                 }
-                job.status = *status;
-                job.outcome = Some(*outcome);
-                job.result = result.clone();
-                job.error = error.clone();
-                job.dead_letter = *dead_letter;
-                job.finished_at = Some(*at);
+                job.status = status;
+                job.outcome = Some(outcome);
+                job.result = result;
+                job.error = error;
+                job.dead_letter = dead_letter;
+                job.finished_at = Some(at);
             }
             Self::Cancel { error, at } => {
                 if job.status.is_terminal() {
                     return Err(conflict(job, "expected a job that has not ended"));
                 }
                 job.status = JobStatus::Canceled;
-                job.error = Some(error.clone());
-                job.finished_at = Some(*at);
+                job.error = Some(error);
+                job.finished_at = Some(at);
                 job.next_run_at = None;
             }
             Self::Revive => {
