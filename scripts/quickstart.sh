@@ -13,8 +13,9 @@ cargo build --release --target wasm32-wasip2 -p calculator -p text_stats -p file
 cargo build -p work-engine
 
 export WORK_ENGINE_DATA_DIR="${WORK_ENGINE_DATA_DIR:-.work-engine}"
-we=target/debug/work-engine
-tools=target/wasm32-wasip2/release
+target="${CARGO_TARGET_DIR:-target}"
+we="$target/debug/work-engine"
+tools="$target/wasm32-wasip2/release"
 
 "$we" register "$tools/calculator.wasm"
 "$we" register "$tools/text_stats.wasm"
