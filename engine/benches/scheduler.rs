@@ -14,7 +14,8 @@
 //!   scheduler against direct `ToolHost::call`s, both on two threads, and
 //!   one-at-a-time latency (submit → wait) against one direct call.
 //!
-//! Everything runs on a Tokio runtime with two worker threads.
+//! Everything runs in tasks on a Tokio runtime with two worker threads.
+//! `BENCH_SECTIONS` picks sections (default `abc`).
 
 #![allow(
     clippy::unwrap_used,
@@ -31,6 +32,10 @@ use serde_json::json;
 use work_engine::backends::MockBackend;
 use work_engine::runtime::{CallOptions, Grants, RuntimeConfig};
 use work_engine::{Capacity, Engine, JobStatus, NewJob, Resources, ToolHost};
+
+/// The allocator the `work-engine` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -50,6 +55,15 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Runs `work` in a task on the runtime's workers, where a server's
+/// request handlers run (`block_on` would drive it from a third thread).
+fn on_worker<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    work: impl Future<Output = T> + Send + 'static,
+) -> T {
+    rt.block_on(rt.spawn(work)).unwrap()
 }
 
 fn capacity(cpu: f64) -> Capacity {
@@ -225,14 +239,25 @@ fn main() {
     let jobs = env("BENCH_JOBS", 200_000);
     let queued = env("BENCH_QUEUED", 1_000_000);
     let calls = env("BENCH_CALLS", 20_000);
+    let sections = std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "abc".to_owned());
     let rt = runtime();
 
     // Memory first, in a fresh process: later phases leave freed memory
     // resident, which would hide new allocations.
-    println!("(b) memory with {queued} queued jobs");
-    let per_job = rt.block_on(memory_per_queued_job(queued));
-    println!("  {per_job:.0} bytes resident per queued job");
+    if sections.contains('b') {
+        println!("(b) memory with {queued} queued jobs");
+        let per_job = on_worker(&rt, memory_per_queued_job(queued));
+        println!("  {per_job:.0} bytes resident per queued job");
+    }
+    if sections.contains('a') {
+        noop_section(&rt, rounds, jobs);
+    }
+    if sections.contains('c') {
+        tool_call_section(&rt, rounds, calls);
+    }
+}
 
+fn noop_section(rt: &tokio::runtime::Runtime, rounds: usize, jobs: usize) {
     println!("(a) no-op jobs, submit -> complete, {jobs} jobs, median of {rounds} rounds");
     let mut floor = Vec::new();
     let mut cases: Vec<(&str, usize, bool, Vec<f64>)> = vec![
@@ -241,14 +266,12 @@ fn main() {
         ("1 tenant, batches of 1000", 1, true, Vec::new()),
         ("100 tenants, batches of 1000", 100, true, Vec::new()),
     ];
-    rt.block_on(async {
-        for _ in 0..rounds {
-            floor.push(mpsc_floor(jobs).await);
-            for (_, tenants, batched, samples) in &mut cases {
-                samples.push(noop_throughput(jobs, *tenants, *batched).await);
-            }
+    for _ in 0..rounds {
+        floor.push(on_worker(rt, mpsc_floor(jobs)));
+        for (_, tenants, batched, samples) in &mut cases {
+            samples.push(on_worker(rt, noop_throughput(jobs, *tenants, *batched)));
         }
-    });
+    }
     let floor = median(floor);
     println!(
         "  mpsc floor                      {:>10.0} items/s  {:>7.3} us/item",
@@ -263,9 +286,11 @@ fn main() {
             floor / rate
         );
     }
+}
 
+fn tool_call_section(rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
     println!("(c) calculator tool calls, {calls} per round, median of {rounds} rounds");
-    rt.block_on(async {
+    on_worker(rt, async move {
         let (_data, host) = tool_host().await;
         let engine = Engine::builder()
             .capacity(capacity(8.0))
@@ -296,7 +321,9 @@ fn main() {
         let mut job_latency = Vec::new();
         for _ in 0..2_000 {
             let start = Instant::now();
-            host.call("calculator", ARGS, CallOptions::default()).await.unwrap();
+            host.call("calculator", ARGS, CallOptions::default())
+                .await
+                .unwrap();
             direct_latency.push(start.elapsed().as_secs_f64() * 1e6);
             let start = Instant::now();
             let job = engine.submit(calc_job()).await.unwrap();

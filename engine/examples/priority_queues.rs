@@ -21,15 +21,17 @@ async fn main() -> anyhow::Result<()> {
         })
         .backend(mock.clone())
         .build()?;
-    let job = |label: &str| {
+    let job = |label: &str, delay_ms: u64| {
         NewJob::new(
             "demo",
             "acme",
-            json!({"label": label, "mock": {"delay_ms": 5}}),
+            json!({"label": label, "mock": {"delay_ms": delay_ms}}),
         )
     };
 
-    let blocker = engine.submit(job("blocker")).await?;
+    // Long enough for the others to be queued behind it, even on a busy
+    // machine.
+    let blocker = engine.submit(job("blocker", 300)).await?;
     let mut ids = vec![blocker.id];
     for priority in [
         Priority::Offline,
@@ -39,7 +41,12 @@ async fn main() -> anyhow::Result<()> {
     ] {
         for n in 1..=2 {
             let label = format!("{priority}-{n}");
-            ids.push(engine.submit(job(&label).with_priority(priority)).await?.id);
+            ids.push(
+                engine
+                    .submit(job(&label, 5).with_priority(priority))
+                    .await?
+                    .id,
+            );
         }
     }
     for id in &ids {

@@ -62,5 +62,5 @@ pub use store::{JobPage, JobQuery};
 pub use tool_host::{ReadyTool, Registered, ToolHost};
 pub use work_host_api::{
     Backend, Backoff, Constraints, Device, ExecContext, ExecError, ExecUpdate, Job, JobError,
-    JobId, JobKind, JobStatus, NewJob, OutcomeClass, Priority, Resources, RetryPolicy,
+    JobId, JobKind, JobStatus, NewJob, OutcomeClass, OutcomeSet, Priority, Resources, RetryPolicy,
 };

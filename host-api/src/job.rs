@@ -5,10 +5,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use compact_str::CompactString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::OutcomeClass;
+use crate::{OutcomeClass, OutcomeSet};
 
 /// A job's id: a UUID v7, so ids sort by submission time.
 pub type JobId = Uuid;
@@ -25,7 +26,7 @@ pub enum JobKind {
     /// An inference request.
     Inference,
     /// Any other kind an embedder defines and registers a backend for.
-    Custom(String),
+    Custom(CompactString),
 }
 
 impl JobKind {
@@ -48,7 +49,7 @@ impl From<&str> for JobKind {
             "experiment_step" => Self::ExperimentStep,
             "training_step" => Self::TrainingStep,
             "inference" => Self::Inference,
-            other => Self::Custom(other.to_owned()),
+            other => Self::Custom(other.into()),
         }
     }
 }
@@ -230,7 +231,7 @@ pub struct RetryPolicy {
     /// The outcome classes retried. Default `trap`, `timeout`, `retryable`;
     /// add `out_of_fuel` or `out_of_memory` to retry those too.
     #[serde(default = "RetryPolicy::default_retry_on")]
-    pub retry_on: Vec<OutcomeClass>,
+    pub retry_on: OutcomeSet,
 }
 
 impl RetryPolicy {
@@ -246,11 +247,8 @@ impl RetryPolicy {
     fn default_jitter() -> bool {
         true
     }
-    fn default_retry_on() -> Vec<OutcomeClass> {
-        OutcomeClass::ALL
-            .into_iter()
-            .filter(|class| class.is_retryable())
-            .collect()
+    fn default_retry_on() -> OutcomeSet {
+        OutcomeSet::retryable()
     }
 
     /// A policy that never retries.
@@ -263,7 +261,7 @@ impl RetryPolicy {
 
     /// Whether an attempt that ended in `class` is tried again.
     pub fn retries(&self, class: OutcomeClass) -> bool {
-        self.retry_on.contains(&class)
+        self.retry_on.contains(class)
     }
 
     /// The delay before the attempt after attempt `attempt` (1-based),
@@ -428,10 +426,10 @@ pub struct NewJob {
     /// What kind of work.
     pub kind: JobKind,
     /// Who owns it.
-    pub tenant_id: String,
+    pub tenant_id: CompactString,
     /// A grouping within the tenant; `"default"` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
+    pub namespace: Option<CompactString>,
     /// The engine's default (`batch`) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
@@ -457,7 +455,7 @@ impl NewJob {
     /// A job of `kind` for `tenant` with `payload`, everything else default.
     pub fn new(
         kind: impl Into<JobKind>,
-        tenant: impl Into<String>,
+        tenant: impl Into<CompactString>,
         payload: serde_json::Value,
     ) -> Self {
         Self {
@@ -482,7 +480,11 @@ impl NewJob {
     ///     .with_priority(Priority::Interactive);
     /// assert_eq!(job.payload["tool"], "calculator");
     /// ```
-    pub fn tool_call(tenant: impl Into<String>, tool: &str, args: serde_json::Value) -> Self {
+    pub fn tool_call(
+        tenant: impl Into<CompactString>,
+        tool: &str,
+        args: serde_json::Value,
+    ) -> Self {
         Self::new(
             JobKind::ToolCall,
             tenant,
@@ -497,7 +499,7 @@ impl NewJob {
     }
 
     /// In this namespace.
-    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+    pub fn with_namespace(mut self, namespace: impl Into<CompactString>) -> Self {
         self.namespace = Some(namespace.into());
         self
     }
@@ -547,9 +549,9 @@ pub struct Job {
     /// What kind of work.
     pub kind: JobKind,
     /// Who owns it.
-    pub tenant_id: String,
+    pub tenant_id: CompactString,
     /// A grouping within the tenant.
-    pub namespace: String,
+    pub namespace: CompactString,
     /// Its level.
     pub priority: Priority,
     /// Kind-specific input.
@@ -663,7 +665,7 @@ mod tests {
         assert_eq!((policy.max_attempts, policy.backoff), (5, Backoff::Linear));
         assert!(policy.jitter);
         assert_eq!(
-            policy.retry_on,
+            policy.retry_on.iter().collect::<Vec<_>>(),
             [
                 OutcomeClass::Retryable,
                 OutcomeClass::Trap,

@@ -34,9 +34,10 @@ pub use async_trait::async_trait;
 pub use backend::{
     AdmitError, Backend, Device, ExecContext, ExecError, ExecUpdate, UpdateSink, Violation,
 };
+pub use compact_str::CompactString;
 pub use job::{
     Backoff, Constraints, Job, JobError, JobId, JobKind, JobStatus, NewJob, Priority, Resources,
     RetryPolicy,
 };
-pub use outcome::OutcomeClass;
+pub use outcome::{OutcomeClass, OutcomeSet};
 pub use tokio_util::sync::CancellationToken;

@@ -72,6 +72,102 @@ impl OutcomeClass {
     }
 }
 
+/// A set of [`OutcomeClass`]es, as a retry policy's `retry_on`: in JSON
+/// a list of class names, in memory two bytes.
+///
+/// ```
+/// use work_host_api::{OutcomeClass, OutcomeSet};
+/// let set: OutcomeSet = [OutcomeClass::Trap, OutcomeClass::OutOfFuel].into_iter().collect();
+/// assert!(set.contains(OutcomeClass::OutOfFuel));
+/// assert_eq!(serde_json::to_string(&set).unwrap(), r#"["trap","out_of_fuel"]"#);
+/// ```
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct OutcomeSet(u16);
+
+impl OutcomeSet {
+    /// No class.
+    pub const fn empty() -> Self {
+        Self(0)
+    }
+
+    /// The classes [`OutcomeClass::is_retryable`] says a policy retries by
+    /// default.
+    pub fn retryable() -> Self {
+        OutcomeClass::ALL
+            .into_iter()
+            .filter(|class| class.is_retryable())
+            .collect()
+    }
+
+    const fn bit(class: OutcomeClass) -> u16 {
+        1 << class as u16
+    }
+
+    /// Whether `class` is in the set.
+    pub const fn contains(self, class: OutcomeClass) -> bool {
+        self.0 & Self::bit(class) != 0
+    }
+
+    /// Adds `class`.
+    pub fn insert(&mut self, class: OutcomeClass) {
+        self.0 |= Self::bit(class);
+    }
+
+    /// Removes `class`.
+    pub fn remove(&mut self, class: OutcomeClass) {
+        self.0 &= !Self::bit(class);
+    }
+
+    /// The set with `class` added.
+    #[must_use]
+    pub fn with(mut self, class: OutcomeClass) -> Self {
+        self.insert(class);
+        self
+    }
+
+    /// Whether the set has no class.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The classes in the set, in declaration order.
+    pub fn iter(self) -> impl Iterator<Item = OutcomeClass> {
+        OutcomeClass::ALL
+            .into_iter()
+            .filter(move |class| self.contains(*class))
+    }
+}
+
+impl FromIterator<OutcomeClass> for OutcomeSet {
+    fn from_iter<I: IntoIterator<Item = OutcomeClass>>(iter: I) -> Self {
+        let mut set = Self::empty();
+        for class in iter {
+            set.insert(class);
+        }
+        set
+    }
+}
+
+impl fmt::Debug for OutcomeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for OutcomeSet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for OutcomeSet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Vec::<OutcomeClass>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
+}
+
 impl fmt::Display for OutcomeClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -89,6 +185,20 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", class.as_str()));
             assert_eq!(serde_json::from_str::<OutcomeClass>(&json).unwrap(), class);
         }
+    }
+
+    #[test]
+    fn outcome_sets_round_trip_as_lists() {
+        let set = OutcomeSet::retryable().with(OutcomeClass::OutOfMemory);
+        let json = serde_json::to_string(&set).unwrap();
+        assert_eq!(json, r#"["retryable","trap","timeout","out_of_memory"]"#);
+        assert_eq!(serde_json::from_str::<OutcomeSet>(&json).unwrap(), set);
+        assert!(serde_json::from_str::<OutcomeSet>(r#"["nope"]"#).is_err());
+        let mut set = set;
+        set.remove(OutcomeClass::Trap);
+        assert!(!set.contains(OutcomeClass::Trap));
+        assert!(set.contains(OutcomeClass::Timeout));
+        assert!(OutcomeSet::empty().is_empty());
     }
 
     #[test]

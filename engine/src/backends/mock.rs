@@ -155,7 +155,7 @@ impl Backend for MockBackend {
         if let Some(history) = &self.history {
             history.lock().push(MockRun {
                 job_id: job.id,
-                tenant_id: job.tenant_id.clone(),
+                tenant_id: job.tenant_id.to_string(),
                 kind: job.kind.clone(),
                 attempt: ctx.attempt(),
                 devices: ctx.devices().to_vec(),

@@ -128,7 +128,7 @@ pub(crate) struct SchedulerConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct JobDefaults {
     pub(crate) priority: Priority,
-    pub(crate) namespace: String,
+    pub(crate) namespace: work_host_api::CompactString,
     pub(crate) retry_policy: RetryPolicy,
     pub(crate) timeout: Option<Duration>,
     pub(crate) cancel_grace: Duration,
@@ -138,7 +138,7 @@ impl Default for JobDefaults {
     fn default() -> Self {
         Self {
             priority: Priority::Batch,
-            namespace: "default".to_owned(),
+            namespace: "default".into(),
             retry_policy: RetryPolicy::default(),
             timeout: None,
             cancel_grace: Duration::from_secs(5),

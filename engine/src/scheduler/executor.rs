@@ -1,19 +1,38 @@
-//! One attempt: claim the job, run it on its backend under its deadline
-//! and cancellation, decide from the outcome class, record the result.
+//! The runners: claim dispatched jobs, run each attempt on its backend
+//! under its deadline and cancellation, decide from the outcome class, and
+//! record the results.
+//!
+//! Work moves in batches. A runner takes up to [`BATCH`] dispatched jobs,
+//! claims them in one store call, and polls each attempt once in place: an
+//! attempt that finishes at once (most quick jobs) costs no task of its
+//! own, and its result is recorded with the rest of the batch in one more
+//! store call and one pass under the scheduler's lock. An attempt that
+//! does not finish at once continues in a task of its own, and records
+//! its result alone.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use chrono::Utc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use work_host_api::{ExecContext, ExecError, Job, JobError, JobStatus, OutcomeClass};
+use work_host_api::{ExecContext, ExecError, Job, JobError, JobId, JobStatus, OutcomeClass};
 
 use super::Inner;
 use super::state::{Released, Start};
 use crate::events::EventData;
 use crate::store::Transition;
+
+/// The most dispatched jobs a runner takes at once.
+const BATCH: usize = 64;
+
+/// How long a runner keeps running attempts in place before it hands the
+/// rest of its batch to tasks of their own, so that one slow attempt does
+/// not hold up the others for long.
+const IN_PLACE_BUDGET: Duration = Duration::from_millis(1);
 
 /// What became of an attempt.
 enum Decision {
@@ -29,56 +48,115 @@ enum Decision {
     },
 }
 
-/// Runs `start`, then, while its end lets other jobs start, one of those
-/// in the same task (the rest in tasks of their own): under load this
-/// saves a task spawn and a thread wake-up per job.
-pub(crate) async fn run_attempt(inner: Arc<Inner>, start: Start) {
-    let mut next = Some(start);
-    while let Some(start) = next {
-        let mut starts = attempt(&inner, start).await;
-        next = starts.pop();
-        inner.spawn_all(starts);
+/// An attempt that has run, not yet recorded.
+struct Done {
+    start: Start,
+    id: JobId,
+    attempt: u32,
+    epoch: u64,
+    priority: work_host_api::Priority,
+    class: OutcomeClass,
+    run_time: Duration,
+    decision: Decision,
+}
+
+/// A runner: until the engine shuts down, takes batches of dispatched
+/// jobs and runs them. Holds the engine only while it has work.
+pub(crate) async fn runner(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut idle = false;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let (batch, wake_another) = strong.state.lock().take_runnable(BATCH, &mut idle);
+        if wake_another {
+            wake.notify_one();
+        }
+        if batch.is_empty() {
+            drop(strong);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = wake.notified() => continue,
+            }
+        }
+        run_batch(&strong, batch).await;
+        drop(strong);
         // Yield now and then, so a stream of instant jobs cannot hog the
         // worker thread.
         tokio::task::consume_budget().await;
     }
 }
 
-/// One attempt; returns the jobs its end allowed to start.
-async fn attempt(inner: &Arc<Inner>, start: Start) -> Vec<Start> {
-    let backend = Arc::clone(&inner.backends[start.backend]);
-    let claim = Transition::Claim {
-        backend: backend.name().to_owned(),
-        at: Utc::now(),
-    };
-    let job = match inner.store.transition(start.id, claim).await {
-        Ok(job) => job,
-        Err(err) => {
-            tracing::warn!(id = %start.id, %err, "could not claim a dispatched job");
-            abandon_attempt(inner, &start).await;
-            return Vec::new();
+/// Claims `batch`, runs each attempt (in place while they finish at once),
+/// and records the ones that finished.
+async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) {
+    let at = Utc::now();
+    let claims = batch
+        .iter()
+        .map(|start| {
+            let claim = Transition::Claim {
+                backend: inner.backends[start.backend].name().to_owned(),
+                at,
+            };
+            (start.id, claim)
+        })
+        .collect();
+    let claimed = inner.store.transition_batch(claims).await;
+    let began = Instant::now();
+    let mut done = Vec::with_capacity(batch.len());
+    for (start, claimed) in batch.into_iter().zip(claimed) {
+        let job = match claimed {
+            Ok(job) => job,
+            Err(err) => {
+                tracing::warn!(id = %start.id, %err, "could not claim a dispatched job");
+                abandon_attempt(inner, &start).await;
+                continue;
+            }
+        };
+        let mut attempt = Box::pin(attempt(Arc::clone(inner), start, job));
+        // Polled with a waker that does nothing: if it is not finished,
+        // the task it moves to polls it again first thing, and that poll
+        // registers the real waker.
+        if began.elapsed() < IN_PLACE_BUDGET
+            && let Poll::Ready(finished) = attempt
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            done.push(finished);
+            continue;
         }
-    };
+        let inner = Arc::clone(inner);
+        tokio::spawn(async move {
+            let finished = attempt.await;
+            record(&inner, vec![finished]).await;
+        });
+    }
+    record(inner, done).await;
+}
+
+/// One attempt of a claimed job, up to its decision.
+async fn attempt(inner: Arc<Inner>, start: Start, job: Arc<Job>) -> Done {
+    let backend = Arc::clone(&inner.backends[start.backend]);
     let (id, attempt) = (job.id, job.attempt);
-    let tenant = Arc::clone(&start.tenant);
-    inner.telemetry.job(id, &tenant, || EventData::Dequeued {
+    let tenant = &start.tenant;
+    inner.telemetry.job(id, tenant, || EventData::Dequeued {
         priority: start.level,
         waited_ms: start.waited.as_millis() as u64,
     });
     inner
         .telemetry
-        .job(id, &tenant, || EventData::BackendSelected {
+        .job(id, tenant, || EventData::BackendSelected {
             backend: backend.name().to_owned(),
             attempt,
         });
-    inner.telemetry.job(id, &tenant, || EventData::Started {
+    inner.telemetry.job(id, tenant, || EventData::Started {
         attempt,
         devices: start.devices.clone(),
     });
 
     let updates = {
-        let inner = Arc::clone(inner);
-        let tenant = Arc::clone(&tenant);
+        let inner = Arc::clone(&inner);
+        let tenant = Arc::clone(tenant);
         Arc::new(move |update| {
             inner
                 .telemetry
@@ -101,79 +179,127 @@ async fn attempt(inner: &Arc<Inner>, start: Start) -> Vec<Start> {
     )
     .await;
     let run_time = started.elapsed();
-
     let class = match &outcome {
         Ok(_) => OutcomeClass::Ok,
         Err(err) => err.class,
     };
-    let mut decision = decide(&job, outcome);
-    let (epoch, priority) = (job.lease_epoch, job.priority);
-    // Let go of the claimed copy so the store can update it in place.
-    drop(job);
-    let at = Utc::now();
-    let (change, run_at) = match &mut decision {
-        Decision::Retry { delay, error } => (
-            Transition::Retry {
-                epoch,
-                outcome: class,
-                error: error.clone(),
-                next_run_at: at + chrono::Duration::from_std(*delay).unwrap_or_default(),
-            },
-            Some(Instant::now() + *delay),
-        ),
-        Decision::Finish {
-            status,
-            result,
-            error,
-            dead_letter,
-        } => (
-            Transition::Finish {
-                epoch,
-                status: *status,
-                outcome: class,
-                // Only the store needs the result.
-                result: result.take(),
-                error: error.clone(),
-                dead_letter: *dead_letter,
-                at,
-            },
-            None,
-        ),
-    };
-    if let Err(err) = inner.store.transition(id, change).await {
-        // Someone else owns the job now (a newer epoch); their record
-        // stands. Give the resources back and forget it here.
-        tracing::warn!(%id, %err, "attempt result refused by the store");
-        abandon_attempt(inner, &start).await;
-        return Vec::new();
+    let decision = decide(&job, outcome);
+    Done {
+        id,
+        attempt,
+        epoch: job.lease_epoch,
+        priority: job.priority,
+        class,
+        run_time,
+        decision,
+        start,
     }
+}
 
-    let (released, requeued, starts) = {
+/// Records finished attempts: their transitions in one store call, the
+/// scheduler's bookkeeping in one pass under its lock, then their events
+/// and whatever their ends set free.
+async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
+    if done.is_empty() {
+        return;
+    }
+    let at = Utc::now();
+    let now = Instant::now();
+    let mut run_at = Vec::with_capacity(done.len());
+    let changes = done
+        .iter_mut()
+        .map(|d| {
+            let change = match &mut d.decision {
+                Decision::Retry { delay, error } => {
+                    run_at.push(Some(now + *delay));
+                    Transition::Retry {
+                        epoch: d.epoch,
+                        outcome: d.class,
+                        error: error.clone(),
+                        next_run_at: at + chrono::Duration::from_std(*delay).unwrap_or_default(),
+                    }
+                }
+                Decision::Finish {
+                    status,
+                    result,
+                    error,
+                    dead_letter,
+                } => {
+                    run_at.push(None);
+                    Transition::Finish {
+                        epoch: d.epoch,
+                        status: *status,
+                        outcome: d.class,
+                        // Only the store needs the result.
+                        result: result.take(),
+                        error: error.clone(),
+                        dead_letter: *dead_letter,
+                        at,
+                    }
+                }
+            };
+            (d.id, change)
+        })
+        .collect();
+    let recorded = inner.store.transition_batch(changes).await;
+
+    let mut released = Released::default();
+    let mut requeued = vec![None; done.len()];
+    let wake = {
         let mut state = inner.state.lock();
         let now = Instant::now();
-        state.end_attempt(id, now);
-        let (released, requeued) = match (&decision, run_at) {
-            (Decision::Retry { .. }, Some(run_at)) => {
-                (Released::default(), state.retry(id, run_at, now))
+        for (i, (d, recorded)) in done.iter().zip(&recorded).enumerate() {
+            if recorded.is_err() {
+                continue;
             }
-            (Decision::Finish { status, .. }, _) => (state.finished(id, *status, now), None),
-            (Decision::Retry { .. }, None) => (Released::default(), None),
-        };
-        (released, requeued, state.dispatch(now))
+            state.end_attempt(d.id, now);
+            match (&d.decision, run_at[i]) {
+                (Decision::Retry { .. }, Some(run_at)) => {
+                    requeued[i] = state.retry(d.id, run_at, now);
+                }
+                (Decision::Finish { status, .. }, _) => {
+                    let more = state.finished(d.id, *status, now);
+                    released.ready.extend(more.ready);
+                    released.doomed.extend(more.doomed);
+                }
+                (Decision::Retry { .. }, None) => {}
+            }
+        }
+        state.dispatch(now)
     };
-    match decision {
+    inner.wake_runner(wake);
+
+    for (i, (d, recorded)) in done.into_iter().zip(recorded).enumerate() {
+        if let Err(err) = recorded {
+            // Someone else owns the job now (a newer epoch); their record
+            // stands. Give the resources back and forget it here.
+            tracing::warn!(id = %d.id, %err, "attempt result refused by the store");
+            abandon_attempt(inner, &d.start).await;
+            continue;
+        }
+        announce(inner, d, requeued[i]);
+    }
+    inner.settle(released).await;
+}
+
+/// The events of a recorded attempt.
+fn announce(inner: &Inner, d: Done, requeued: Option<usize>) {
+    let (id, attempt, class) = (d.id, d.attempt, d.class);
+    let tenant = &d.start.tenant;
+    match d.decision {
         Decision::Retry { delay, error } => {
             inner.timer.notify_one();
-            inner.telemetry.job(id, &tenant, || EventData::Retry {
+            inner.telemetry.job(id, tenant, || EventData::Retry {
                 attempt,
                 outcome: class,
                 error,
                 delay_ms: delay.as_millis() as u64,
             });
             if let Some(depth) = requeued {
-                inner
-                    .telemetry
-                    .job(id, &tenant, || EventData::Enqueued { priority, depth });
+                inner.telemetry.job(id, tenant, || EventData::Enqueued {
+                    priority: d.priority,
+                    depth,
+                });
             }
         }
         Decision::Finish {
@@ -183,10 +309,10 @@ async fn attempt(inner: &Arc<Inner>, start: Start) -> Vec<Start> {
             ..
         } => {
             let error = error.unwrap_or_else(|| job_error(class, String::new()));
-            inner.telemetry.job(id, &tenant, || match status {
+            inner.telemetry.job(id, tenant, || match status {
                 JobStatus::Succeeded => EventData::Completed {
                     attempt,
-                    run_ms: run_time.as_millis() as u64,
+                    run_ms: d.run_time.as_millis() as u64,
                 },
                 JobStatus::Canceled => EventData::Canceled {
                     reason: error.message,
@@ -205,8 +331,6 @@ async fn attempt(inner: &Arc<Inner>, start: Start) -> Vec<Start> {
             });
         }
     }
-    inner.settle(released).await;
-    starts
 }
 
 /// The attempt could not be recorded: give back what it held and let the

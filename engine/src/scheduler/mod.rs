@@ -47,7 +47,7 @@ pub use error::EngineError;
 pub use stats::{LevelStats, ResourceStats, Stats, StatusCounts, Summary, TenantStats};
 
 use config::{JobDefaults, SchedulerConfig};
-use state::{CancelAction, Live, Need, Place, PlaceOutcome, Released, Start, State};
+use state::{CancelAction, Live, Need, Place, PlaceOutcome, Released, State};
 
 /// Jobs accepted together by [`Engine::submit_batch`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -79,6 +79,8 @@ pub(crate) struct Inner {
     backends: Vec<Arc<dyn Backend>>,
     telemetry: Telemetry,
     timer: Arc<Notify>,
+    /// Wakes an idle runner when jobs are dispatched.
+    runner_wake: Arc<Notify>,
     shutdown: CancellationToken,
     defaults: JobDefaults,
 }
@@ -95,6 +97,7 @@ pub struct EngineBuilder {
     defaults: JobDefaults,
     backends: Vec<Arc<dyn Backend>>,
     store: Option<Arc<dyn Store>>,
+    runners: Option<usize>,
 }
 
 impl EngineBuilder {
@@ -211,7 +214,16 @@ impl EngineBuilder {
         self
     }
 
-    /// Builds the engine and starts its timer task.
+    /// How many runner tasks claim dispatched jobs and run their attempts.
+    /// An attempt that does not finish at once continues in a task of its
+    /// own, so this bounds batching, not how many jobs run at once.
+    /// Default: the runtime's worker threads.
+    pub fn runners(mut self, runners: usize) -> Self {
+        self.runners = Some(runners.max(1));
+        self
+    }
+
+    /// Builds the engine and starts its timer and runner tasks.
     ///
     /// # Errors
     ///
@@ -227,24 +239,51 @@ impl EngineBuilder {
                 ),
             });
         }
+        if self.backends.len() > usize::from(u16::MAX) {
+            return Err(EngineError::InvalidConfig {
+                reason: format!("{} backends; at most {}", self.backends.len(), u16::MAX),
+            });
+        }
+        let mut gpu_kinds: Vec<&str> = capacity.gpus.iter().map(|d| d.kind.as_str()).collect();
+        gpu_kinds.sort_unstable();
+        gpu_kinds.dedup();
+        if gpu_kinds.len() > usize::from(u16::MAX) {
+            return Err(EngineError::InvalidConfig {
+                reason: format!("{} GPU types; at most {}", gpu_kinds.len(), u16::MAX),
+            });
+        }
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| EngineError::InvalidConfig {
                 reason: "Engine::build must be called inside a Tokio runtime".to_owned(),
             })?;
+        let runners = self
+            .runners
+            .unwrap_or_else(|| runtime.metrics().num_workers().max(1));
+        let event_capacity = self.config.event_capacity;
+        let mut state = State::new(self.config);
+        state.runners = runners;
         let inner = Arc::new(Inner {
             store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
             backends: self.backends,
-            telemetry: Telemetry::new(self.config.event_capacity),
+            telemetry: Telemetry::new(event_capacity),
             timer: Arc::new(Notify::new()),
+            runner_wake: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
             defaults: self.defaults,
-            state: Mutex::new(State::new(self.config)),
+            state: Mutex::new(state),
         });
         runtime.spawn(timer_loop(
             Arc::downgrade(&inner),
             Arc::clone(&inner.timer),
             inner.shutdown.clone(),
         ));
+        for _ in 0..runners {
+            runtime.spawn(executor::runner(
+                Arc::downgrade(&inner),
+                Arc::clone(&inner.runner_wake),
+                inner.shutdown.clone(),
+            ));
+        }
         Ok(Engine { inner })
     }
 }
@@ -269,7 +308,7 @@ async fn timer_loop(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: Cancellatio
         }
         let Some(inner) = inner.upgrade() else { return };
         let now = Instant::now();
-        let (enqueued, starts) = {
+        let (enqueued, wake) = {
             let mut state = inner.state.lock();
             let enqueued = state.tick(now);
             (enqueued, state.dispatch(now))
@@ -279,7 +318,7 @@ async fn timer_loop(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: Cancellatio
                 .telemetry
                 .job(id, &tenant, || EventData::Enqueued { priority, depth });
         }
-        inner.spawn_all(starts);
+        inner.wake_runner(wake);
     }
 }
 
@@ -302,6 +341,7 @@ impl Engine {
             defaults: JobDefaults::default(),
             backends: Vec::new(),
             store: None,
+            runners: None,
         }
     }
 
@@ -415,7 +455,7 @@ impl Engine {
         let mut placed = Vec::with_capacity(prepared.len());
         let mut doomed = Vec::new();
         let mut holds = Vec::new();
-        let starts = {
+        let wake = {
             let mut state = inner.state.lock();
             let now = Instant::now();
             for (p, inserted) in prepared.into_iter().zip(inserted) {
@@ -449,7 +489,7 @@ impl Engine {
                 .job(job.id, &job.tenant_id, || EventData::Submitted {
                     kind: job.kind.clone(),
                     priority: job.priority,
-                    namespace: job.namespace.clone(),
+                    namespace: job.namespace.to_string(),
                 });
             inner
                 .telemetry
@@ -458,7 +498,7 @@ impl Engine {
                 });
             inner.announce_queued(job, outcome);
         }
-        inner.spawn_all(starts);
+        inner.wake_runner(wake);
         for id in doomed {
             inner
                 .cancel_waiting(id, dependency_failed("a dependency had already failed"))
@@ -559,16 +599,16 @@ impl Engine {
                 return Err(err.into());
             }
         };
-        let starts = {
+        let wake = {
             let mut state = inner.state.lock();
             let now = Instant::now();
             let outcome = state.place(id, &[], false, None, now);
-            let starts = state.dispatch(now);
+            let wake = state.dispatch(now);
             drop(state);
             inner.announce_queued(&job, outcome);
-            starts
+            wake
         };
-        inner.spawn_all(starts);
+        inner.wake_runner(wake);
         Ok(job)
     }
 
@@ -682,10 +722,9 @@ fn live_for(
         level: job.priority,
         need,
         group,
-        backend,
+        backend: u16::try_from(backend).unwrap_or(u16::MAX),
         place: Place::Admitting,
         since: now,
-        dependents: Vec::new(),
         cancel_requested: false,
     })
 }
@@ -749,7 +788,7 @@ fn need_for(state: &State, job: &Job, tenant: &TenantConfig) -> Result<Need, Eng
     };
     let quota = &tenant.quota;
     let over = |limit: &'static str, max: String| EngineError::QuotaExceeded {
-        tenant: job.tenant_id.clone(),
+        tenant: job.tenant_id.to_string(),
         limit,
         max,
     };
@@ -762,11 +801,7 @@ fn need_for(state: &State, job: &Job, tenant: &TenantConfig) -> Result<Need, Eng
     if let Some(max) = quota.max_gpus.filter(|max| resources.gpu_count > *max) {
         return Err(over("max_gpus", max.to_string()));
     }
-    Ok(Need {
-        cpu_milli,
-        memory_mb: resources.memory_mb,
-        gpu,
-    })
+    Ok(Need::new(cpu_milli, resources.memory_mb, gpu))
 }
 
 /// Names must be short and printable: they end up in URLs, logs and
@@ -921,9 +956,10 @@ impl Inner {
         }
     }
 
-    fn spawn_all(self: &Arc<Self>, starts: Vec<Start>) {
-        for start in starts {
-            tokio::spawn(executor::run_attempt(Arc::clone(self), start));
+    /// Wakes an idle runner for jobs just dispatched.
+    fn wake_runner(&self, wake: bool) {
+        if wake {
+            self.runner_wake.notify_one();
         }
     }
 
@@ -1005,7 +1041,7 @@ impl Inner {
             for id in std::mem::take(&mut released.ready) {
                 match self.store.transition(id, Transition::Ready).await {
                     Ok(job) => {
-                        let (depth, starts) = {
+                        let (depth, wake) = {
                             let mut state = self.state.lock();
                             let now = Instant::now();
                             let depth = state.ready(id, now);
@@ -1014,7 +1050,7 @@ impl Inner {
                         if let Some(depth) = depth {
                             self.announce_queued(&job, PlaceOutcome::Queued(depth));
                         }
-                        self.spawn_all(starts);
+                        self.wake_runner(wake);
                     }
                     Err(err) => tracing::warn!(%id, %err, "could not queue a ready dependent"),
                 }

@@ -32,8 +32,30 @@ const SAMPLES: usize = 4096;
 pub(crate) struct Need {
     pub(crate) cpu_milli: u64,
     pub(crate) memory_mb: u64,
-    /// Index into the engine's GPU types, and how many.
-    pub(crate) gpu: Option<(usize, u32)>,
+    /// Index into the engine's GPU types (when `gpu_count` > 0).
+    gpu_kind: u16,
+    gpu_count: u32,
+}
+
+impl Need {
+    /// `gpu`: the index of a GPU type and how many.
+    pub(crate) fn new(cpu_milli: u64, memory_mb: u64, gpu: Option<(usize, u32)>) -> Self {
+        let (gpu_kind, gpu_count) = match gpu {
+            Some((kind, count)) => (u16::try_from(kind).unwrap_or(u16::MAX), count),
+            None => (0, 0),
+        };
+        Self {
+            cpu_milli,
+            memory_mb,
+            gpu_kind,
+            gpu_count,
+        }
+    }
+
+    /// The index of its GPU type and how many, if it needs GPUs.
+    pub(crate) fn gpu(&self) -> Option<(usize, u32)> {
+        (self.gpu_count > 0).then_some((usize::from(self.gpu_kind), self.gpu_count))
+    }
 }
 
 /// Where a live job is.
@@ -50,11 +72,12 @@ pub(crate) enum Place {
     Queued,
     /// Parked until its concurrency group has room.
     GroupWait,
-    /// Dispatched; an attempt is under way.
+    /// Dispatched; an attempt is under way (since [`Live::since`]).
     Running {
         cancel: CancellationToken,
-        devices: Vec<Device>,
-        started: Instant,
+        /// Boxed: most jobs hold none, and every [`Live`] pays for the
+        /// largest variant.
+        devices: Box<[Device]>,
     },
     /// On its way to a terminal state from `from`; `queued` when it left
     /// a queue entry behind (now stale).
@@ -71,11 +94,11 @@ pub(crate) struct Live {
     pub(crate) level: Priority,
     pub(crate) need: Need,
     pub(crate) group: Option<Arc<str>>,
-    pub(crate) backend: usize,
+    /// Index into the engine's backends (a few, so small).
+    pub(crate) backend: u16,
     pub(crate) place: Place,
-    /// When it entered its current queue.
+    /// When it entered its current queue, or started running.
     pub(crate) since: Instant,
-    pub(crate) dependents: Vec<JobId>,
     pub(crate) cancel_requested: bool,
 }
 
@@ -258,7 +281,16 @@ pub(crate) struct State {
     capacity: Pool,
     free: Pool,
     reservation: Option<JobId>,
+    /// Dispatched jobs waiting for a runner to claim and run them.
+    runnable: VecDeque<Start>,
+    /// Runners waiting for [`State::runnable`] to fill.
+    idle_runners: usize,
+    /// Runners in all, for their fair share of a batch.
+    pub(crate) runners: usize,
     waiters: IdMap<Vec<oneshot::Sender<()>>>,
+    /// The live jobs waiting on each live job (most have none, so they
+    /// are kept here rather than in every [`Live`]).
+    dependents: IdMap<Vec<JobId>>,
     runs_us: Ring,
     finished: VecDeque<Instant>,
     finished_total: u64,
@@ -299,7 +331,11 @@ impl State {
             free: capacity.clone(),
             capacity,
             reservation: None,
+            runnable: VecDeque::new(),
+            idle_runners: 0,
+            runners: 1,
             waiters: IdMap::default(),
+            dependents: IdMap::default(),
             runs_us: Ring::default(),
             finished: VecDeque::new(),
             finished_total: 0,
@@ -520,8 +556,8 @@ impl State {
     ) -> PlaceOutcome {
         let mut waiting_on = 0u32;
         for dep in depends_on {
-            if let Some(live) = self.jobs.get_mut(dep) {
-                live.dependents.push(id);
+            if self.jobs.contains_key(dep) {
+                self.dependents.entry(*dep).or_default().push(id);
                 waiting_on += 1;
             }
         }
@@ -695,9 +731,12 @@ impl State {
         }
     }
 
-    /// Starts every queued job that may start now, in dispatch order.
-    pub(crate) fn dispatch(&mut self, now: Instant) -> Vec<Start> {
-        let mut starts = Vec::new();
+    /// Starts every queued job that may start now, in dispatch order, and
+    /// hands them to the runners. Returns whether an idle runner should be
+    /// woken.
+    #[must_use = "an idle runner may need waking"]
+    pub(crate) fn dispatch(&mut self, now: Instant) -> bool {
+        let before = self.runnable.len();
         for level in 0..self.levels.len() {
             let mut misses = 0;
             while misses < self.levels[level].ring.len() {
@@ -736,7 +775,7 @@ impl State {
                         level_state.depth -= 1;
                         misses = 0;
                         if let Some(start) = self.start(id, now) {
-                            starts.push(start);
+                            self.runnable.push_back(start);
                         }
                     }
                     Check::Park(group) => {
@@ -761,7 +800,7 @@ impl State {
                             level_state.depth -= 1;
                             misses = 0;
                             if let Some(start) = self.start(id, now) {
-                                starts.push(start);
+                                self.runnable.push_back(start);
                             }
                         }
                         None => {
@@ -776,7 +815,26 @@ impl State {
                 }
             }
         }
-        starts
+        self.runnable.len() > before && self.idle_runners > 0
+    }
+
+    /// A runner's share of the dispatched jobs, at most `max`: an equal
+    /// share when there are few, so that every runner gets some. A runner
+    /// that gets none counts as idle (`idle` set) until its next call.
+    /// Also returns whether another idle runner should be woken for what
+    /// is left.
+    pub(crate) fn take_runnable(&mut self, max: usize, idle: &mut bool) -> (Vec<Start>, bool) {
+        if std::mem::take(idle) {
+            self.idle_runners = self.idle_runners.saturating_sub(1);
+        }
+        let share = self.runnable.len().div_ceil(self.runners.max(1)).min(max);
+        let batch: Vec<Start> = self.runnable.drain(..share).collect();
+        if batch.is_empty() {
+            self.idle_runners += 1;
+            *idle = true;
+        }
+        let wake_another = !self.runnable.is_empty() && self.idle_runners > 0;
+        (batch, wake_another)
     }
 
     /// The first live entry of `tenant`'s queue at `level`, dropping stale
@@ -837,7 +895,7 @@ impl State {
                     .is_some_and(|max| tenant.memory_mb + live.need.memory_mb > max)
                 || quota
                     .max_gpus
-                    .is_some_and(|max| tenant.gpus + live.need.gpu.map_or(0, |(_, n)| n) > max);
+                    .is_some_and(|max| tenant.gpus + live.need.gpu().map_or(0, |(_, n)| n) > max);
             if over {
                 return Check::Blocked;
             }
@@ -869,7 +927,7 @@ impl State {
     fn fits(&self, id: JobId, need: &Need) -> bool {
         let mut cpu = self.free.cpu_milli as i64;
         let mut memory = self.free.memory_mb as i64;
-        let mut gpus = need.gpu.map_or(0, |(kind, _)| {
+        let mut gpus = need.gpu().map_or(0, |(kind, _)| {
             self.free.gpus.get(kind).map_or(0, Vec::len) as i64
         });
         if let Some(reserved) = self
@@ -879,7 +937,7 @@ impl State {
         {
             cpu -= reserved.need.cpu_milli as i64;
             memory -= reserved.need.memory_mb as i64;
-            if let (Some((kind, n)), Some((mine, _))) = (reserved.need.gpu, need.gpu)
+            if let (Some((kind, n)), Some((mine, _))) = (reserved.need.gpu(), need.gpu())
                 && kind == mine
             {
                 gpus -= i64::from(n);
@@ -887,14 +945,14 @@ impl State {
         }
         need.cpu_milli as i64 <= cpu
             && need.memory_mb as i64 <= memory
-            && need.gpu.is_none_or(|(_, n)| i64::from(n) <= gpus)
+            && need.gpu().is_none_or(|(_, n)| i64::from(n) <= gpus)
     }
 
     fn start(&mut self, id: JobId, now: Instant) -> Option<Start> {
         let live = self.jobs.get_mut(&id)?;
         let need = live.need.clone();
         let mut devices = Vec::new();
-        if let Some((kind, n)) = need.gpu {
+        if let Some((kind, n)) = need.gpu() {
             let free = self.free.gpus.get_mut(kind)?;
             for _ in 0..n {
                 devices.extend(free.pop());
@@ -907,10 +965,10 @@ impl State {
             cancel.cancel();
         }
         let waited = now.saturating_duration_since(live.since);
+        live.since = now;
         live.place = Place::Running {
             cancel: cancel.clone(),
-            devices: devices.clone(),
-            started: now,
+            devices: devices.clone().into_boxed_slice(),
         };
         let (tenant, priority, level, group, backend) = (
             Arc::clone(&live.tenant),
@@ -927,7 +985,7 @@ impl State {
         t.running += 1;
         t.cpu_milli += need.cpu_milli;
         t.memory_mb += need.memory_mb;
-        t.gpus += need.gpu.map_or(0, |(_, n)| n);
+        t.gpus += need.gpu().map_or(0, |(_, n)| n);
         let level_state = &mut self.levels[priority.index()];
         level_state.waiting = level_state.waiting.saturating_sub(1);
         self.levels[level.index()].waits_us.push(micros(waited));
@@ -940,7 +998,7 @@ impl State {
         Some(Start {
             id,
             tenant,
-            backend,
+            backend: usize::from(backend),
             devices,
             cancel,
             level,
@@ -954,24 +1012,22 @@ impl State {
         let Some(live) = self.jobs.get_mut(&id) else {
             return;
         };
-        let Place::Running {
-            devices, started, ..
-        } = std::mem::replace(
+        let started = live.since;
+        let Place::Running { devices, .. } = std::mem::replace(
             &mut live.place,
             Place::Ending {
                 from: JobStatus::Running,
                 queued: false,
             },
-        )
-        else {
+        ) else {
             return;
         };
         let need = live.need.clone();
         let (tenant, group) = (Arc::clone(&live.tenant), live.group.clone());
-        if let Some((kind, _)) = need.gpu
+        if let Some((kind, _)) = need.gpu()
             && let Some(free) = self.free.gpus.get_mut(kind)
         {
-            free.extend(devices);
+            free.extend(devices.into_vec());
         }
         self.free.cpu_milli += need.cpu_milli;
         self.free.memory_mb += need.memory_mb;
@@ -979,7 +1035,7 @@ impl State {
             t.running = t.running.saturating_sub(1);
             t.cpu_milli = t.cpu_milli.saturating_sub(need.cpu_milli);
             t.memory_mb = t.memory_mb.saturating_sub(need.memory_mb);
-            t.gpus = t.gpus.saturating_sub(need.gpu.map_or(0, |(_, n)| n));
+            t.gpus = t.gpus.saturating_sub(need.gpu().map_or(0, |(_, n)| n));
         }
         self.runs_us
             .push(micros(now.saturating_duration_since(started)));
@@ -1052,7 +1108,7 @@ impl State {
                 let _ = waiter.send(());
             }
         }
-        for dependent in live.dependents {
+        for dependent in self.dependents.remove(&id).unwrap_or_default() {
             let Some(dep) = self.jobs.get(&dependent) else {
                 continue;
             };
@@ -1223,4 +1279,16 @@ enum Check {
     NoRoom,
     /// Its tenant is at a quota: the tenant's turn passes.
     Blocked,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every queued job has one; a million queued jobs must fit in a
+    /// gigabyte with everything else (the scheduler bench measures it).
+    #[test]
+    fn a_live_entry_fits_in_112_bytes() {
+        assert!(size_of::<Live>() <= 112, "{}", size_of::<Live>());
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::id_map::{IdMap, spread};
-use work_host_api::{Job, JobId, JobStatus};
+use work_host_api::{CompactString, Job, JobId, JobStatus};
 
 use super::{Inserted, JobPage, JobQuery, Store, StoreError, Transition};
 
@@ -36,12 +36,46 @@ impl std::fmt::Debug for MemoryStore {
 /// One tenant's jobs, ordered by id (so by submission time).
 #[derive(Default)]
 struct TenantIndex {
-    all: BTreeSet<JobId>,
+    all: Ascending,
     by_status: [BTreeSet<JobId>; JobStatus::ALL.len()],
-    by_namespace: HashMap<String, BTreeSet<JobId>>,
+    by_namespace: HashMap<CompactString, Ascending>,
     dead_letters: BTreeSet<JobId>,
     idempotency: HashMap<String, JobId>,
     external: HashMap<String, JobId>,
+}
+
+/// Ids that are only ever added, nearly in order (UUID v7 ids grow with
+/// time; concurrent submitters interleave a little): a sorted `Vec`, half
+/// the memory of a B-tree set and appended to at the end.
+#[derive(Default)]
+struct Ascending(Vec<JobId>);
+
+impl Ascending {
+    fn insert(&mut self, id: JobId) {
+        match self.0.last() {
+            Some(last) if *last >= id => {
+                if let Err(at) = self.0.binary_search(&id) {
+                    self.0.insert(at, id);
+                }
+            }
+            _ => self.0.push(id),
+        }
+    }
+
+    /// The ids below `cursor` (all without one), newest first.
+    fn below(&self, cursor: Option<JobId>) -> impl Iterator<Item = &JobId> {
+        let end = cursor.map_or(self.0.len(), |c| self.0.partition_point(|id| *id < c));
+        self.0[..end].iter().rev()
+    }
+}
+
+/// The ids of `set` below `cursor`, newest first.
+fn below(set: &BTreeSet<JobId>, cursor: Option<JobId>) -> impl Iterator<Item = &JobId> {
+    match cursor {
+        Some(cursor) => set.range(..cursor),
+        None => set.range(..),
+    }
+    .rev()
 }
 
 impl TenantIndex {
@@ -105,6 +139,51 @@ impl MemoryStore {
             return index;
         }
         Arc::clone(self.tenants.write().entry(tenant.to_owned()).or_default())
+    }
+
+    /// Applies each change under its shard's lock, then brings the status
+    /// indexes up to date, taking each tenant's index lock once.
+    fn apply_all(&self, changes: Vec<(JobId, Transition)>) -> Vec<Result<Arc<Job>, StoreError>> {
+        let mut moved: Vec<(JobId, JobStatus, usize)> = Vec::with_capacity(changes.len());
+        let results: Vec<_> = changes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (id, change))| {
+                let mut shard = self.shard(&id).lock();
+                let job = shard.get_mut(&id).ok_or(StoreError::NotFound(id))?;
+                let before = job.status;
+                // Copies only while a reader still holds the previous version.
+                change.apply(Arc::make_mut(job))?;
+                moved.push((id, before, i));
+                Ok(Arc::clone(job))
+            })
+            .collect();
+        // By tenant, so each index is locked once.
+        let tenant_of = |i: usize| match &results[i] {
+            Ok(job) => job.tenant_id.as_str(),
+            Err(_) => "",
+        };
+        moved.sort_by(|a, b| tenant_of(a.2).cmp(tenant_of(b.2)));
+        for group in moved.chunk_by(|a, b| tenant_of(a.2) == tenant_of(b.2)) {
+            let Some(index) = self.tenant(tenant_of(group[0].2)) else {
+                continue;
+            };
+            let mut index = index.lock();
+            for &(id, before, i) in group {
+                let Ok(after) = &results[i] else { continue };
+                // Re-read under the index lock: a later transition may
+                // already have moved the job on.
+                let current = self
+                    .shard(&id)
+                    .lock()
+                    .get(&id)
+                    .map(|job| (job.status, job.dead_letter));
+                if let Some(current) = current {
+                    index.moved(id, [before, after.status], current);
+                }
+            }
+        }
+        results
     }
 
     fn read(&self, id: &JobId) -> Option<Job> {
@@ -199,25 +278,21 @@ impl Store for MemoryStore {
         let index = index.lock();
         // Walk the narrowest index that applies; check the other filters
         // on each job.
-        let ids = if query.dead_letter {
-            &index.dead_letters
+        let ids: Box<dyn Iterator<Item = &JobId>> = if query.dead_letter {
+            Box::new(below(&index.dead_letters, cursor))
         } else if let Some(status) = query.status {
-            &index.by_status[status as usize]
+            Box::new(below(&index.by_status[status as usize], cursor))
         } else if let Some(namespace) = &query.namespace {
-            match index.by_namespace.get(namespace) {
-                Some(ids) => ids,
+            match index.by_namespace.get(namespace.as_str()) {
+                Some(ids) => Box::new(ids.below(cursor)),
                 None => return Ok(empty),
             }
         } else {
-            &index.all
+            Box::new(index.all.below(cursor))
         };
-        let below = match cursor {
-            Some(cursor) => ids.range(..cursor),
-            None => ids.range(..),
-        };
-        let mut jobs = Vec::with_capacity(limit.min(ids.len()));
+        let mut jobs = Vec::new();
         let mut next_cursor = None;
-        for id in below.rev() {
+        for id in ids {
             let Some(job) = self.read(id) else { continue };
             if !query.matches(&job) {
                 continue;
@@ -232,28 +307,15 @@ impl Store for MemoryStore {
     }
 
     async fn transition(&self, id: JobId, change: Transition) -> Result<Arc<Job>, StoreError> {
-        let (before, after) = {
-            let mut shard = self.shard(&id).lock();
-            let job = shard.get_mut(&id).ok_or(StoreError::NotFound(id))?;
-            let before = job.status;
-            // Copies only while a reader still holds the previous version.
-            change.apply(Arc::make_mut(job))?;
-            (before, Arc::clone(job))
-        };
-        if let Some(index) = self.tenant(&after.tenant_id) {
-            let mut index = index.lock();
-            // Re-read under the index lock: a later transition may already
-            // have moved the job on.
-            let current = self
-                .shard(&id)
-                .lock()
-                .get(&id)
-                .map(|job| (job.status, job.dead_letter));
-            if let Some(current) = current {
-                index.moved(id, [before, after.status], current);
-            }
-        }
-        Ok(after)
+        let mut results = self.apply_all(vec![(id, change)]);
+        results.pop().unwrap_or(Err(StoreError::NotFound(id)))
+    }
+
+    async fn transition_batch(
+        &self,
+        changes: Vec<(JobId, Transition)>,
+    ) -> Vec<Result<Arc<Job>, StoreError>> {
+        self.apply_all(changes)
     }
 
     async fn unfinished(&self) -> Result<Vec<Job>, StoreError> {

@@ -297,7 +297,7 @@ impl JobQuery {
             && self
                 .namespace
                 .as_ref()
-                .is_none_or(|ns| &job.namespace == ns)
+                .is_none_or(|ns| job.namespace == ns)
             && self.status.is_none_or(|s| job.status == s)
             && self.kind.as_ref().is_none_or(|k| &job.kind == k)
             && (!self.dead_letter || job.dead_letter)
@@ -373,6 +373,21 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// [`StoreError::NotFound`], [`StoreError::Conflict`].
     async fn transition(&self, id: JobId, change: Transition) -> Result<Arc<Job>, StoreError>;
+
+    /// Several [`Store::transition`]s, each atomic on its own, with one
+    /// result per change in order. The scheduler claims and records jobs
+    /// in batches through this; a store can make it one round trip (one
+    /// SQL transaction, one lock per index). By default, one at a time.
+    async fn transition_batch(
+        &self,
+        changes: Vec<(JobId, Transition)>,
+    ) -> Vec<Result<Arc<Job>, StoreError>> {
+        let mut results = Vec::with_capacity(changes.len());
+        for (id, change) in changes {
+            results.push(self.transition(id, change).await);
+        }
+        results
+    }
 
     /// Every job that has not ended, for an engine starting on this store.
     ///

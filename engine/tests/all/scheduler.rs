@@ -366,7 +366,7 @@ async fn deterministic_failures_are_not_retried_unless_the_policy_says_so() {
         assert_eq!(done.error.unwrap().code, class);
     }
     let mut retry_fuel = fast;
-    retry_fuel.retry_on.push(OutcomeClass::OutOfFuel);
+    retry_fuel.retry_on.insert(OutcomeClass::OutOfFuel);
     let job =
         job("a", json!({"fail": true, "fail_class": "out_of_fuel"})).with_retry_policy(retry_fuel);
     let done = engine
