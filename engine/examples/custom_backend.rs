@@ -73,8 +73,8 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "{} on {}: {}",
             done.status,
-            done.backend.unwrap_or_default(),
-            done.result.unwrap_or_default()
+            done.backend.as_deref().unwrap_or_default(),
+            done.result.clone().unwrap_or_default()
         );
     }
     Ok(())

@@ -55,7 +55,7 @@ pub struct Batch {
     /// The batch id, on every job of it.
     pub id: Uuid,
     /// The jobs, in the order given.
-    pub jobs: Vec<Job>,
+    pub jobs: Vec<Arc<Job>>,
 }
 
 /// The engine: cheap to clone, every clone the same engine.
@@ -324,7 +324,7 @@ async fn timer_loop(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: Cancellatio
 
 /// A submission checked and filled in, not yet admitted.
 struct Prepared {
-    job: Job,
+    job: Arc<Job>,
     backend: usize,
     run_at: Option<Instant>,
     /// Dependencies that had not succeeded when read.
@@ -360,7 +360,7 @@ impl Engine {
     ///
     /// Dropping the future before it completes may or may not have
     /// accepted the job; use an idempotency key to resubmit safely.
-    pub async fn submit(&self, job: NewJob) -> Result<Job, EngineError> {
+    pub async fn submit(&self, job: NewJob) -> Result<Arc<Job>, EngineError> {
         let mut jobs = self.admit(vec![job], None).await.map_err(|err| match err {
             EngineError::Batch { source, .. } => *source,
             other => other,
@@ -388,7 +388,11 @@ impl Engine {
         Ok(Batch { id, jobs })
     }
 
-    async fn admit(&self, new: Vec<NewJob>, batch: Option<Uuid>) -> Result<Vec<Job>, EngineError> {
+    async fn admit(
+        &self,
+        new: Vec<NewJob>,
+        batch: Option<Uuid>,
+    ) -> Result<Vec<Arc<Job>>, EngineError> {
         let inner = &self.inner;
         let batch_error = |index: usize| {
             move |err: EngineError| EngineError::Batch {
@@ -440,7 +444,7 @@ impl Engine {
         let ids: Vec<JobId> = prepared.iter().map(|p| p.job.id).collect();
         let inserted = match inner
             .store
-            .insert(prepared.iter().map(|p| p.job.clone()).collect())
+            .insert(prepared.iter().map(|p| Arc::clone(&p.job)).collect())
             .await
         {
             Ok(inserted) => inserted,
@@ -461,7 +465,7 @@ impl Engine {
             for (p, inserted) in prepared.into_iter().zip(inserted) {
                 if let Inserted::Existing(existing) = inserted {
                     state.abandon(&[p.job.id]);
-                    accepted.push(*existing);
+                    accepted.push(existing);
                     continue;
                 }
                 let id = p.job.id;
@@ -515,7 +519,7 @@ impl Engine {
     /// # Errors
     ///
     /// [`EngineError::NotFound`]; [`EngineError::Store`].
-    pub async fn get(&self, id: JobId) -> Result<Job, EngineError> {
+    pub async fn get(&self, id: JobId) -> Result<Arc<Job>, EngineError> {
         self.inner
             .store
             .get(id)
@@ -532,7 +536,7 @@ impl Engine {
         &self,
         tenant: &str,
         external_id: &str,
-    ) -> Result<Option<Job>, EngineError> {
+    ) -> Result<Option<Arc<Job>>, EngineError> {
         Ok(self
             .inner
             .store
@@ -576,7 +580,7 @@ impl Engine {
     ///
     /// [`EngineError::NotFound`], [`EngineError::NotDeadLettered`], or the
     /// admission errors of [`Engine::submit`] for quotas and capacity.
-    pub async fn retry_dead_letter(&self, id: JobId) -> Result<Job, EngineError> {
+    pub async fn retry_dead_letter(&self, id: JobId) -> Result<Arc<Job>, EngineError> {
         let inner = &self.inner;
         let job = self.get(id).await?;
         if !job.dead_letter {
@@ -593,7 +597,7 @@ impl Engine {
             state.admit(vec![(id, live)], now).map_err(|(err, _)| err)?;
         }
         let job = match inner.store.transition(id, Transition::Revive).await {
-            Ok(job) => Arc::unwrap_or_clone(job),
+            Ok(job) => job,
             Err(err) => {
                 inner.state.lock().abandon(&[id]);
                 return Err(err.into());
@@ -622,7 +626,7 @@ impl Engine {
     /// # Errors
     ///
     /// [`EngineError::NotFound`]; [`EngineError::Store`].
-    pub async fn cancel(&self, id: JobId) -> Result<Job, EngineError> {
+    pub async fn cancel(&self, id: JobId) -> Result<Arc<Job>, EngineError> {
         let action = self.inner.state.lock().request_cancel(id);
         match action {
             CancelAction::Dequeued => {
@@ -652,7 +656,7 @@ impl Engine {
     /// # Cancel safety
     ///
     /// Cancel safe.
-    pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<Job, EngineError> {
+    pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<Arc<Job>, EngineError> {
         let waiter = self.inner.state.lock().waiter(id);
         if let Some(waiter) = waiter {
             let _ = tokio::time::timeout(timeout, waiter).await;
@@ -926,7 +930,7 @@ impl Inner {
             job.status = JobStatus::Pending;
         }
         Ok(Prepared {
-            job,
+            job: Arc::new(job),
             backend,
             run_at,
             open_deps,
@@ -965,10 +969,10 @@ impl Inner {
 
     /// Ends a job that was waiting (now `Ending` in the state) as
     /// `canceled`, then settles its dependents.
-    async fn cancel_waiting(self: &Arc<Self>, id: JobId, error: JobError) -> Option<Job> {
+    async fn cancel_waiting(self: &Arc<Self>, id: JobId, error: JobError) -> Option<Arc<Job>> {
         let (job, released) = self.record_cancel(id, error).await;
         self.settle(released).await;
-        job.map(Arc::unwrap_or_clone)
+        job
     }
 
     /// Writes `canceled` for a job that is `Ending` in the state, emits the

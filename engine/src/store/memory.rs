@@ -186,14 +186,14 @@ impl MemoryStore {
         results
     }
 
-    fn read(&self, id: &JobId) -> Option<Job> {
-        self.shard(id).lock().get(id).map(|job| Job::clone(job))
+    fn read(&self, id: &JobId) -> Option<Arc<Job>> {
+        self.shard(id).lock().get(id).cloned()
     }
 }
 
 #[async_trait::async_trait]
 impl Store for MemoryStore {
-    async fn insert(&self, jobs: Vec<Job>) -> Result<Vec<Inserted>, StoreError> {
+    async fn insert(&self, jobs: Vec<Arc<Job>>) -> Result<Vec<Inserted>, StoreError> {
         // Lock every tenant involved, in name order, so two batches cannot
         // deadlock and idempotency checks and inserts happen as one step.
         let (indexes, slots) = {
@@ -228,10 +228,10 @@ impl Store for MemoryStore {
             let existing = stored.or_else(|| {
                 first_with_key
                     .get(&(job.tenant_id.as_str(), key))
-                    .map(|&first| jobs[first].clone())
+                    .map(|&first| Arc::clone(&jobs[first]))
             });
             match existing {
-                Some(existing) => outcome.push(Inserted::Existing(Box::new(existing))),
+                Some(existing) => outcome.push(Inserted::Existing(existing)),
                 None => {
                     first_with_key.insert((job.tenant_id.as_str(), key), i);
                     outcome.push(Inserted::New);
@@ -242,14 +242,14 @@ impl Store for MemoryStore {
         for ((job, inserted), slot) in jobs.into_iter().zip(&outcome).zip(slots) {
             if matches!(inserted, Inserted::New) {
                 guards[slot].add(&job);
-                self.shard(&job.id).lock().insert(job.id, Arc::new(job));
+                self.shard(&job.id).lock().insert(job.id, job);
             }
         }
         drop(guards);
         Ok(outcome)
     }
 
-    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+    async fn get(&self, id: JobId) -> Result<Option<Arc<Job>>, StoreError> {
         Ok(self.read(&id))
     }
 
@@ -257,7 +257,7 @@ impl Store for MemoryStore {
         &self,
         tenant: &str,
         external_id: &str,
-    ) -> Result<Option<Job>, StoreError> {
+    ) -> Result<Option<Arc<Job>>, StoreError> {
         let Some(index) = self.tenant(tenant) else {
             return Ok(None);
         };
@@ -298,7 +298,7 @@ impl Store for MemoryStore {
                 continue;
             }
             if jobs.len() == limit {
-                next_cursor = jobs.last().map(|last: &Job| last.id.to_string());
+                next_cursor = jobs.last().map(|last: &Arc<Job>| last.id.to_string());
                 break;
             }
             jobs.push(job);
@@ -318,7 +318,7 @@ impl Store for MemoryStore {
         self.apply_all(changes)
     }
 
-    async fn unfinished(&self) -> Result<Vec<Job>, StoreError> {
+    async fn unfinished(&self) -> Result<Vec<Arc<Job>>, StoreError> {
         Ok(self
             .shards
             .iter()
@@ -327,7 +327,7 @@ impl Store for MemoryStore {
                     .lock()
                     .values()
                     .filter(|job| !job.status.is_terminal())
-                    .map(|job| Job::clone(job))
+                    .cloned()
                     .collect::<Vec<_>>()
             })
             .collect())

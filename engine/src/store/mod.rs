@@ -294,10 +294,7 @@ impl JobQuery {
     /// Whether `job` passes every filter but the cursor.
     pub fn matches(&self, job: &Job) -> bool {
         job.tenant_id == self.tenant_id
-            && self
-                .namespace
-                .as_ref()
-                .is_none_or(|ns| job.namespace == ns)
+            && self.namespace.as_ref().is_none_or(|ns| job.namespace == ns)
             && self.status.is_none_or(|s| job.status == s)
             && self.kind.as_ref().is_none_or(|k| &job.kind == k)
             && (!self.dead_letter || job.dead_letter)
@@ -309,7 +306,7 @@ impl JobQuery {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct JobPage {
     /// Newest first.
-    pub jobs: Vec<Job>,
+    pub jobs: Vec<Arc<Job>>,
     /// Pass back as [`JobQuery::cursor`] for the next page; `None` at the end.
     pub next_cursor: Option<String>,
 }
@@ -320,7 +317,7 @@ pub enum Inserted {
     /// Stored.
     New,
     /// Not stored: the tenant already has a job with its idempotency key.
-    Existing(Box<Job>),
+    Existing(Arc<Job>),
 }
 
 /// The record of jobs.
@@ -337,14 +334,14 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     ///
     /// [`StoreError::Duplicate`] for an id that exists; storage failures.
-    async fn insert(&self, jobs: Vec<Job>) -> Result<Vec<Inserted>, StoreError>;
+    async fn insert(&self, jobs: Vec<Arc<Job>>) -> Result<Vec<Inserted>, StoreError>;
 
     /// One job.
     ///
     /// # Errors
     ///
     /// Storage failures only; an unknown id is `Ok(None)`.
-    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+    async fn get(&self, id: JobId) -> Result<Option<Arc<Job>>, StoreError>;
 
     /// The job `tenant` submitted with `external_id` (the newest, if several).
     ///
@@ -355,7 +352,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         tenant: &str,
         external_id: &str,
-    ) -> Result<Option<Job>, StoreError>;
+    ) -> Result<Option<Arc<Job>>, StoreError>;
 
     /// A page of a tenant's jobs, newest first, served from indexes by
     /// tenant, namespace and status rather than a scan of every job.
@@ -394,5 +391,5 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     ///
     /// Storage failures.
-    async fn unfinished(&self) -> Result<Vec<Job>, StoreError>;
+    async fn unfinished(&self) -> Result<Vec<Arc<Job>>, StoreError>;
 }

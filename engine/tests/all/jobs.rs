@@ -151,7 +151,15 @@ async fn a_batch_with_one_invalid_job_is_refused_whole() {
     assert!(batch.jobs.iter().all(|job| job.batch_id == Some(batch.id)));
     let mut results = Vec::new();
     for job in &batch.jobs {
-        results.push(engine.wait(job.id, LONG).await.unwrap().result.unwrap());
+        results.push(
+            engine
+                .wait(job.id, LONG)
+                .await
+                .unwrap()
+                .result
+                .clone()
+                .unwrap(),
+        );
     }
     assert_eq!(results, [json!(2.0), json!(3.0), json!(4.0)]);
     let listed = engine
@@ -231,7 +239,7 @@ async fn guest_failures_follow_the_retry_policy() {
         .await
         .unwrap();
     assert_eq!((done.status, done.attempt), (JobStatus::Timeout, 2));
-    assert_eq!(done.error.unwrap().code, "timeout");
+    assert_eq!(done.error.as_ref().unwrap().code, "timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,7 @@ pub fn job(tenant: &str, mock: Value) -> NewJob {
     NewJob::new("sim", tenant, json!({ "mock": mock }))
 }
 
-async fn run_all(engine: &Engine, ids: &[work_engine::JobId]) -> Vec<Job> {
+async fn run_all(engine: &Engine, ids: &[work_engine::JobId]) -> Vec<std::sync::Arc<Job>> {
     let mut jobs = Vec::new();
     for id in ids {
         let job = engine.wait(*id, LONG).await.unwrap();
@@ -363,7 +363,7 @@ async fn deterministic_failures_are_not_retried_unless_the_policy_says_so() {
             (JobStatus::Failed, 1),
             "{class}"
         );
-        assert_eq!(done.error.unwrap().code, class);
+        assert_eq!(done.error.as_ref().unwrap().code, class);
     }
     let mut retry_fuel = fast;
     retry_fuel.retry_on.insert(OutcomeClass::OutOfFuel);
@@ -600,7 +600,7 @@ async fn cancelling_queued_and_running_jobs() {
     assert_eq!(canceled.status, JobStatus::Canceled);
     let dependent = engine.wait(dependent.id, LONG).await.unwrap();
     assert_eq!(dependent.status, JobStatus::Canceled);
-    assert_eq!(dependent.error.unwrap().code, "dependency_failed");
+    assert_eq!(dependent.error.as_ref().unwrap().code, "dependency_failed");
 
     engine.cancel(running.id).await.unwrap();
     let stopped = engine.wait(running.id, LONG).await.unwrap();

@@ -1,9 +1,16 @@
 //! The store contract, as one suite every implementation runs.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use serde_json::json;
 use work_engine::store::{Inserted, MemoryStore, Store, StoreError, Transition};
 use work_engine::{Job, JobError, JobQuery, JobStatus, OutcomeClass, Priority, Resources};
+
+/// What the engine hands a store: shared copies.
+fn shared<const N: usize>(jobs: [&Job; N]) -> Vec<Arc<Job>> {
+    jobs.into_iter().map(|job| Arc::new(job.clone())).collect()
+}
 
 fn job(tenant: &str, namespace: &str) -> Job {
     Job {
@@ -63,17 +70,17 @@ async fn conformance(store: &dyn Store) {
     let mut other_tenant = job("t2", "ns");
     other_tenant.constraints.idempotency_key = Some("k".into());
     let inserted = store
-        .insert(vec![a.clone(), dup.clone(), other_tenant.clone()])
+        .insert(shared([&a, &dup, &other_tenant]))
         .await
         .unwrap();
     assert_eq!(inserted[0], Inserted::New);
     assert!(matches!(&inserted[1], Inserted::Existing(j) if j.id == a.id));
     assert_eq!(inserted[2], Inserted::New);
     assert!(store.get(dup.id).await.unwrap().is_none());
-    let again = store.insert(vec![dup.clone()]).await.unwrap();
+    let again = store.insert(shared([&dup])).await.unwrap();
     assert!(matches!(&again[0], Inserted::Existing(j) if j.id == a.id));
     assert_eq!(
-        store.insert(vec![a.clone()]).await,
+        store.insert(shared([&a])).await,
         Err(StoreError::Duplicate(a.id))
     );
 
@@ -132,7 +139,7 @@ async fn conformance(store: &dyn Store) {
     for i in 0..7 {
         let j = job("t3", if i % 2 == 0 { "even" } else { "odd" });
         ids.push(j.id);
-        store.insert(vec![j]).await.unwrap();
+        store.insert(vec![Arc::new(j)]).await.unwrap();
     }
     let failed = store.transition(ids[0], claim()).await.unwrap();
     store
@@ -203,13 +210,13 @@ async fn memory_store_honours_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_index_stays_right_under_concurrent_transitions() {
-    let store = std::sync::Arc::new(MemoryStore::new());
-    let jobs: Vec<Job> = (0..400).map(|_| job("t", "ns")).collect();
+    let store = Arc::new(MemoryStore::new());
+    let jobs: Vec<Arc<Job>> = (0..400).map(|_| Arc::new(job("t", "ns"))).collect();
     let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
     store.insert(jobs).await.unwrap();
     let mut tasks = Vec::new();
     for chunk in ids.chunks(100) {
-        let store = std::sync::Arc::clone(&store);
+        let store = Arc::clone(&store);
         let chunk = chunk.to_vec();
         tasks.push(tokio::spawn(async move {
             for id in chunk {
@@ -225,7 +232,7 @@ async fn memory_store_index_stays_right_under_concurrent_transitions() {
         task.await.unwrap();
     }
     let by = |status| {
-        let store = std::sync::Arc::clone(&store);
+        let store = Arc::clone(&store);
         async move {
             store
                 .list(&JobQuery::tenant("t").status(status).limit(1000))
