@@ -1,4 +1,5 @@
-//! Hash maps keyed by job id, without SipHash.
+//! The engine's hash maps: by job id without hashing again, by name with
+//! foldhash instead of SipHash.
 //!
 //! Job ids are UUID v7s the engine generates itself: their last 62 bits
 //! are random, so they are already a good hash, and no caller can choose
@@ -10,6 +11,11 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use work_host_api::JobId;
+
+/// A map from a name callers choose (tenant, namespace, group, key):
+/// foldhash with a per-map random seed is several times faster than
+/// SipHash on short names and still not predictable from outside.
+pub(crate) type NameMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A map from job id.
 pub(crate) type IdMap<V> = HashMap<JobId, V, BuildHasherDefault<IdHasher>>;

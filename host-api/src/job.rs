@@ -584,7 +584,7 @@ pub struct Job {
     pub outcome: Option<OutcomeClass>,
     /// The backend that ran the last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<String>,
+    pub backend: Option<CompactString>,
     /// When a queued job may start next (`not_before`, or a retry's backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run_at: Option<DateTime<Utc>>,

@@ -1,10 +1,11 @@
 //! What an [`Engine`](super::Engine) is built with: capacity, tenants and
 //! their quotas, queue limits, defaults.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::id_map::NameMap;
 use work_host_api::{Device, Priority, RetryPolicy};
 
 /// What the engine may run at once: CPU cores, memory and GPUs.
@@ -112,12 +113,12 @@ pub struct Quota {
 #[derive(Debug, Clone)]
 pub(crate) struct SchedulerConfig {
     pub(crate) capacity: Capacity,
-    pub(crate) tenants: HashMap<String, TenantConfig>,
+    pub(crate) tenants: NameMap<String, TenantConfig>,
     pub(crate) default_tenant: TenantConfig,
     pub(crate) queue_capacity: [usize; 4],
     pub(crate) quantum: u32,
     pub(crate) aging: Option<Duration>,
-    pub(crate) concurrency_limits: HashMap<String, u32>,
+    pub(crate) concurrency_limits: NameMap<String, u32>,
     pub(crate) default_concurrency_limit: u32,
     pub(crate) event_capacity: usize,
 }
@@ -150,12 +151,12 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             capacity: Capacity::of_this_machine(),
-            tenants: HashMap::new(),
+            tenants: NameMap::default(),
             default_tenant: TenantConfig::default(),
             queue_capacity: [1_000_000; 4],
             quantum: 4,
             aging: Some(Duration::from_secs(60)),
-            concurrency_limits: HashMap::new(),
+            concurrency_limits: NameMap::default(),
             default_concurrency_limit: 1,
             event_capacity: 4096,
         }

@@ -95,7 +95,7 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) {
         .iter()
         .map(|start| {
             let claim = Transition::Claim {
-                backend: inner.backends[start.backend].name().to_owned(),
+                backend: inner.backends[start.backend].name().into(),
                 at,
             };
             (start.id, claim)

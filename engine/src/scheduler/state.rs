@@ -10,7 +10,7 @@
 //! after its needs, so small jobs cannot starve it.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use work_host_api::{Device, JobId, JobStatus, Priority};
 use super::EngineError;
 use super::config::{SchedulerConfig, TenantConfig};
 use super::stats::{LevelStats, ResourceStats, Stats, StatusCounts, Summary, TenantStats};
-use crate::id_map::IdMap;
+use crate::id_map::{IdMap, NameMap};
 
 /// Samples kept for wait/run summaries and throughput.
 const SAMPLES: usize = 4096;
@@ -137,7 +137,7 @@ struct TenantQueue {
 struct Level {
     /// Tenants with queued jobs, in turn order.
     ring: VecDeque<Arc<str>>,
-    queues: HashMap<Arc<str>, TenantQueue>,
+    queues: NameMap<Arc<str>, TenantQueue>,
     /// Jobs in the queues (stale entries excluded).
     depth: usize,
     /// Jobs admitted at this level and not yet running: what capacity
@@ -275,8 +275,8 @@ pub(crate) struct State {
     jobs: IdMap<Box<Live>>,
     levels: [Level; 4],
     delayed: BinaryHeap<Reverse<(Instant, JobId)>>,
-    groups: HashMap<Arc<str>, Group>,
-    tenants: HashMap<Arc<str>, Tenant>,
+    groups: NameMap<Arc<str>, Group>,
+    tenants: NameMap<Arc<str>, Tenant>,
     gpu_kinds: Vec<String>,
     capacity: Pool,
     free: Pool,
@@ -325,8 +325,8 @@ impl State {
             jobs: IdMap::default(),
             levels: Default::default(),
             delayed: BinaryHeap::new(),
-            groups: HashMap::new(),
-            tenants: HashMap::new(),
+            groups: NameMap::default(),
+            tenants: NameMap::default(),
             gpu_kinds,
             free: capacity.clone(),
             capacity,

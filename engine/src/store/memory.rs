@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::id_map::{IdMap, spread};
+use crate::id_map::{IdMap, NameMap, spread};
 use work_host_api::{CompactString, Job, JobId, JobStatus};
 
 use super::{Inserted, JobPage, JobQuery, Store, StoreError, Transition};
@@ -24,7 +24,7 @@ const SHARDS: usize = 32;
 #[derive(Default)]
 pub struct MemoryStore {
     shards: [Mutex<IdMap<Arc<Job>>>; SHARDS],
-    tenants: RwLock<HashMap<String, Arc<Mutex<TenantIndex>>>>,
+    tenants: RwLock<NameMap<CompactString, Arc<Mutex<TenantIndex>>>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -38,10 +38,10 @@ impl std::fmt::Debug for MemoryStore {
 struct TenantIndex {
     all: Ascending,
     by_status: [BTreeSet<JobId>; JobStatus::ALL.len()],
-    by_namespace: HashMap<CompactString, Ascending>,
+    by_namespace: NameMap<CompactString, Ascending>,
     dead_letters: BTreeSet<JobId>,
-    idempotency: HashMap<String, JobId>,
-    external: HashMap<String, JobId>,
+    idempotency: NameMap<String, JobId>,
+    external: NameMap<String, JobId>,
 }
 
 /// Ids that are only ever added, nearly in order (UUID v7 ids grow with
@@ -138,7 +138,7 @@ impl MemoryStore {
         if let Some(index) = self.tenant(tenant) {
             return index;
         }
-        Arc::clone(self.tenants.write().entry(tenant.to_owned()).or_default())
+        Arc::clone(self.tenants.write().entry(tenant.into()).or_default())
     }
 
     /// Applies each change under its shard's lock, then brings the status

@@ -59,7 +59,7 @@ pub enum Transition {
     /// `lease_epoch`, sets `started_at` and `backend`.
     Claim {
         /// The backend that runs the attempt.
-        backend: String,
+        backend: work_host_api::CompactString,
         /// When.
         at: DateTime<Utc>,
     },
