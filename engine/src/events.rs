@@ -1,6 +1,9 @@
 //! Lifecycle events (SPEC §7): one [`Event`] per step, as a `tracing` event
 //! and on the stream [`Engine::subscribe`](crate::Engine::subscribe) hands out.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -205,6 +208,19 @@ pub enum EventStreamError {
 #[derive(Debug)]
 pub struct EventStream {
     receiver: broadcast::Receiver<Event>,
+    _listening: Listening,
+}
+
+/// Counts a subscriber for as long as it lives: the count is what every
+/// lifecycle step checks, and an atomic is cheaper to read than the
+/// channel's own count (a lock).
+#[derive(Debug)]
+struct Listening(Arc<AtomicUsize>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl EventStream {
@@ -247,18 +263,22 @@ impl EventStream {
 #[derive(Debug)]
 pub(crate) struct Telemetry {
     sender: broadcast::Sender<Event>,
+    listeners: Arc<AtomicUsize>,
 }
 
 impl Telemetry {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             sender: broadcast::Sender::new(capacity.max(1)),
+            listeners: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     pub(crate) fn subscribe(&self) -> EventStream {
+        self.listeners.fetch_add(1, Ordering::Acquire);
         EventStream {
             receiver: self.sender.subscribe(),
+            _listening: Listening(Arc::clone(&self.listeners)),
         }
     }
 
@@ -275,7 +295,7 @@ impl Telemetry {
         make: impl FnOnce() -> EventData,
     ) {
         let traced = tracing::enabled!(target: "work_engine::event", tracing::Level::DEBUG);
-        if !traced && self.sender.receiver_count() == 0 {
+        if !traced && self.listeners.load(Ordering::Acquire) == 0 {
             return;
         }
         let event = Event {

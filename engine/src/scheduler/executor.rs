@@ -27,7 +27,7 @@ use crate::events::EventData;
 use crate::store::Transition;
 
 /// The most dispatched jobs a runner takes at once.
-const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 
 /// How long a runner keeps running attempts in place before it hands the
 /// rest of its batch to tasks of their own, so that one slow attempt does

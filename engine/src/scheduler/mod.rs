@@ -459,7 +459,7 @@ impl Engine {
         let mut placed = Vec::with_capacity(prepared.len());
         let mut doomed = Vec::new();
         let mut holds = Vec::new();
-        let wake = {
+        let (wake, backlog) = {
             let mut state = inner.state.lock();
             let now = Instant::now();
             for (p, inserted) in prepared.into_iter().zip(inserted) {
@@ -484,7 +484,7 @@ impl Engine {
                 placed.push((accepted.len(), p.backend, outcome));
                 accepted.push(p.job);
             }
-            state.dispatch(now)
+            (state.dispatch(now), state.runnable_len())
         };
         for &(index, backend, outcome) in &placed {
             let job = &accepted[index];
@@ -503,6 +503,14 @@ impl Engine {
             inner.announce_queued(job, outcome);
         }
         inner.wake_runner(wake);
+        if wake && backlog > executor::BATCH {
+            // A runner woken from here waits in this worker's next-task
+            // slot, which other workers cannot steal from. With more work
+            // than one runner takes at once, yield: this task moves
+            // behind it, where an idle worker can pick either up, so the
+            // runners and the submitter use every worker.
+            tokio::task::yield_now().await;
+        }
         for id in doomed {
             inner
                 .cancel_waiting(id, dependency_failed("a dependency had already failed"))

@@ -818,6 +818,11 @@ impl State {
         self.runnable.len() > before && self.idle_runners > 0
     }
 
+    /// Dispatched jobs no runner has taken yet.
+    pub(crate) fn runnable_len(&self) -> usize {
+        self.runnable.len()
+    }
+
     /// A runner's share of the dispatched jobs, at most `max`: an equal
     /// share when there are few, so that every runner gets some. A runner
     /// that gets none counts as idle (`idle` set) until its next call.
