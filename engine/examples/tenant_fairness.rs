@@ -31,7 +31,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .backend(mock.clone())
         .build()?;
-    let mut ids = Vec::new();
+    // A job that holds the only CPU while both floods are queued.
+    let blocker = engine
+        .submit(NewJob::new(
+            "demo",
+            "ops",
+            json!({"mock": {"delay_ms": 300}}),
+        ))
+        .await?;
+    let mut ids = vec![blocker.id];
     for tenant in ["big-co", "small-co"] {
         let flood = (0..2_000)
             .map(|_| NewJob::new("demo", tenant, json!({})))
@@ -60,12 +68,12 @@ async fn main() -> anyhow::Result<()> {
         .position(|run| run.job_id == late.id)
         .unwrap_or(usize::MAX);
     println!(
-        "late-co's job started after {} other dispatches (bound: tenants x quantum x weight = {})",
+        "late-co's job started after {} other dispatches (bound: tenants x quantum x weight = {}, plus the job already dispatched)",
         position - before,
         (1 + 2 + 1) * quantum
     );
     let mut share: HashMap<String, usize> = HashMap::new();
-    for run in &history[..history.len().min(300)] {
+    for run in history.iter().skip(1).take(300) {
         *share.entry(run.tenant_id.clone()).or_default() += 1;
     }
     println!("first 300 dispatches by tenant: {share:?}");
