@@ -28,7 +28,7 @@ mod stats;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -400,11 +400,14 @@ impl Engine {
                 source: Box::new(err),
             }
         };
+        // One clock read for the whole submission: its jobs were created
+        // together.
+        let submitted_at = Utc::now();
         let mut prepared = Vec::with_capacity(new.len());
         for (index, job) in new.into_iter().enumerate() {
             prepared.push(
                 inner
-                    .prepare(job, batch)
+                    .prepare(job, batch, submitted_at)
                     .await
                     .map_err(batch_error(index))?,
             );
@@ -838,7 +841,12 @@ impl Inner {
     }
 
     /// Checks a submission and fills in its defaults.
-    async fn prepare(&self, new: NewJob, batch: Option<Uuid>) -> Result<Prepared, EngineError> {
+    async fn prepare(
+        &self,
+        new: NewJob,
+        batch: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Result<Prepared, EngineError> {
         check_name("tenant_id", &new.tenant_id)?;
         check_name("kind", new.kind.as_str())?;
         if let Some(namespace) = &new.namespace {
@@ -870,7 +878,6 @@ impl Inner {
         }
         constraints.depends_on.sort_unstable();
         constraints.depends_on.dedup();
-        let now = Utc::now();
         let run_at = constraints
             .not_before
             .and_then(|at| (at - now).to_std().ok().map(|delay| Instant::now() + delay));

@@ -158,18 +158,29 @@ impl MemoryStore {
                 Ok(Arc::clone(job))
             })
             .collect();
-        // By tenant, so each index is locked once.
-        let tenant_of = |i: usize| match &results[i] {
-            Ok(job) => job.tenant_id.as_str(),
-            Err(_) => "",
-        };
-        moved.sort_by(|a, b| tenant_of(a.2).cmp(tenant_of(b.2)));
-        for group in moved.chunk_by(|a, b| tenant_of(a.2) == tenant_of(b.2)) {
-            let Some(index) = self.tenant(tenant_of(group[0].2)) else {
-                continue;
+        // By tenant, so each index is locked once: look each tenant's
+        // index up once (batches are mostly one tenant's), then order by it.
+        let mut indexes: Vec<(&str, Arc<Mutex<TenantIndex>>)> = Vec::new();
+        let mut grouped: Vec<(usize, JobId, JobStatus, usize)> = Vec::with_capacity(moved.len());
+        for (id, before, i) in moved {
+            let Ok(job) = &results[i] else { continue };
+            let tenant = job.tenant_id.as_str();
+            let slot = match indexes.iter().rposition(|(name, _)| *name == tenant) {
+                Some(slot) => slot,
+                None => match self.tenant(tenant) {
+                    Some(index) => {
+                        indexes.push((tenant, index));
+                        indexes.len() - 1
+                    }
+                    None => continue,
+                },
             };
-            let mut index = index.lock();
-            for &(id, before, i) in group {
+            grouped.push((slot, id, before, i));
+        }
+        grouped.sort_by_key(|&(slot, ..)| slot);
+        for group in grouped.chunk_by(|a, b| a.0 == b.0) {
+            let mut index = indexes[group[0].0].1.lock();
+            for &(_, id, before, i) in group {
                 let Ok(after) = &results[i] else { continue };
                 // Re-read under the index lock: a later transition may
                 // already have moved the job on.
