@@ -53,7 +53,10 @@ async fn concurrent_calls_each_get_their_own_instance() {
     let (_dir, host) = host_with(&[guests::CALCULATOR, guests::TRAP]).await;
     let host = std::sync::Arc::new(host);
     let mut tasks = Vec::new();
-    for i in 0..32 {
+    // As many as the test pool has slots: on a busy machine the calls
+    // yield and all overlap, and one more would be refused for want of a
+    // slot (a `backend_error`, tested elsewhere).
+    for i in 0..16 {
         let host = std::sync::Arc::clone(&host);
         tasks.push(tokio::spawn(async move {
             if i % 4 == 0 {
