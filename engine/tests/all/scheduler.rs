@@ -1061,3 +1061,33 @@ async fn external_ids_find_jobs_per_tenant() {
             .is_none()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_that_waits_does_not_hold_up_its_runner() {
+    let mock = MockBackend::new();
+    // One runner: quick jobs dispatched beside a hanging one still run,
+    // because the hanging attempt moves to a task of its own.
+    let engine = builder(8.0, &mock).runners(1).build().unwrap();
+    let hung = engine
+        .submit(job("a", json!({"hang": true})))
+        .await
+        .unwrap();
+    let quick: Vec<_> = engine
+        .submit_batch((0..20).map(|_| job("a", json!({}))).collect())
+        .await
+        .unwrap()
+        .jobs
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    for job in run_all(&engine, &quick).await {
+        assert_eq!(job.status, JobStatus::Succeeded);
+    }
+    assert_eq!(
+        engine.get(hung.id).await.unwrap().status,
+        JobStatus::Running
+    );
+    assert_eq!(engine.cancel(hung.id).await.unwrap().id, hung.id);
+    let hung = engine.wait(hung.id, LONG).await.unwrap();
+    assert_eq!(hung.status, JobStatus::Canceled);
+}

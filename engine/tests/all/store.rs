@@ -201,6 +201,57 @@ async fn conformance(store: &dyn Store) {
         store.transition(missing, claim()).await.map(|_| ()),
         Err(StoreError::NotFound(missing))
     );
+
+    // A batch of transitions: one result each, in order, each atomic on
+    // its own (a refused one leaves the others done), indexes kept right.
+    let (x, y) = (job("t4", "ns"), job("t5", "ns"));
+    store.insert(shared([&x, &y])).await.unwrap();
+    let results = store
+        .transition_batch(vec![
+            (x.id, claim()),
+            (x.id, claim()),
+            (missing, claim()),
+            (y.id, claim()),
+            (x.id, finish(1, JobStatus::Succeeded)),
+        ])
+        .await;
+    assert_eq!(results.len(), 5);
+    assert_eq!(results[0].as_ref().map(|j| j.lease_epoch), Ok(1));
+    assert!(
+        matches!(&results[1], Err(StoreError::Conflict { id, status: JobStatus::Running, .. }) if *id == x.id),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(
+        results[2].as_ref().map(|_| ()),
+        Err(&StoreError::NotFound(missing))
+    );
+    assert_eq!(
+        results[3].as_ref().map(|j| j.status),
+        Ok(JobStatus::Running)
+    );
+    assert_eq!(
+        results[4].as_ref().map(|j| j.status),
+        Ok(JobStatus::Succeeded)
+    );
+    for (tenant, id, status) in [
+        ("t4", x.id, JobStatus::Succeeded),
+        ("t5", y.id, JobStatus::Running),
+    ] {
+        let page = store
+            .list(&JobQuery::tenant(tenant).status(status))
+            .await
+            .unwrap();
+        assert_eq!(page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [id]);
+        assert!(
+            store
+                .list(&JobQuery::tenant(tenant).status(JobStatus::Queued))
+                .await
+                .unwrap()
+                .jobs
+                .is_empty()
+        );
+    }
 }
 
 #[tokio::test]
