@@ -204,39 +204,31 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
         return;
     }
     let at = Utc::now();
-    let now = Instant::now();
-    let mut run_at = Vec::with_capacity(done.len());
     let changes = done
         .iter_mut()
         .map(|d| {
             let change = match &mut d.decision {
-                Decision::Retry { delay, error } => {
-                    run_at.push(Some(now + *delay));
-                    Transition::Retry {
-                        epoch: d.epoch,
-                        outcome: d.class,
-                        error: error.clone(),
-                        next_run_at: at + chrono::Duration::from_std(*delay).unwrap_or_default(),
-                    }
-                }
+                Decision::Retry { delay, error } => Transition::Retry {
+                    epoch: d.epoch,
+                    outcome: d.class,
+                    error: error.clone(),
+                    next_run_at: at + chrono::Duration::from_std(*delay).unwrap_or_default(),
+                },
                 Decision::Finish {
                     status,
                     result,
                     error,
                     dead_letter,
-                } => {
-                    run_at.push(None);
-                    Transition::Finish {
-                        epoch: d.epoch,
-                        status: *status,
-                        outcome: d.class,
-                        // Only the store needs the result.
-                        result: result.take(),
-                        error: error.clone(),
-                        dead_letter: *dead_letter,
-                        at,
-                    }
-                }
+                } => Transition::Finish {
+                    epoch: d.epoch,
+                    status: *status,
+                    outcome: d.class,
+                    // Only the store needs the result.
+                    result: result.take(),
+                    error: error.clone(),
+                    dead_letter: *dead_letter,
+                    at,
+                },
             };
             (d.id, change)
         })
@@ -253,16 +245,13 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
                 continue;
             }
             state.end_attempt(d.id, now);
-            match (&d.decision, run_at[i]) {
-                (Decision::Retry { .. }, Some(run_at)) => {
-                    requeued[i] = state.retry(d.id, run_at, now);
+            match &d.decision {
+                Decision::Retry { delay, .. } => {
+                    requeued[i] = state.retry(d.id, now + *delay, now);
                 }
-                (Decision::Finish { status, .. }, _) => {
-                    let more = state.finished(d.id, *status, now);
-                    released.ready.extend(more.ready);
-                    released.doomed.extend(more.doomed);
+                Decision::Finish { status, .. } => {
+                    released.absorb(state.finished(d.id, *status, now));
                 }
-                (Decision::Retry { .. }, None) => {}
             }
         }
         state.dispatch(now)

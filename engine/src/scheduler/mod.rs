@@ -244,14 +244,6 @@ impl EngineBuilder {
                 reason: format!("{} backends; at most {}", self.backends.len(), u16::MAX),
             });
         }
-        let mut gpu_kinds: Vec<&str> = capacity.gpus.iter().map(|d| d.kind.as_str()).collect();
-        gpu_kinds.sort_unstable();
-        gpu_kinds.dedup();
-        if gpu_kinds.len() > usize::from(u16::MAX) {
-            return Err(EngineError::InvalidConfig {
-                reason: format!("{} GPU types; at most {}", gpu_kinds.len(), u16::MAX),
-            });
-        }
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| EngineError::InvalidConfig {
                 reason: "Engine::build must be called inside a Tokio runtime".to_owned(),
@@ -261,6 +253,15 @@ impl EngineBuilder {
             .unwrap_or_else(|| runtime.metrics().num_workers().max(1));
         let event_capacity = self.config.event_capacity;
         let mut state = State::new(self.config);
+        if state.gpu_kinds().len() > usize::from(u16::MAX) {
+            return Err(EngineError::InvalidConfig {
+                reason: format!(
+                    "{} GPU types; at most {}",
+                    state.gpu_kinds().len(),
+                    u16::MAX
+                ),
+            });
+        }
         state.runners = runners;
         let inner = Arc::new(Inner {
             store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
@@ -1081,8 +1082,7 @@ impl Inner {
             for id in doomed {
                 let error = dependency_failed("a dependency did not succeed");
                 let (_, more) = self.record_cancel(id, error).await;
-                released.ready.extend(more.ready);
-                released.doomed.extend(more.doomed);
+                released.absorb(more);
             }
         }
     }

@@ -255,6 +255,14 @@ pub(crate) struct Released {
     pub(crate) doomed: Vec<JobId>,
 }
 
+impl Released {
+    /// Adds what another job's end released.
+    pub(crate) fn absorb(&mut self, other: Released) {
+        self.ready.extend(other.ready);
+        self.doomed.extend(other.doomed);
+    }
+}
+
 /// What [`State::request_cancel`] found.
 #[derive(Debug)]
 pub(crate) enum CancelAction {
