@@ -463,7 +463,7 @@ impl Engine {
         let mut placed = Vec::with_capacity(prepared.len());
         let mut doomed = Vec::new();
         let mut holds = Vec::new();
-        let (wake, backlog) = {
+        let (wake, backlogged) = {
             let mut state = inner.state.lock();
             let now = Instant::now();
             for (p, inserted) in prepared.into_iter().zip(inserted) {
@@ -488,7 +488,7 @@ impl Engine {
                 placed.push((accepted.len(), p.backend, outcome));
                 accepted.push(p.job);
             }
-            (state.dispatch(now), state.runnable_len())
+            (state.dispatch(now), state.backlogged(executor::BATCH))
         };
         for &(index, backend, outcome) in &placed {
             let job = &accepted[index];
@@ -507,12 +507,15 @@ impl Engine {
             inner.announce_queued(job, outcome);
         }
         inner.wake_runner(wake);
-        if wake && backlog > executor::BATCH {
-            // A runner woken from here waits in this worker's next-task
-            // slot, which other workers cannot steal from. With more work
-            // than one runner takes at once, yield: this task moves
-            // behind it, where an idle worker can pick either up, so the
-            // runners and the submitter use every worker.
+        if wake && backlogged {
+            // The woken runner waits in this worker's next-task slot, which
+            // other workers cannot steal from, until this task yields; a
+            // caller that submits in a loop without awaiting anything
+            // keeps it there. Small amounts of work may wait for it (they
+            // make bigger batches), but not more than a runner takes at
+            // once, nor queued work that waits for running jobs to end.
+            // Yield: this task moves behind the runner, where an idle
+            // worker can pick either up.
             tokio::task::yield_now().await;
         }
         for id in doomed {

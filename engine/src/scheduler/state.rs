@@ -826,9 +826,12 @@ impl State {
         self.runnable.len() > before && self.idle_runners > 0
     }
 
-    /// Dispatched jobs no runner has taken yet.
-    pub(crate) fn runnable_len(&self) -> usize {
-        self.runnable.len()
+    /// Whether the runners have work enough that a submitter should let
+    /// them at it before it goes on: more dispatched jobs than one runner
+    /// takes at once, or queued jobs that only finishing ones can let
+    /// start.
+    pub(crate) fn backlogged(&self, batch: usize) -> bool {
+        self.runnable.len() > batch || self.levels.iter().any(|level| level.depth > 0)
     }
 
     /// A runner's share of the dispatched jobs, at most `max`: an equal
