@@ -50,6 +50,8 @@ mod id_map;
 pub mod registry;
 pub mod runtime;
 pub mod scheduler;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod store;
 mod tool_host;
 

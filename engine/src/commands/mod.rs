@@ -3,6 +3,7 @@
 
 mod call;
 mod register;
+mod serve;
 mod tools;
 
 use crate::ToolHost;
@@ -36,6 +37,8 @@ enum Command {
     Tools(tools::ToolsArgs),
     /// Call a tool and print its result.
     Call(call::CallArgs),
+    /// Serve the HTTP API, keeping jobs in the data directory.
+    Serve(serve::ServeArgs),
 }
 
 /// Exit status of a command that ran but whose work failed (a failed call,
@@ -59,10 +62,13 @@ pub fn main() -> ExitCode {
         }
     };
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The server uses every core; a one-shot command needs one thread.
+    let mut builder = if matches!(cli.command, Command::Serve(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             errln!("error: cannot start the async runtime: {err}");
@@ -85,6 +91,7 @@ impl Cli {
             Command::Register(args) => args.run(&self.data_dir).await,
             Command::Tools(args) => args.run(&self.data_dir),
             Command::Call(args) => args.run(&self.data_dir).await,
+            Command::Serve(args) => args.run(&self.data_dir).await,
         }
     }
 }

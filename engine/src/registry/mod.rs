@@ -51,6 +51,35 @@ impl ToolManifest {
     pub fn id(&self) -> String {
         format!("{}@{}", self.name, self.version)
     }
+
+    /// The tool as a function declaration for an LLM API.
+    pub fn declaration(&self, format: DeclarationFormat) -> serde_json::Value {
+        let (name, description, parameters) = (&self.name, &self.description, &self.parameters);
+        match format {
+            DeclarationFormat::Openai => serde_json::json!({
+                "type": "function",
+                "function": {"name": name, "description": description, "parameters": parameters},
+            }),
+            DeclarationFormat::Gemini => serde_json::json!({
+                "name": name, "description": description, "parameters": parameters,
+            }),
+            DeclarationFormat::Mcp => serde_json::json!({
+                "name": name, "description": description, "inputSchema": parameters,
+            }),
+        }
+    }
+}
+
+/// The function-declaration formats of LLM tool calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeclarationFormat {
+    /// OpenAI's `tools` entry: `{"type": "function", "function": {...}}`.
+    Openai,
+    /// Gemini's `FunctionDeclaration`: `{"name", "description", "parameters"}`.
+    Gemini,
+    /// A Model Context Protocol tool: `{"name", "description", "inputSchema"}`.
+    Mcp,
 }
 
 /// A tool as callers name it: `name` (the newest version) or

@@ -35,7 +35,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use work_host_api::{
-    AdmitError, Backend, Job, JobError, JobId, JobStatus, NewJob, Priority, RetryPolicy,
+    AdmitError, Backend, Job, JobError, JobId, JobStatus, NewJob, OutcomeClass, Priority,
+    RetryPolicy,
 };
 
 use crate::events::{EventData, EventStream, Telemetry};
@@ -527,6 +528,134 @@ impl Engine {
             inner.resolve_hold(id, &deps).await;
         }
         Ok(accepted)
+    }
+
+    /// Takes up the jobs the store holds that have not ended, as an engine
+    /// starting on a durable store must: queued and pending jobs are
+    /// scheduled again (quotas do not apply: they were accepted already);
+    /// a job that was running when the previous engine stopped has lost
+    /// its attempt, which counts: it is queued for another, or ends
+    /// `failed` (dead-lettered, `backend_error`) when it has none left. A
+    /// job no backend here can run, or that no longer fits the capacity,
+    /// ends `canceled` with the reason. Call it once, before submitting.
+    ///
+    /// Returns how many jobs were taken up.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Store`] when the store cannot be read.
+    pub async fn recover(&self) -> Result<usize, EngineError> {
+        let inner = &self.inner;
+        let mut jobs = inner.store.unfinished().await?;
+        jobs.sort_by_key(|job| job.id);
+        let at = Utc::now();
+        let mut recovered = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if job.status != JobStatus::Running {
+                recovered.push(job);
+                continue;
+            }
+            let lost = format!(
+                "the engine stopped during attempt {} of {}",
+                job.attempt,
+                job.retry_policy().max_attempts
+            );
+            let error = |retryable| JobError {
+                code: OutcomeClass::BackendError.as_str().to_owned(),
+                message: lost.clone(),
+                retryable,
+            };
+            let change = if job.attempt < job.retry_policy().max_attempts {
+                Transition::Retry {
+                    epoch: job.lease_epoch,
+                    outcome: OutcomeClass::BackendError,
+                    error: error(true),
+                    next_run_at: at,
+                }
+            } else {
+                Transition::Finish {
+                    epoch: job.lease_epoch,
+                    status: JobStatus::Failed,
+                    outcome: OutcomeClass::BackendError,
+                    result: None,
+                    error: Some(error(false)),
+                    dead_letter: true,
+                    at,
+                }
+            };
+            let job = inner.store.transition(job.id, change).await?;
+            if !job.status.is_terminal() {
+                recovered.push(job);
+            }
+        }
+
+        // Queued before pending, so that dependencies are live when their
+        // dependents are placed.
+        recovered.sort_by_key(|job| (job.status == JobStatus::Pending, job.id));
+        let count = recovered.len();
+        let mut doomed = Vec::new();
+        for job in recovered {
+            let mut open_deps = Vec::new();
+            let mut failed_dep = None;
+            if job.status == JobStatus::Pending {
+                for dep in &job.constraints.depends_on {
+                    match inner.store.get(*dep).await? {
+                        Some(found) if found.status == JobStatus::Succeeded => {}
+                        Some(found) if !found.status.is_terminal() => open_deps.push(*dep),
+                        _ => failed_dep = Some(*dep),
+                    }
+                }
+            }
+            let now = Instant::now();
+            let refused = {
+                let mut state = inner.state.lock();
+                let placed = inner.select_backend(&job).and_then(|backend| {
+                    live_for(&mut state, &job, backend, now).map(|live| (backend, live))
+                });
+                match placed {
+                    Ok((_, live)) => {
+                        state.readmit(job.id, live, now);
+                        if failed_dep.is_some() {
+                            state.doom(job.id);
+                        } else {
+                            let run_at = job
+                                .next_run_at
+                                .and_then(|at| (at - Utc::now()).to_std().ok())
+                                .map(|delay| now + delay);
+                            let outcome = state.place(job.id, &open_deps, false, run_at, now);
+                            drop(state);
+                            inner.announce_queued(&job, outcome);
+                        }
+                        None
+                    }
+                    Err(err) => Some(err),
+                }
+            };
+            if let Some(dep) = failed_dep {
+                doomed.push((job.id, dep));
+            }
+            if let Some(err) = refused {
+                let error = JobError {
+                    code: err.code().to_owned(),
+                    message: format!("cannot run after a restart: {err}"),
+                    retryable: false,
+                };
+                let at = Utc::now();
+                inner
+                    .store
+                    .transition(job.id, Transition::Cancel { error, at })
+                    .await?;
+            }
+        }
+        for (id, dep) in doomed {
+            inner
+                .cancel_waiting(id, dependency_failed(format!("dependency {dep} failed")))
+                .await;
+        }
+        let wake = inner.state.lock().dispatch(Instant::now());
+        inner.wake_runner(wake);
+        inner.timer.notify_one();
+        Ok(count)
     }
 
     /// One job.

@@ -528,11 +528,18 @@ impl State {
             }
         }
         for (id, live) in jobs {
-            self.levels[live.priority.index()].waiting += 1;
-            self.tenant_mut(&live.tenant, now).waiting += 1;
-            self.jobs.insert(id, Box::new(live));
+            self.readmit(id, live, now);
         }
         Ok(())
+    }
+
+    /// Takes in a job without checking queue capacity or quotas: one
+    /// already accepted, as when an engine starts on a store's unfinished
+    /// jobs.
+    pub(crate) fn readmit(&mut self, id: JobId, live: Live, now: Instant) {
+        self.levels[live.priority.index()].waiting += 1;
+        self.tenant_mut(&live.tenant, now).waiting += 1;
+        self.jobs.insert(id, Box::new(live));
     }
 
     /// Forgets jobs admitted but never stored (the store refused, or an

@@ -10,6 +10,8 @@
 //! were claimed with.
 
 mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 use std::sync::Arc;
 
@@ -17,6 +19,8 @@ use chrono::{DateTime, Utc};
 use work_host_api::{Job, JobError, JobId, JobKind, JobStatus, OutcomeClass};
 
 pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
 
 /// Why the store refused or failed an operation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

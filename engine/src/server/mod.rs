@@ -1,0 +1,222 @@
+//! The HTTP API (`/v1`, JSON) over an [`Engine`] and its [`ToolHost`]:
+//! a thin layer that parses, calls the engine and maps its errors to
+//! problem documents ([`ApiError`]).
+//!
+//! ```no_run
+//! # async fn demo(engine: work_engine::Engine, host: std::sync::Arc<work_engine::ToolHost>)
+//! # -> std::io::Result<()> {
+//! use work_engine::server::{Server, ServerConfig};
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let server = Server::new(engine, host, ServerConfig::default());
+//! server.run(listener, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+//!
+//! Routes by concern: [`jobs`](self) (`/v1/jobs`, `/v1/batches`),
+//! tools (`/v1/tools`), operations (`/v1/stats`, `/v1/dead-letters`,
+//! `/healthz`). Who the caller is comes from [`Caller`], the seam where
+//! authentication decides it; until API keys exist every caller may act
+//! for any tenant, named in the body or the query.
+
+mod jobs;
+mod ops;
+mod problem;
+mod tools;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+
+pub use problem::ApiError;
+
+use crate::{Engine, ToolHost};
+
+/// Limits and timings of the HTTP layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// The largest JSON request body, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// The largest tool upload (`POST /v1/tools`), in bytes.
+    pub max_upload_bytes: usize,
+    /// The longest a `wait` or a synchronous tool call holds a request.
+    pub max_wait: Duration,
+    /// How long a shutdown lets running jobs finish before it stops.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 << 20,
+            max_upload_bytes: 64 << 20,
+            max_wait: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    engine: Engine,
+    host: Arc<ToolHost>,
+    config: Arc<ServerConfig>,
+    draining: Arc<AtomicBool>,
+}
+
+/// Who is calling. Until API keys exist every caller is [`Caller::Anyone`]
+/// and names the tenant it acts for; authentication will decide it here,
+/// in one place, for every route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Unauthenticated: may act for any tenant.
+    Anyone,
+}
+
+impl Caller {
+    /// The tenant this caller acts for when it asks for `requested`.
+    fn tenant(&self, requested: Option<String>) -> Result<String, ApiError> {
+        match self {
+            Self::Anyone => requested.ok_or_else(|| {
+                ApiError::bad_request("missing_tenant", "name the tenant: `?tenant=NAME`")
+            }),
+        }
+    }
+
+    /// Whether this caller may submit work for `tenant`.
+    fn may_act_for(&self, _tenant: &str) -> Result<(), ApiError> {
+        match self {
+            Self::Anyone => Ok(()),
+        }
+    }
+
+    /// Whether this caller may see (and so cancel or wait for) `job`.
+    fn may_see(&self, job: &work_host_api::Job) -> Result<(), ApiError> {
+        self.may_act_for(&job.tenant_id)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        Ok(Self::Anyone)
+    }
+}
+
+/// The HTTP server: an [`Engine`] and its [`ToolHost`] behind the `/v1`
+/// routes.
+pub struct Server {
+    state: AppState,
+}
+
+impl Server {
+    /// A server over `engine`, whose `tool_call` jobs run on `host`.
+    pub fn new(engine: Engine, host: Arc<ToolHost>, config: ServerConfig) -> Self {
+        Self {
+            state: AppState {
+                engine,
+                host,
+                config: Arc::new(config),
+                draining: Arc::new(AtomicBool::new(false)),
+            },
+        }
+    }
+
+    /// Every route, with its limits and error handling.
+    pub fn router(&self) -> Router {
+        let state = self.state.clone();
+        Router::new()
+            .merge(jobs::routes())
+            .merge(tools::routes(&state.config))
+            .merge(ops::routes())
+            .fallback(unknown_route)
+            .method_not_allowed_fallback(wrong_method)
+            .layer(middleware::from_fn_with_state(state.clone(), refuse_while_draining))
+            .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+            .with_state(state)
+    }
+
+    /// Serves on `listener` until `shutdown` resolves; then refuses new
+    /// work (503), lets running jobs finish for up to the configured grace
+    /// and returns.
+    ///
+    /// # Errors
+    ///
+    /// When the listener fails.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let router = self.router();
+        let state = self.state;
+        let stopping = async move {
+            shutdown.await;
+            state.draining.store(true, Ordering::SeqCst);
+            tracing::info!("shutting down: refusing new work, letting running jobs finish");
+            let deadline = tokio::time::Instant::now() + state.config.shutdown_grace;
+            while state.engine.stats().jobs.running > 0 && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stopping)
+            .await
+    }
+}
+
+/// While shutting down, every request that would start work is refused.
+async fn refuse_while_draining(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.draining.load(Ordering::SeqCst) && request.method() != axum::http::Method::GET {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down and accepts no new work",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn unknown_route(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_route",
+        format!("no route {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn wrong_method(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+    )
+}
+
+/// A handler that panicked: a bug, answered as one, never a dropped
+/// connection.
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the server failed on this request",
+    )
+    .into_response()
+}

@@ -1,0 +1,567 @@
+//! [`SqliteStore`]: jobs in one SQLite file, durable across crashes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+
+use parking_lot::{Mutex, RwLock};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
+use work_host_api::{Job, JobId};
+
+use super::{Inserted, JobPage, JobQuery, Store, StoreError, Transition};
+use crate::id_map::IdMap;
+
+/// The schema, one step per version; `PRAGMA user_version` records how
+/// many have been applied. Append, never edit.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs, the whole job as JSON beside the columns it is looked up by.
+    "CREATE TABLE jobs (
+        id BLOB PRIMARY KEY NOT NULL,
+        tenant_id TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        dead_letter INTEGER NOT NULL,
+        idempotency_key TEXT,
+        external_id TEXT,
+        batch_id BLOB,
+        body TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX jobs_by_tenant ON jobs (tenant_id, id);
+    CREATE INDEX jobs_by_status ON jobs (tenant_id, status, id);
+    CREATE INDEX jobs_by_namespace ON jobs (tenant_id, namespace, id);
+    CREATE UNIQUE INDEX jobs_by_idempotency_key ON jobs (tenant_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_by_external_id ON jobs (tenant_id, external_id, id)
+        WHERE external_id IS NOT NULL;
+    CREATE INDEX jobs_by_batch ON jobs (tenant_id, batch_id, id) WHERE batch_id IS NOT NULL;
+    CREATE INDEX jobs_dead_letters ON jobs (tenant_id, id) WHERE dead_letter = 1;
+    CREATE INDEX jobs_unfinished ON jobs (status)
+        WHERE status IN ('pending', 'queued', 'running');",
+];
+
+/// The most changes committed together.
+const MAX_GROUP: usize = 4096;
+
+/// Jobs in a SQLite database file: what `work-engine serve` keeps its jobs
+/// in by default.
+///
+/// - **Durable**: WAL mode with `synchronous = FULL`; an insert or a
+///   transition returns once its transaction is committed, so a job the
+///   API accepted survives `kill -9` and power loss.
+/// - **Group commit**: one writer thread owns the write connection; it
+///   takes every change waiting for it, applies them in one transaction
+///   and commits once, so under load one fsync covers many jobs.
+/// - **Reads** run on a small pool of read connections beside the writer
+///   (WAL lets them read while it writes). Jobs that have not ended are
+///   also kept in memory, so the scheduler's claims and completions read
+///   nothing from disk.
+/// - **Migrations** are versioned and applied when the file is opened.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<mpsc::Sender<Op>>,
+    readers: Mutex<Vec<Connection>>,
+    /// Every job that has not ended, as last committed.
+    live: Arc<RwLock<IdMap<Arc<Job>>>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+type InsertReply = oneshot::Sender<Result<Vec<Inserted>, StoreError>>;
+type TransitionReply = oneshot::Sender<Vec<Result<Arc<Job>, StoreError>>>;
+
+/// Work for the writer thread.
+enum Op {
+    Insert(Vec<Arc<Job>>, InsertReply),
+    Transition(Vec<(JobId, Transition)>, TransitionReply),
+}
+
+fn backend(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its
+    /// schema up to date.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when the file cannot be opened or migrated,
+    /// or was written by a newer version of work-engine.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = connect(&path, false)?;
+        migrate(&mut conn)?;
+        let live: IdMap<Arc<Job>> = unfinished_in(&conn)?
+            .into_iter()
+            .map(|job| (job.id, Arc::new(job)))
+            .collect();
+        let live = Arc::new(RwLock::new(live));
+        let (sender, receiver) = mpsc::channel();
+        let writer_live = Arc::clone(&live);
+        std::thread::Builder::new()
+            .name("work-engine-sqlite".into())
+            .spawn(move || Writer { conn, live: writer_live }.run(receiver))
+            .map_err(backend)?;
+        Ok(Self {
+            path,
+            writer: Mutex::new(sender),
+            readers: Mutex::new(Vec::new()),
+            live,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn send<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.writer.lock().send(op(reply)).ok()?;
+        answer.await.ok()
+    }
+
+    /// Runs `read` on a pooled read connection, off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = match self.readers.lock().pop() {
+            Some(conn) => conn,
+            None => connect(&self.path, true)?,
+        };
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let result = read(&conn);
+            (conn, result)
+        })
+        .await
+        .map_err(backend)?;
+        self.readers.lock().push(conn);
+        result
+    }
+}
+
+fn connect(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(backend)?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+    }
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: usize = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(backend)?;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database is at schema version {applied}; this work-engine knows {}",
+            MIGRATIONS.len()
+        )));
+    }
+    for (version, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Exclusive)
+            .map_err(backend)?;
+        tx.execute_batch(migration).map_err(backend)?;
+        tx.pragma_update(None, "user_version", version + 1)
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn decode(body: &str) -> Result<Job, StoreError> {
+    serde_json::from_str(body).map_err(|err| backend(format!("corrupt job record: {err}")))
+}
+
+fn read_job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
+    let body: Option<String> = conn
+        .query_row(
+            "SELECT body FROM jobs WHERE id = ?1",
+            [&id.as_bytes()[..]],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    body.as_deref().map(decode).transpose()
+}
+
+fn unfinished_in(conn: &Connection) -> Result<Vec<Job>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT body FROM jobs WHERE status IN ('pending', 'queued', 'running') ORDER BY id",
+        )
+        .map_err(backend)?;
+    let rows = statement
+        .query_map([], |row| row.get::<_, String>(0))
+        .map_err(backend)?;
+    rows.map(|body| decode(&body.map_err(backend)?)).collect()
+}
+
+/// The writer thread: owns the write connection.
+struct Writer {
+    conn: Connection,
+    live: Arc<RwLock<IdMap<Arc<Job>>>>,
+}
+
+impl Writer {
+    fn run(mut self, receiver: mpsc::Receiver<Op>) {
+        while let Ok(first) = receiver.recv() {
+            let mut ops = vec![first];
+            while ops.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(ops);
+        }
+    }
+
+    /// Applies `ops` in one transaction, commits once, then answers each.
+    fn commit_group(&mut self, ops: Vec<Op>) {
+        let live = Arc::clone(&self.live);
+        let outcome = (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            // Jobs changed earlier in this group, newest version.
+            let mut changed: HashMap<JobId, Arc<Job>> = HashMap::new();
+            let mut answers = Vec::with_capacity(ops.len());
+            for op in ops {
+                match op {
+                    Op::Insert(jobs, reply) => {
+                        let result = insert(&tx, &jobs, &live, &changed);
+                        if let Ok(inserted) = &result {
+                            for (job, inserted) in jobs.iter().zip(inserted) {
+                                if matches!(inserted, Inserted::New) {
+                                    changed.insert(job.id, Arc::clone(job));
+                                }
+                            }
+                        }
+                        answers.push(Answer::Insert(reply, result));
+                    }
+                    Op::Transition(changes, reply) => {
+                        let results = changes
+                            .into_iter()
+                            .map(|(id, change)| {
+                                let job = transition(&tx, id, change, &live, &changed)?;
+                                changed.insert(id, Arc::clone(&job));
+                                Ok(job)
+                            })
+                            .collect();
+                        answers.push(Answer::Transition(reply, results));
+                    }
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok::<_, StoreError>((answers, changed))
+        })();
+        match outcome {
+            Ok((answers, published)) => {
+                {
+                    let mut live = self.live.write();
+                    for job in published.into_values() {
+                        if job.status.is_terminal() {
+                            live.remove(&job.id);
+                        } else {
+                            live.insert(job.id, job);
+                        }
+                    }
+                }
+                for answer in answers {
+                    answer.send();
+                }
+            }
+            Err(err) => {
+                // Nothing of the group was committed. The answers went with
+                // the failed transaction: their callers find their reply
+                // channels closed and report a storage failure.
+                tracing::error!(%err, "sqlite commit failed");
+            }
+        }
+    }
+}
+
+enum Answer {
+    Insert(InsertReply, Result<Vec<Inserted>, StoreError>),
+    Transition(TransitionReply, Vec<Result<Arc<Job>, StoreError>>),
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Self::Insert(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Self::Transition(reply, results) => {
+                let _ = reply.send(results);
+            }
+        }
+    }
+}
+
+/// The job as it stands in this transaction.
+fn current(
+    tx: &Connection,
+    id: JobId,
+    live: &RwLock<IdMap<Arc<Job>>>,
+    changed: &HashMap<JobId, Arc<Job>>,
+) -> Result<Option<Arc<Job>>, StoreError> {
+    if let Some(job) = changed.get(&id) {
+        return Ok(Some(Arc::clone(job)));
+    }
+    if let Some(job) = live.read().get(&id) {
+        return Ok(Some(Arc::clone(job)));
+    }
+    Ok(read_job(tx, id)?.map(Arc::new))
+}
+
+/// All or none, under a savepoint: the group around it goes on either way.
+fn insert(
+    tx: &rusqlite::Transaction<'_>,
+    jobs: &[Arc<Job>],
+    live: &RwLock<IdMap<Arc<Job>>>,
+    changed: &HashMap<JobId, Arc<Job>>,
+) -> Result<Vec<Inserted>, StoreError> {
+    let mut outcome = Vec::with_capacity(jobs.len());
+    let mut first_with_key: HashMap<(&str, &str), usize> = HashMap::new();
+    tx.execute_batch("SAVEPOINT insert_jobs").map_err(backend)?;
+    let result = (|| {
+        let mut exists = tx
+            .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")
+            .map_err(backend)?;
+        let mut by_key = tx
+            .prepare_cached("SELECT id FROM jobs WHERE tenant_id = ?1 AND idempotency_key = ?2")
+            .map_err(backend)?;
+        let mut put = tx
+            .prepare_cached(
+                "INSERT INTO jobs (id, tenant_id, namespace, kind, status, dead_letter,
+                    idempotency_key, external_id, batch_id, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .map_err(backend)?;
+        for (i, job) in jobs.iter().enumerate() {
+            if changed.contains_key(&job.id)
+                || exists
+                    .exists([&job.id.as_bytes()[..]])
+                    .map_err(backend)?
+            {
+                return Err(StoreError::Duplicate(job.id));
+            }
+            if let Some(key) = job.constraints.idempotency_key.as_deref() {
+                if let Some(&first) = first_with_key.get(&(job.tenant_id.as_str(), key)) {
+                    outcome.push(Inserted::Existing(Arc::clone(&jobs[first])));
+                    continue;
+                }
+                let stored: Option<Vec<u8>> = by_key
+                    .query_row(params![job.tenant_id.as_str(), key], |row| row.get(0))
+                    .optional()
+                    .map_err(backend)?;
+                if let Some(stored) = stored {
+                    let id = JobId::from_slice(&stored).map_err(backend)?;
+                    if let Some(existing) = current(tx, id, live, changed)? {
+                        outcome.push(Inserted::Existing(existing));
+                        continue;
+                    }
+                }
+                first_with_key.insert((job.tenant_id.as_str(), key), i);
+            }
+            let body = serde_json::to_string(&**job).map_err(backend)?;
+            put.execute(params![
+                &job.id.as_bytes()[..],
+                job.tenant_id.as_str(),
+                job.namespace.as_str(),
+                job.kind.as_str(),
+                job.status.as_str(),
+                job.dead_letter,
+                job.constraints.idempotency_key.as_deref(),
+                job.external_id.as_deref(),
+                job.batch_id.as_ref().map(|b| &b.as_bytes()[..]),
+                body,
+            ])
+            .map_err(backend)?;
+            outcome.push(Inserted::New);
+        }
+        Ok(outcome)
+    })();
+    let end = if result.is_ok() {
+        "RELEASE insert_jobs"
+    } else {
+        "ROLLBACK TO insert_jobs; RELEASE insert_jobs"
+    };
+    tx.execute_batch(end).map_err(backend)?;
+    result
+}
+
+fn transition(
+    tx: &Connection,
+    id: JobId,
+    change: Transition,
+    live: &RwLock<IdMap<Arc<Job>>>,
+    changed: &HashMap<JobId, Arc<Job>>,
+) -> Result<Arc<Job>, StoreError> {
+    let mut job = current(tx, id, live, changed)?.ok_or(StoreError::NotFound(id))?;
+    change.apply(Arc::make_mut(&mut job))?;
+    let body = serde_json::to_string(&*job).map_err(backend)?;
+    tx.prepare_cached("UPDATE jobs SET status = ?2, dead_letter = ?3, body = ?4 WHERE id = ?1")
+        .map_err(backend)?
+        .execute(params![
+            &id.as_bytes()[..],
+            job.status.as_str(),
+            job.dead_letter,
+            body
+        ])
+        .map_err(backend)?;
+    Ok(job)
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn insert(&self, jobs: Vec<Arc<Job>>) -> Result<Vec<Inserted>, StoreError> {
+        self.send(|reply| Op::Insert(jobs, reply))
+            .await
+            .unwrap_or_else(|| Err(StoreError::Backend("the commit failed".into())))
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Arc<Job>>, StoreError> {
+        if let Some(job) = self.live.read().get(&id) {
+            return Ok(Some(Arc::clone(job)));
+        }
+        self.read(move |conn| Ok(read_job(conn, id)?.map(Arc::new)))
+            .await
+    }
+
+    async fn get_by_external_id(
+        &self,
+        tenant: &str,
+        external_id: &str,
+    ) -> Result<Option<Arc<Job>>, StoreError> {
+        let (tenant, external_id) = (tenant.to_owned(), external_id.to_owned());
+        self.read(move |conn| {
+            let body: Option<String> = conn
+                .query_row(
+                    "SELECT body FROM jobs WHERE tenant_id = ?1 AND external_id = ?2
+                     ORDER BY id DESC LIMIT 1",
+                    params![tenant, external_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            Ok(body.as_deref().map(decode).transpose()?.map(Arc::new))
+        })
+        .await
+    }
+
+    async fn list(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
+        let cursor = query.cursor_id()?;
+        let limit = query.page_size();
+        let query = query.clone();
+        self.read(move |conn| {
+            let mut sql = String::from("SELECT body FROM jobs WHERE tenant_id = ?");
+            let mut args = vec![SqlValue::Text(query.tenant_id.clone())];
+            if let Some(namespace) = &query.namespace {
+                sql.push_str(" AND namespace = ?");
+                args.push(SqlValue::Text(namespace.clone()));
+            }
+            if let Some(status) = query.status {
+                sql.push_str(" AND status = ?");
+                args.push(SqlValue::Text(status.as_str().to_owned()));
+            }
+            if let Some(kind) = &query.kind {
+                sql.push_str(" AND kind = ?");
+                args.push(SqlValue::Text(kind.as_str().to_owned()));
+            }
+            if query.dead_letter {
+                sql.push_str(" AND dead_letter = 1");
+            }
+            if let Some(batch) = query.batch_id {
+                sql.push_str(" AND batch_id = ?");
+                args.push(SqlValue::Blob(batch.as_bytes().to_vec()));
+            }
+            if let Some(cursor) = cursor {
+                sql.push_str(" AND id < ?");
+                args.push(SqlValue::Blob(cursor.as_bytes().to_vec()));
+            }
+            sql.push_str(" ORDER BY id DESC LIMIT ?");
+            args.push(SqlValue::Integer(limit as i64 + 1));
+            let mut statement = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(args), |row| {
+                    row.get::<_, String>(0)
+                })
+                .map_err(backend)?;
+            let mut jobs = Vec::with_capacity(limit);
+            let mut next_cursor = None;
+            for body in rows {
+                if jobs.len() == limit {
+                    next_cursor = jobs.last().map(|last: &Arc<Job>| last.id.to_string());
+                    break;
+                }
+                jobs.push(Arc::new(decode(&body.map_err(backend)?)?));
+            }
+            Ok(JobPage { jobs, next_cursor })
+        })
+        .await
+    }
+
+    async fn transition(&self, id: JobId, change: Transition) -> Result<Arc<Job>, StoreError> {
+        let mut results = self.transition_batch(vec![(id, change)]).await;
+        results.pop().unwrap_or(Err(StoreError::NotFound(id)))
+    }
+
+    async fn transition_batch(
+        &self,
+        changes: Vec<(JobId, Transition)>,
+    ) -> Vec<Result<Arc<Job>, StoreError>> {
+        let count = changes.len();
+        match self.send(|reply| Op::Transition(changes, reply)).await {
+            Some(results) => results,
+            None => (0..count)
+                .map(|_| Err(StoreError::Backend("the commit failed".into())))
+                .collect(),
+        }
+    }
+
+    async fn unfinished(&self) -> Result<Vec<Arc<Job>>, StoreError> {
+        let mut jobs: Vec<Arc<Job>> = self.live.read().values().cloned().collect();
+        jobs.sort_by_key(|job| job.id);
+        Ok(jobs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use work_host_api::JobStatus;
+
+    #[test]
+    fn every_status_is_one_the_unfinished_index_knows_or_terminal() {
+        for status in JobStatus::ALL {
+            let listed = ["pending", "queued", "running"].contains(&status.as_str());
+            assert_eq!(listed, !status.is_terminal(), "{status:?}");
+        }
+    }
+}
