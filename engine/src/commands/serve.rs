@@ -43,7 +43,12 @@ pub(super) struct ServeArgs {
     memory_mb: Option<u64>,
     /// A GPU jobs may use, as TYPE:ID (`A100:0`); repeat for each.
     /// Default: none (GPUs are declared, not probed).
-    #[arg(long = "gpu", env = "WORK_ENGINE_GPUS", value_delimiter = ',', value_name = "TYPE:ID")]
+    #[arg(
+        long = "gpu",
+        env = "WORK_ENGINE_GPUS",
+        value_delimiter = ',',
+        value_name = "TYPE:ID"
+    )]
     gpus: Vec<String>,
     /// Largest JSON request body in bytes (413 above). Default 4 MiB.
     #[arg(long, env = "WORK_ENGINE_MAX_BODY_BYTES", value_name = "N")]
@@ -107,8 +112,14 @@ impl ServeArgs {
         };
         let capacity = Capacity {
             cpu: self.cpu.or(file.cpu).unwrap_or(machine.cpu),
-            memory_mb: self.memory_mb.or(file.memory_mb).unwrap_or(machine.memory_mb),
-            gpus: gpus.iter().map(|spec| gpu(spec)).collect::<anyhow::Result<_>>()?,
+            memory_mb: self
+                .memory_mb
+                .or(file.memory_mb)
+                .unwrap_or(machine.memory_mb),
+            gpus: gpus
+                .iter()
+                .map(|spec| gpu(spec))
+                .collect::<anyhow::Result<_>>()?,
         };
         let defaults = ServerConfig::default();
         let millis = |flag: Option<u64>, file: Option<u64>, default: Duration| {
@@ -154,7 +165,10 @@ impl ServeArgs {
         let local = listener.local_addr()?;
         // On stdout, so that scripts (and tests) can read the port.
         super::outln!("listening on http://{local}");
-        errln!("work-engine serving {} on http://{local}", data_dir.display());
+        errln!(
+            "work-engine serving {} on http://{local}",
+            data_dir.display()
+        );
         Server::new(engine, host, config)
             .run(listener, shutdown_signal())
             .await?;

@@ -140,7 +140,10 @@ impl Server {
             .merge(ops::routes())
             .fallback(unknown_route)
             .method_not_allowed_fallback(wrong_method)
-            .layer(middleware::from_fn_with_state(state.clone(), refuse_while_draining))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                refuse_while_draining,
+            ))
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
             .with_state(state)
@@ -165,8 +168,7 @@ impl Server {
             state.draining.store(true, Ordering::SeqCst);
             tracing::info!("shutting down: refusing new work, letting running jobs finish");
             let deadline = tokio::time::Instant::now() + state.config.shutdown_grace;
-            while state.engine.stats().jobs.running > 0 && tokio::time::Instant::now() < deadline
-            {
+            while state.engine.stats().jobs.running > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
@@ -205,7 +207,11 @@ async fn wrong_method(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
     )
 }
 

@@ -158,16 +158,20 @@ impl From<crate::Error> for ApiError {
             Error::ArgsTooLarge { .. } => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "args_too_large", detail)
             }
-            Error::LimitOutOfRange { .. } => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "limit_out_of_range", detail)
-            }
+            Error::LimitOutOfRange { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "limit_out_of_range",
+                detail,
+            ),
             Error::NotWasm
             | Error::CoreModule
             | Error::InvalidComponent { .. }
             | Error::WrongWorld { .. }
-            | Error::InvalidSpec { .. } => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_component", detail)
-            }
+            | Error::InvalidSpec { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_component",
+                detail,
+            ),
             Error::Grant(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_grant", detail),
             Error::CorruptRegistry { .. } | Error::Io(_) | Error::Runtime { .. } => {
                 tracing::error!(%detail, "tool registry failure");

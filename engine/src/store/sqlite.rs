@@ -109,7 +109,13 @@ impl SqliteStore {
         let writer_live = Arc::clone(&live);
         std::thread::Builder::new()
             .name("work-engine-sqlite".into())
-            .spawn(move || Writer { conn, live: writer_live }.run(receiver))
+            .spawn(move || {
+                Writer {
+                    conn,
+                    live: writer_live,
+                }
+                .run(receiver)
+            })
             .map_err(backend)?;
         Ok(Self {
             path,
@@ -366,9 +372,7 @@ fn insert(
             .map_err(backend)?;
         for (i, job) in jobs.iter().enumerate() {
             if changed.contains_key(&job.id)
-                || exists
-                    .exists([&job.id.as_bytes()[..]])
-                    .map_err(backend)?
+                || exists.exists([&job.id.as_bytes()[..]]).map_err(backend)?
             {
                 return Err(StoreError::Duplicate(job.id));
             }

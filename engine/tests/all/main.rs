@@ -13,6 +13,7 @@ mod calls;
 mod cli;
 mod examples;
 mod guests;
+mod http;
 mod jobs;
 mod registry;
 mod scheduler;

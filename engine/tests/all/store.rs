@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use serde_json::json;
-use work_engine::store::{Inserted, MemoryStore, Store, StoreError, Transition};
+use work_engine::store::{Inserted, MemoryStore, SqliteStore, Store, StoreError, Transition};
 use work_engine::{Job, JobError, JobQuery, JobStatus, OutcomeClass, Priority, Resources};
 
 /// What the engine hands a store: shared copies.
@@ -261,7 +261,78 @@ async fn memory_store_honours_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_index_stays_right_under_concurrent_transitions() {
-    let store = Arc::new(MemoryStore::new());
+    indexes_stay_right_under_concurrent_transitions(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_honours_the_contract() {
+    let dir = tempfile::TempDir::new().unwrap();
+    conformance(&SqliteStore::open(dir.path().join("jobs.db")).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_index_stays_right_under_concurrent_transitions() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let store = SqliteStore::open(dir.path().join("jobs.db")).unwrap();
+    indexes_stay_right_under_concurrent_transitions(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_every_committed_change_across_a_reopen() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("jobs.db");
+    let (done, running, waiting) = (job("t", "a"), job("t", "b"), job("u", "a"));
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .insert(shared([&done, &running, &waiting]))
+            .await
+            .unwrap();
+        let claimed = store.transition(done.id, claim()).await.unwrap();
+        store
+            .transition(done.id, finish(claimed.lease_epoch, JobStatus::Succeeded))
+            .await
+            .unwrap();
+        store.transition(running.id, claim()).await.unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let done = store.get(done.id).await.unwrap().unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.result, Some(json!(1)));
+    let unfinished: Vec<_> = store
+        .unfinished()
+        .await
+        .unwrap()
+        .iter()
+        .map(|job| (job.id, job.status, job.lease_epoch))
+        .collect();
+    assert_eq!(
+        unfinished,
+        [
+            (running.id, JobStatus::Running, 1),
+            (waiting.id, JobStatus::Queued, 0)
+        ]
+    );
+    let page = store
+        .list(&JobQuery::tenant("t").namespace("a"))
+        .await
+        .unwrap();
+    assert_eq!(page.jobs.len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_store_refuses_a_database_from_a_newer_version() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("jobs.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 999).unwrap();
+    drop(conn);
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(err.to_string().contains("schema version 999"), "{err}");
+}
+
+async fn indexes_stay_right_under_concurrent_transitions(store: Arc<dyn Store>) {
     let jobs: Vec<Arc<Job>> = (0..400).map(|_| Arc::new(job("t", "ns"))).collect();
     let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
     store.insert(jobs).await.unwrap();

@@ -1,0 +1,705 @@
+//! `work-engine serve` as a client sees it: the real binary on 127.0.0.1,
+//! a real SQLite file, requests over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use work_test_artifacts as guests;
+
+/// A running server on its own data directory.
+pub struct Served {
+    child: Child,
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl Served {
+    /// Starts `work-engine serve` on `data` with `extra` flags and waits
+    /// until it listens.
+    pub fn start(data: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_work-engine"))
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(extra)
+            .env("WORK_ENGINE_DATA_DIR", data)
+            .env_remove("WORK_ENGINE_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        Self {
+            child,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        answer(self.http.get(self.at(path)).send().await.unwrap()).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        answer(
+            self.http
+                .post(self.at(path))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Posts `body` as raw bytes with `content_type`.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(self.at(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        answer(response).await
+    }
+
+    pub async fn register(&self, wasm: &str) -> Value {
+        let (status, manifest) = self
+            .post_raw(
+                "/v1/tools",
+                "application/wasm",
+                std::fs::read(wasm).unwrap(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{manifest}");
+        manifest
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+fn calc_job(tenant: &str, a: f64) -> Value {
+    json!({
+        "kind": "tool_call",
+        "tenant_id": tenant,
+        "payload": {"tool": "calculator", "args": {"op": "add", "a": a, "b": 1}},
+    })
+}
+
+/// Asserts a problem document with `status` and `code`.
+#[track_caller]
+fn problem(answer: (StatusCode, Value), status: StatusCode, code: &str) -> Value {
+    let (got, body) = answer;
+    assert_eq!(got, status, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn tools_register_show_export_call_and_remove() {
+    let data = TempDir::new().unwrap();
+    let server = Served::start(data.path(), &[]);
+    let manifest = server.register(guests::CALCULATOR).await;
+    assert_eq!(manifest["name"], "calculator");
+
+    let (status, tools) = server.get("/v1/tools").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(tools[0]["name"], "calculator");
+
+    let (_, shown) = server.get("/v1/tools/calculator").await;
+    assert_eq!(shown["versions"], json!(["0.1.0"]));
+    assert_eq!(shown["parameters"]["required"], json!(["op", "a", "b"]));
+    let (_, openai) = server.get("/v1/tools/calculator?format=openai").await;
+    assert_eq!(openai["type"], "function");
+    assert_eq!(openai["function"]["name"], "calculator");
+    let (_, mcp) = server.get("/v1/tools/calculator?format=mcp").await;
+    assert_eq!(mcp["inputSchema"]["type"], "object");
+    let (_, gemini) = server.get("/v1/tools/calculator?format=gemini").await;
+    assert_eq!(gemini["parameters"], shown["parameters"]);
+    problem(
+        server.get("/v1/tools/calculator?format=yaml").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+    );
+
+    let (status, job) = server
+        .post(
+            "/v1/tools/calculator/call",
+            json!({"args": {"op": "mul", "a": 6, "b": 7}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(job["result"], 42.0);
+    assert_eq!(job["priority"], "realtime");
+
+    let (status, job) = server
+        .post(
+            "/v1/tools/calculator/call",
+            json!({"tenant_id": "acme", "args": {"op": "div", "a": 1, "b": 0}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["outcome"], "tool_error");
+    assert_eq!(job["error"]["message"], "division by zero");
+
+    let body = problem(
+        server
+            .post(
+                "/v1/tools/calculator/call",
+                json!({"args": {"op": "pow", "a": 1}}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_args",
+    );
+    assert_eq!(body["violations"].as_array().unwrap().len(), 2, "{body}");
+
+    let (status, removed) = server
+        .http
+        .delete(server.at("/v1/tools/calculator"))
+        .send()
+        .await
+        .map(|r| (r.status(), r))
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let removed: Value = removed.json().await.unwrap();
+    assert_eq!(removed[0]["version"], "0.1.0");
+    problem(
+        server.get("/v1/tools/calculator").await,
+        StatusCode::NOT_FOUND,
+        "unknown_tool",
+    );
+    problem(
+        server
+            .post("/v1/tools/calculator/call", json!({"args": {}}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_tool",
+    );
+}
+
+#[tokio::test]
+async fn uploads_refuse_what_is_not_a_tool() {
+    let data = TempDir::new().unwrap();
+    let server = Served::start(data.path(), &["--max-upload-bytes", "1000000"]);
+    problem(
+        server
+            .post_raw("/v1/tools", "application/wasm", "not wasm at all")
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_component",
+    );
+    problem(
+        server
+            .post_raw("/v1/tools", "application/wasm", vec![0u8; 2_000_000])
+            .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+    );
+    problem(
+        server
+            .post_raw(
+                "/v1/tools?allow_dir=",
+                "application/wasm",
+                std::fs::read(guests::CALCULATOR).unwrap(),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_grant",
+    );
+    // Multipart, as a browser form or `curl -F component=@tool.wasm` sends it.
+    let form = reqwest::multipart::Form::new().part(
+        "component",
+        reqwest::multipart::Part::bytes(std::fs::read(guests::CALCULATOR).unwrap())
+            .file_name("calculator.wasm"),
+    );
+    let response = server
+        .http
+        .post(server.at("/v1/tools"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn jobs_submit_read_list_wait_cancel_and_batches() {
+    let data = TempDir::new().unwrap();
+    let server = Served::start(data.path(), &[]);
+    server.register(guests::CALCULATOR).await;
+
+    let mut job = calc_job("acme", 1.0);
+    job["external_id"] = json!("order-1");
+    job["namespace"] = json!("shop");
+    let response = server
+        .http
+        .post(server.at("/v1/jobs"))
+        .json(&job)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let created: Value = response.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/v1/jobs/{id}"));
+
+    let (status, done) = server
+        .get(&format!("/v1/jobs/{id}/wait?timeout_ms=10000"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["result"], 2.0);
+    let (_, read) = server.get(&location).await;
+    assert_eq!(read, done);
+    let (_, found) = server
+        .get("/v1/jobs/by-external-id/order-1?tenant=acme")
+        .await;
+    assert_eq!(found["id"], id.as_str());
+    problem(
+        server
+            .get("/v1/jobs/by-external-id/order-1?tenant=other")
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // Idempotency: the same key gives back the first job, with 200.
+    let mut keyed = calc_job("acme", 5.0);
+    keyed["constraints"] = json!({"idempotency_key": "k1"});
+    let (first_status, first) = server.post("/v1/jobs", keyed.clone()).await;
+    let (again_status, again) = server.post("/v1/jobs", keyed).await;
+    assert_eq!(first_status, StatusCode::CREATED);
+    assert_eq!(again_status, StatusCode::OK);
+    assert_eq!(first["id"], again["id"]);
+
+    // A batch, all or none.
+    let (status, batch) = server
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [calc_job("acme", 10.0), calc_job("acme", 11.0)]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{batch}");
+    let batch_id = batch["id"].as_str().unwrap().to_owned();
+    for job in batch["jobs"].as_array().unwrap() {
+        server
+            .get(&format!(
+                "/v1/jobs/{}/wait?timeout_ms=10000",
+                job["id"].as_str().unwrap()
+            ))
+            .await;
+    }
+    let (status, summary) = server
+        .get(&format!("/v1/batches/{batch_id}?tenant=acme"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(summary["total"], 2);
+    assert_eq!(summary["jobs"]["succeeded"], 2, "{summary}");
+    let bad = problem(
+        server
+            .post(
+                "/v1/jobs/batch",
+                json!({"jobs": [calc_job("acme", 1.0), {"kind": "tool_call", "tenant_id": "acme",
+                    "payload": {"tool": "calculator", "args": {"op": "add"}}}]}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_args",
+    );
+    assert_eq!(bad["index"], 1);
+
+    // Cancel a job that waits for its start time.
+    let mut later = calc_job("acme", 3.0);
+    later["constraints"] = json!({"not_before": "2099-01-01T00:00:00Z"});
+    let (_, later) = server.post("/v1/jobs", later).await;
+    let later_id = later["id"].as_str().unwrap();
+    let (status, canceled) = server
+        .post(&format!("/v1/jobs/{later_id}/cancel"), json!(null))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(canceled["status"], "canceled");
+
+    // Listing: filters and pages.
+    let (_, page) = server.get("/v1/jobs?tenant=acme&namespace=shop").await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
+    let (_, page) = server.get("/v1/jobs?tenant=acme&status=canceled").await;
+    assert_eq!(page["jobs"][0]["id"], later_id);
+    let (_, first_page) = server.get("/v1/jobs?tenant=acme&limit=2").await;
+    assert_eq!(first_page["jobs"].as_array().unwrap().len(), 2);
+    let cursor = first_page["next_cursor"].as_str().unwrap();
+    let (_, second_page) = server
+        .get(&format!("/v1/jobs?tenant=acme&limit=2&cursor={cursor}"))
+        .await;
+    assert_ne!(second_page["jobs"][0]["id"], first_page["jobs"][0]["id"]);
+    problem(
+        server.get("/v1/jobs?tenant=acme&cursor=nonsense").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_cursor",
+    );
+    problem(
+        server.get("/v1/jobs").await,
+        StatusCode::BAD_REQUEST,
+        "missing_tenant",
+    );
+
+    let (status, stats) = server.get("/v1/stats").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(stats["jobs"]["succeeded"].as_u64().unwrap() >= 4, "{stats}");
+}
+
+#[tokio::test]
+async fn dead_letters_list_and_retry() {
+    let data = TempDir::new().unwrap();
+    let server = Served::start(data.path(), &[]);
+    server.register(guests::CALCULATOR).await;
+    let (_, job) = server
+        .post(
+            "/v1/jobs",
+            json!({"kind": "tool_call", "tenant_id": "acme",
+                   "payload": {"tool": "calculator", "args": {"op": "div", "a": 1, "b": 0}}}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let (_, failed) = server
+        .get(&format!("/v1/jobs/{id}/wait?timeout_ms=10000"))
+        .await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["dead_letter"], true);
+    let (_, page) = server.get("/v1/dead-letters?tenant=acme").await;
+    assert_eq!(page["jobs"][0]["id"], id.as_str());
+    let (status, revived) = server
+        .post(&format!("/v1/dead-letters/{id}/retry"), json!(null))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{revived}");
+    assert_eq!(revived["dead_letter"], false);
+    let (_, again) = server
+        .get(&format!("/v1/jobs/{id}/wait?timeout_ms=10000"))
+        .await;
+    assert_eq!(again["status"], "failed");
+    let (_, fine) = server
+        .post(
+            "/v1/tools/calculator/call",
+            json!({"args": {"op": "add", "a": 1, "b": 1}}),
+        )
+        .await;
+    problem(
+        server
+            .post(
+                &format!("/v1/dead-letters/{}/retry", fine["id"].as_str().unwrap()),
+                json!(null),
+            )
+            .await,
+        StatusCode::CONFLICT,
+        "not_dead_lettered",
+    );
+}
+
+#[tokio::test]
+async fn events_stream_progress_and_partials_in_order_then_the_end() {
+    let data = TempDir::new().unwrap();
+    let server = Served::start(data.path(), &[]);
+    server.register(guests::CHATTY).await;
+    // Held until the stream is open: a start time a moment from now.
+    let start = chrono::Utc::now() + chrono::Duration::milliseconds(700);
+    let (_, job) = server
+        .post(
+            "/v1/jobs",
+            json!({"kind": "tool_call", "tenant_id": "acme",
+                   "payload": {"tool": "chatty", "args": {"steps": 3}},
+                   "constraints": {"not_before": start}}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let names = read_events(&server, &id).await;
+    let progress: Vec<&str> = names
+        .iter()
+        .filter(|(name, _)| name == "job.progress")
+        .map(|(_, data)| data["update"]["type"].as_str().unwrap())
+        .collect();
+    let order: Vec<&str> = names.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(order.first(), Some(&"job.state"), "{order:?}");
+    assert_eq!(order.last(), Some(&"job.completed"), "{order:?}");
+    assert!(order.contains(&"job.started"), "{order:?}");
+    let partials: Vec<&Value> = names
+        .iter()
+        .filter(|(_, data)| data["update"]["type"] == "partial")
+        .map(|(_, data)| &data["update"]["value"]["step"])
+        .collect();
+    assert_eq!(partials, [&json!(1), &json!(2), &json!(3)], "{order:?}");
+    assert!(progress.iter().filter(|kind| **kind == "progress").count() == 3);
+
+    // Late: the job has ended; the stream is its state, and ends.
+    let late = read_events(&server, &id).await;
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].1["status"], "succeeded");
+}
+
+/// Every event of the stream, until the server ends it.
+async fn read_events(server: &Served, id: &str) -> Vec<(String, Value)> {
+    let response = server
+        .http
+        .get(server.at(&format!("/v1/jobs/{id}/events")))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let text = response.text().await.unwrap();
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut name = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("event: ") {
+                    name = Some(value.to_owned());
+                } else if let Some(value) = line.strip_prefix("data: ") {
+                    data = Some(serde_json::from_str(value).unwrap());
+                }
+            }
+            Some((name?, data?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_and_the_server_stays_healthy() {
+    let data = TempDir::new().unwrap();
+    let server = Served::start(data.path(), &["--max-body-bytes", "65536"]);
+    server.register(guests::CALCULATOR).await;
+    let json = "application/json";
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "/v1/jobs",
+            json,
+            b"{\"kind\": \"tool_".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "/v1/jobs",
+            json,
+            b"not json".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "/v1/jobs",
+            json,
+            b"{\"kind\": 7, \"tenant_id\": \"a\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "/v1/jobs",
+            json,
+            b"{\"kind\": \"sim\", \"tenant_id\": \"a\", \"colour\": 1}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "/v1/jobs",
+            json,
+            b"{\"kind\": \"sim\", \"tenant_id\": \"a\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_kind",
+        ),
+        (
+            "/v1/jobs",
+            json,
+            b"{\"kind\": \"sim\", \"tenant_id\": \"\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+        ),
+        (
+            "/v1/jobs",
+            json,
+            [
+                b"{\"kind\": \"sim\", \"tenant_id\": \"a\", \"metadata\": ".as_slice(),
+                &[b'['; 10_000],
+                &[b']'; 10_000],
+                b"}",
+            ]
+            .concat(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "/v1/jobs",
+            json,
+            vec![b' '; 100_000],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            "/v1/jobs",
+            json,
+            b"{\"kind\": \"sim\", \"tenant_id\": \"\xff\xfe\"}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "/v1/jobs",
+            "text/plain",
+            b"{}".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "/v1/jobs/batch",
+            json,
+            b"{\"jobs\": []}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+        ),
+        (
+            "/v1/jobs/batch",
+            json,
+            b"[1, 2]".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "/v1/tools/calculator/call",
+            json,
+            b"{\"args\": {\"op\": \"add\", \"a\": 1, \"b\": \"2\"}}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_args",
+        ),
+        (
+            "/v1/tools/nope/call",
+            json,
+            b"{\"args\": {}}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_tool",
+        ),
+        (
+            "/v1/tools/calculator/call",
+            json,
+            b"{\"args\": {}, \"resources\": {\"cpu\": -1}}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_job",
+        ),
+    ];
+    for (path, content_type, body, status, code) in cases {
+        let answer = server.post_raw(path, content_type, body).await;
+        assert_eq!(answer.0, status, "{path}: {}", answer.1);
+        assert_eq!(answer.1["code"], code, "{path}: {}", answer.1);
+    }
+    let gets = [
+        (
+            "/v1/jobs/not-a-uuid",
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+        ),
+        (
+            "/v1/jobs/01a20000-0000-7000-8000-000000000000",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/v1/jobs?tenant=a&limit=0",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/v1/jobs?tenant=a&limit=abc",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/v1/jobs?tenant=a&status=sleeping",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/v1/jobs?tenant=a&colour=red",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/v1/batches/01a20000-0000-7000-8000-000000000000?tenant=a",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        ("/v1/nothing-here", StatusCode::NOT_FOUND, "unknown_route"),
+        ("/v1/tools/nope", StatusCode::NOT_FOUND, "unknown_tool"),
+    ];
+    for (path, status, code) in gets {
+        problem(server.get(path).await, status, code);
+    }
+    let response = server.http.put(server.at("/v1/jobs")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    let (status, health) = server.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["status"], "ok");
+    let (status, job) = server
+        .post(
+            "/v1/tools/calculator/call",
+            json!({"args": {"op": "add", "a": 1, "b": 1}}),
+        )
+        .await;
+    assert_eq!((status, &job["result"]), (StatusCode::OK, &json!(2.0)));
+}
