@@ -102,13 +102,6 @@ impl Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        self.child.wait().unwrap()
-    }
 }
 
 impl Drop for Served {
@@ -702,4 +695,169 @@ async fn bad_input_gets_a_problem_and_the_server_stays_healthy() {
         )
         .await;
     assert_eq!((status, &job["result"]), (StatusCode::OK, &json!(2.0)));
+}
+
+fn sleeper(max_attempts: u32, timeout_ms: u64) -> Value {
+    json!({
+        "kind": "tool_call",
+        "tenant_id": "slow",
+        "payload": {"tool": "misbehave", "args": {"mode": "sleep"}},
+        "resources": {"timeout_ms": timeout_ms},
+        "constraints": {"retry_policy": {"max_attempts": max_attempts, "base_delay_ms": 10,
+                                         "retry_on": ["timeout"]}},
+    })
+}
+
+async fn wait_for_status(server: &Served, id: &str, status: &str) {
+    for _ in 0..500 {
+        let (_, job) = server.get(&format!("/v1/jobs/{id}")).await;
+        if job["status"] == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} never became {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_job_survives_a_kill_and_ends_exactly_once() {
+    let data = TempDir::new().unwrap();
+    let mut server = Served::start(data.path(), &["--cpu", "4"]);
+    server.register(guests::CALCULATOR).await;
+    server.register(guests::MISBEHAVE).await;
+
+    // Two attempts running when the server dies: one may try again, one
+    // has no attempt left.
+    let (_, again) = server.post("/v1/jobs", sleeper(2, 2_000)).await;
+    let (_, last) = server.post("/v1/jobs", sleeper(1, 2_000)).await;
+    let (again, last) = (
+        again["id"].as_str().unwrap().to_owned(),
+        last["id"].as_str().unwrap().to_owned(),
+    );
+    wait_for_status(&server, &again, "running").await;
+    wait_for_status(&server, &last, "running").await;
+
+    // Load from 8 clients; half the jobs wait a moment before they may
+    // start, so some are queued when the kill comes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..8 {
+        let (http, url, stop) = (server.http.clone(), server.url.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let a = f64::from(client * 100_000 + n);
+                let mut job = calc_job("load", a);
+                if n % 2 == 0 {
+                    job["constraints"] = json!({
+                        "not_before": chrono::Utc::now() + chrono::Duration::milliseconds(500)
+                    });
+                }
+                let Ok(response) = http.post(format!("{url}/v1/jobs")).json(&job).send().await
+                else {
+                    continue;
+                };
+                if response.status() == StatusCode::CREATED {
+                    let job: Value = response.json().await.unwrap();
+                    accepted.push((job["id"].as_str().unwrap().to_owned(), a));
+                }
+            }
+            accepted
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // What had ended before the kill must not change after it.
+    let (_, ended) = server
+        .get("/v1/jobs?tenant=load&status=succeeded&limit=1000")
+        .await;
+    let ended: Vec<Value> = ended["jobs"].as_array().unwrap().clone();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.kill();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut accepted = Vec::new();
+    for client in clients {
+        accepted.extend(client.await.unwrap());
+    }
+    assert!(accepted.len() > 50, "only {} jobs accepted", accepted.len());
+    assert!(!ended.is_empty());
+
+    let server = Served::start(data.path(), &["--cpu", "4"]);
+    for (id, a) in &accepted {
+        let (status, job) = server
+            .get(&format!("/v1/jobs/{id}/wait?timeout_ms=30000"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "accepted job {id} was lost: {job}");
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["result"], json!(a + 1.0), "{job}");
+        assert_eq!(job["attempt"], job["lease_epoch"], "{job}");
+    }
+    for before in &ended {
+        let (_, after) = server
+            .get(&format!("/v1/jobs/{}", before["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(&after, before, "a finished job changed after the restart");
+    }
+    let mut listed = std::collections::HashSet::new();
+    let mut cursor = String::new();
+    loop {
+        let (_, page) = server
+            .get(&format!("/v1/jobs?tenant=load&limit=1000{cursor}"))
+            .await;
+        for job in page["jobs"].as_array().unwrap() {
+            assert!(listed.insert(job["id"].as_str().unwrap().to_owned()));
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    for (id, _) in &accepted {
+        assert!(listed.contains(id));
+    }
+
+    let (_, again) = server
+        .get(&format!("/v1/jobs/{again}/wait?timeout_ms=30000"))
+        .await;
+    assert_eq!(again["status"], "timeout", "{again}");
+    assert_eq!(again["attempt"], 2, "the lost attempt counts: {again}");
+    let (_, last) = server.get(&format!("/v1/jobs/{last}")).await;
+    assert_eq!(last["status"], "failed", "{last}");
+    assert_eq!(last["outcome"], "backend_error", "{last}");
+    assert_eq!(last["dead_letter"], true, "{last}");
+    assert_eq!(last["attempt"], 1, "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_refuses_new_work_and_lets_running_jobs_finish() {
+    let data = TempDir::new().unwrap();
+    let mut server = Served::start(data.path(), &["--shutdown-grace-ms", "10000"]);
+    server.register(guests::MISBEHAVE).await;
+    let (_, job) = server.post("/v1/jobs", sleeper(1, 1_500)).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_for_status(&server, &id, "running").await;
+
+    let pid = server.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    problem(
+        server.post("/v1/jobs", calc_job("late", 1.0)).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+    );
+    let (status, health) = server.get("/healthz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health["status"], "shutting_down");
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+
+    // The running job ended before the server stopped; nothing else was
+    // accepted.
+    let server = Served::start(data.path(), &[]);
+    let (_, job) = server.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(job["status"], "timeout", "{job}");
+    assert_eq!(job["attempt"], 1, "{job}");
+    let (_, late) = server.get("/v1/jobs?tenant=late").await;
+    assert_eq!(late["jobs"], json!([]));
 }
