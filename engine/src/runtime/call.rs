@@ -400,6 +400,7 @@ impl Runtime {
             instantiate_us: micros(instantiated_at - start),
             execute_us: micros(finished_at - instantiated_at),
         };
+        self.totals.record(&usage);
         let cancelled = is_cancelled(cancel.as_ref());
         let returned = result.map_err(|stop| classify(stop, state, cancelled, timeout, fuel));
         let (usage, stdout, stderr) = captured(usage);

@@ -28,11 +28,13 @@ mod grants;
 mod host;
 mod limiter;
 mod output;
+mod totals;
 
 pub use cache::ArtifactSource;
 pub use call::{CallFailure, CallOptions, CallReport, CallUsage, ToolErrorKind};
 pub use grants::{DirGrant, GrantError, Grants};
 pub use host::{CallEvent, EventSink, LogLevel};
+pub use totals::UsageTotals;
 
 /// Raw bindings of the `work:tool` world, for hosts that drive a tool
 /// component directly (the call-path benchmark's bare floor does).
@@ -130,6 +132,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<CallState>,
     config: RuntimeConfig,
+    totals: totals::Totals,
     _ticker: EpochTicker,
 }
 
@@ -179,8 +182,14 @@ impl Runtime {
             engine,
             linker,
             config,
+            totals: totals::Totals::default(),
             _ticker: ticker,
         })
+    }
+
+    /// What every call so far has used, added up.
+    pub fn totals(&self) -> UsageTotals {
+        self.totals.snapshot()
     }
 
     fn engine(config: &RuntimeConfig, pooling: bool) -> Result<Engine> {

@@ -245,6 +245,7 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
                 continue;
             }
             state.end_attempt(d.id, now);
+            state.count_outcome(d.class);
             match &d.decision {
                 Decision::Retry { delay, .. } => {
                     requeued[i] = state.retry(d.id, now + *delay, now);

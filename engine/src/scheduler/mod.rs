@@ -45,7 +45,7 @@ use crate::tool_host::ToolHost;
 
 pub use config::{Capacity, Quota, TenantConfig};
 pub use error::EngineError;
-pub use stats::{LevelStats, ResourceStats, Stats, StatusCounts, Summary, TenantStats};
+pub use stats::{Histogram, LevelStats, ResourceStats, Stats, StatusCounts, Summary, TenantStats};
 
 use config::{JobDefaults, SchedulerConfig};
 use state::{CancelAction, Live, Need, Place, PlaceOutcome, Released, State};

@@ -17,11 +17,13 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use work_host_api::{Device, JobId, JobStatus, Priority};
+use work_host_api::{Device, JobId, JobStatus, OutcomeClass, Priority};
 
 use super::EngineError;
 use super::config::{SchedulerConfig, TenantConfig};
-use super::stats::{LevelStats, ResourceStats, Stats, StatusCounts, Summary, TenantStats};
+use super::stats::{
+    Histogram, LevelStats, ResourceStats, Stats, StatusCounts, Summary, TenantStats,
+};
 use crate::id_map::{IdMap, NameMap};
 
 /// Samples kept for wait/run summaries and throughput.
@@ -145,6 +147,7 @@ struct Level {
     waiting: usize,
     counts: StatusCounts,
     waits_us: Ring,
+    wait_seconds: Histogram,
 }
 
 struct Group {
@@ -300,6 +303,9 @@ pub(crate) struct State {
     /// are kept here rather than in every [`Live`]).
     dependents: IdMap<Vec<JobId>>,
     runs_us: Ring,
+    run_seconds: Histogram,
+    /// Attempts by outcome class, indexed as [`OutcomeClass::ALL`].
+    outcomes: [u64; OutcomeClass::ALL.len()],
     finished: VecDeque<Instant>,
     finished_total: u64,
 }
@@ -345,6 +351,8 @@ impl State {
             waiters: IdMap::default(),
             dependents: IdMap::default(),
             runs_us: Ring::default(),
+            run_seconds: Histogram::default(),
+            outcomes: [0; OutcomeClass::ALL.len()],
             finished: VecDeque::new(),
             finished_total: 0,
         }
@@ -1011,7 +1019,9 @@ impl State {
         t.gpus += need.gpu().map_or(0, |(_, n)| n);
         let level_state = &mut self.levels[priority.index()];
         level_state.waiting = level_state.waiting.saturating_sub(1);
-        self.levels[level.index()].waits_us.push(micros(waited));
+        let level_state = &mut self.levels[level.index()];
+        level_state.waits_us.push(micros(waited));
+        level_state.wait_seconds.observe(waited.as_secs_f64());
         self.count(
             &tenant,
             priority,
@@ -1060,8 +1070,9 @@ impl State {
             t.memory_mb = t.memory_mb.saturating_sub(need.memory_mb);
             t.gpus = t.gpus.saturating_sub(need.gpu().map_or(0, |(_, n)| n));
         }
-        self.runs_us
-            .push(micros(now.saturating_duration_since(started)));
+        let run = now.saturating_duration_since(started);
+        self.runs_us.push(micros(run));
+        self.run_seconds.observe(run.as_secs_f64());
         if let Some(group) = group.and_then(|g| self.groups.get_mut(&g)) {
             group.running = group.running.saturating_sub(1);
             // One slot freed: the longest-parked job goes back to the front
@@ -1208,6 +1219,7 @@ impl State {
                     depth: level.depth,
                     capacity: self.config.queue_capacity[priority.index()],
                     wait: Summary::of(&level.waits_us.samples),
+                    wait_seconds: level.wait_seconds.clone(),
                 }
             })
             .collect();
@@ -1277,6 +1289,19 @@ impl State {
             finished_total: self.finished_total,
             throughput_per_second,
             run: Summary::of(&self.runs_us.samples),
+            run_seconds: self.run_seconds.clone(),
+            outcomes: OutcomeClass::ALL
+                .into_iter()
+                .zip(self.outcomes)
+                .map(|(class, n)| (class.as_str(), n))
+                .collect(),
+        }
+    }
+
+    /// An attempt ended as `class`.
+    pub(crate) fn count_outcome(&mut self, class: OutcomeClass) {
+        if let Some(position) = OutcomeClass::ALL.iter().position(|c| *c == class) {
+            self.outcomes[position] += 1;
         }
     }
 }

@@ -86,6 +86,62 @@ impl Summary {
     }
 }
 
+/// Observations counted by bucket: the shape of a Prometheus histogram.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Histogram {
+    /// Upper bounds of the buckets; one more bucket, above them all, is
+    /// implied.
+    pub bounds: &'static [f64],
+    /// Observations per bucket (not cumulative): `bounds.len() + 1` of
+    /// them.
+    pub counts: Vec<u64>,
+    /// Sum of the observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+/// Bucket bounds for durations, in seconds.
+pub(crate) const SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+impl Histogram {
+    pub(crate) fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub(crate) fn observe(&mut self, value: f64) {
+        let bucket = self.bounds.partition_point(|bound| *bound < value);
+        if let Some(count) = self.counts.get_mut(bucket) {
+            *count += 1;
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+
+    /// `(upper bound, observations at or below it)`, the last bound
+    /// infinite: Prometheus's `le` buckets.
+    pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        let bounds = self.bounds.iter().copied().chain([f64::INFINITY]);
+        bounds.zip(self.counts.iter().scan(0, |total, count| {
+            *total += count;
+            Some(*total)
+        }))
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new(SECONDS)
+    }
+}
+
 /// One priority level.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LevelStats {
@@ -99,6 +155,8 @@ pub struct LevelStats {
     pub capacity: usize,
     /// Time from queued to started, recent jobs.
     pub wait: Summary,
+    /// Time from queued to started, every job since start, in seconds.
+    pub wait_seconds: Histogram,
 }
 
 /// One tenant.
@@ -154,4 +212,8 @@ pub struct Stats {
     pub throughput_per_second: f64,
     /// Time from started to ended, recent jobs.
     pub run: Summary,
+    /// Time from started to ended, every attempt since start, in seconds.
+    pub run_seconds: Histogram,
+    /// Attempts since start by how they ended.
+    pub outcomes: BTreeMap<&'static str, u64>,
 }

@@ -20,6 +20,7 @@
 //! for any tenant, named in the body or the query.
 
 mod jobs;
+mod metrics;
 mod ops;
 mod problem;
 mod tools;

@@ -21,6 +21,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/{id}/retry", post(retry_dead_letter))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(super::metrics::metrics))
 }
 
 async fn stats(State(state): State<AppState>) -> axum::Json<Stats> {

@@ -188,6 +188,36 @@ async fn tools_register_show_export_call_and_remove() {
     assert_eq!(job["outcome"], "tool_error");
     assert_eq!(job["error"]["message"], "division by zero");
 
+    let response = server.http.get(server.at("/metrics")).send().await.unwrap();
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let metrics = response.text().await.unwrap();
+    for line in [
+        "work_engine_jobs{tenant=\"default\",priority=\"realtime\",status=\"succeeded\"} 1",
+        "work_engine_jobs{tenant=\"acme\",priority=\"realtime\",status=\"failed\"} 1",
+        "work_engine_attempts_total{outcome=\"ok\"} 1",
+        "work_engine_attempts_total{outcome=\"tool_error\"} 1",
+        "work_engine_run_seconds_count 2",
+        "work_engine_wait_seconds_count{priority=\"realtime\"} 2",
+        "work_engine_queue_depth{priority=\"batch\"} 0",
+        // The two calls, and the `describe` run at registration.
+        "work_engine_wasm_calls_total 3",
+        "work_engine_wasm_peak_memory_bytes_bucket{le=\"+Inf\"} 3",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("work_engine_wasm_fuel_consumed_total "),
+        "{metrics}"
+    );
+
     let body = problem(
         server
             .post(

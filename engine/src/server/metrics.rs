@@ -1,0 +1,269 @@
+//! `GET /metrics`: the engine and the sandbox in Prometheus's text format.
+
+use std::fmt::Write as _;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::AppState;
+use crate::scheduler::{Histogram, Stats};
+use work_host_api::JobStatus;
+
+/// `text/plain; version=0.0.4`.
+pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let stats = state.engine.stats();
+    let wasm = state.host.runtime().totals();
+    let mut out = Text::default();
+    render_jobs(&mut out, &stats);
+
+    out.family(
+        "work_engine_queue_depth",
+        "gauge",
+        "Jobs waiting in each priority queue.",
+    );
+    for level in &stats.levels {
+        out.sample(
+            "work_engine_queue_depth",
+            &[("priority", level.priority.as_str())],
+            level.depth as f64,
+        );
+    }
+    out.family(
+        "work_engine_queue_capacity",
+        "gauge",
+        "Capacity of each priority queue.",
+    );
+    for level in &stats.levels {
+        out.sample(
+            "work_engine_queue_capacity",
+            &[("priority", level.priority.as_str())],
+            level.capacity as f64,
+        );
+    }
+    out.family(
+        "work_engine_wait_seconds",
+        "histogram",
+        "Time from queued to started.",
+    );
+    for level in &stats.levels {
+        out.histogram(
+            "work_engine_wait_seconds",
+            &[("priority", level.priority.as_str())],
+            &level.wait_seconds,
+        );
+    }
+    out.family(
+        "work_engine_run_seconds",
+        "histogram",
+        "Time from started to ended, per attempt.",
+    );
+    out.histogram("work_engine_run_seconds", &[], &stats.run_seconds);
+    out.family(
+        "work_engine_attempts_total",
+        "counter",
+        "Attempts by the outcome class they ended with.",
+    );
+    for (class, n) in &stats.outcomes {
+        out.sample(
+            "work_engine_attempts_total",
+            &[("outcome", class)],
+            *n as f64,
+        );
+    }
+    out.family(
+        "work_engine_jobs_finished_total",
+        "counter",
+        "Jobs that reached a terminal status.",
+    );
+    out.sample(
+        "work_engine_jobs_finished_total",
+        &[],
+        stats.finished_total as f64,
+    );
+
+    let resources = &stats.resources;
+    out.family(
+        "work_engine_cpu_cores",
+        "gauge",
+        "CPU cores: held by running jobs, and in all.",
+    );
+    out.sample(
+        "work_engine_cpu_cores",
+        &[("state", "in_use")],
+        resources.cpu_in_use,
+    );
+    out.sample(
+        "work_engine_cpu_cores",
+        &[("state", "capacity")],
+        resources.cpu_capacity,
+    );
+    out.family(
+        "work_engine_memory_mb",
+        "gauge",
+        "Memory in MiB: held by running jobs, and in all.",
+    );
+    out.sample(
+        "work_engine_memory_mb",
+        &[("state", "in_use")],
+        resources.memory_mb_in_use as f64,
+    );
+    out.sample(
+        "work_engine_memory_mb",
+        &[("state", "capacity")],
+        resources.memory_mb_capacity as f64,
+    );
+    out.family(
+        "work_engine_gpus",
+        "gauge",
+        "GPUs by type: held by running jobs, and in all.",
+    );
+    for (kind, n) in &resources.gpus_capacity {
+        let used = resources.gpus_in_use.get(kind).copied().unwrap_or(0);
+        out.sample(
+            "work_engine_gpus",
+            &[("type", kind), ("state", "in_use")],
+            f64::from(used),
+        );
+        out.sample(
+            "work_engine_gpus",
+            &[("type", kind), ("state", "capacity")],
+            f64::from(*n),
+        );
+    }
+
+    out.family(
+        "work_engine_wasm_calls_total",
+        "counter",
+        "Sandboxed instances run.",
+    );
+    out.sample("work_engine_wasm_calls_total", &[], wasm.calls as f64);
+    out.family(
+        "work_engine_wasm_fuel_consumed_total",
+        "counter",
+        "Fuel burnt by sandboxed calls.",
+    );
+    out.sample(
+        "work_engine_wasm_fuel_consumed_total",
+        &[],
+        wasm.fuel_consumed as f64,
+    );
+    out.family(
+        "work_engine_wasm_peak_memory_bytes",
+        "histogram",
+        "Peak linear memory of each sandboxed instance.",
+    );
+    out.histogram(
+        "work_engine_wasm_peak_memory_bytes",
+        &[],
+        &wasm.peak_memory_bytes,
+    );
+
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out.0,
+    )
+}
+
+fn render_jobs(out: &mut Text, stats: &Stats) {
+    out.family(
+        "work_engine_jobs",
+        "gauge",
+        "Jobs by tenant, priority and status, since the engine started (terminal statuses only grow).",
+    );
+    for tenant in &stats.tenants {
+        for (priority, counts) in &tenant.by_priority {
+            for status in JobStatus::ALL {
+                let n = counts.get(status);
+                if n > 0 {
+                    out.sample(
+                        "work_engine_jobs",
+                        &[
+                            ("tenant", &tenant.tenant_id),
+                            ("priority", priority.as_str()),
+                            ("status", status.as_str()),
+                        ],
+                        n as f64,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The exposition text being written.
+#[derive(Default)]
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{key}=\"{}\"", escape(value));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {}", number(value));
+    }
+
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], histogram: &Histogram) {
+        let bucket = format!("{name}_bucket");
+        for (bound, n) in histogram.cumulative() {
+            let le = number(bound);
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &le));
+            self.sample(&bucket, &with_le, n as f64);
+        }
+        self.sample(&format!("{name}_sum"), labels, histogram.sum);
+        self.sample(&format!("{name}_count"), labels, histogram.count as f64);
+    }
+}
+
+fn number(value: f64) -> String {
+    if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else {
+        value.to_string()
+    }
+}
+
+/// Label values escape `\`, `"` and newlines.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_end_at_infinity() {
+        let mut histogram = Histogram::new(&[1.0, 2.0]);
+        for value in [0.5, 1.5, 1.7, 9.0] {
+            histogram.observe(value);
+        }
+        let mut out = Text::default();
+        out.histogram("t", &[("a", "x\"y")], &histogram);
+        assert_eq!(
+            out.0,
+            "t_bucket{a=\"x\\\"y\",le=\"1\"} 1\nt_bucket{a=\"x\\\"y\",le=\"2\"} 3\n\
+             t_bucket{a=\"x\\\"y\",le=\"+Inf\"} 4\nt_sum{a=\"x\\\"y\"} 12.7\nt_count{a=\"x\\\"y\"} 4\n"
+        );
+    }
+}
