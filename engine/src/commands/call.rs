@@ -1,7 +1,9 @@
 //! `work-engine call TOOL --args JSON`
 
+use super::remote::Remote;
 use super::{FAILED, errln, open_host, outln, print_json};
 use crate::runtime::{CallEvent, CallOptions, CallReport, RuntimeConfig};
+use anyhow::Context;
 use clap::Args;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -32,7 +34,14 @@ pub(super) struct CallArgs {
 }
 
 impl CallArgs {
-    pub(super) async fn run(self, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    pub(super) async fn run(
+        self,
+        data_dir: &Path,
+        server: Option<&str>,
+    ) -> anyhow::Result<ExitCode> {
+        if let Some(url) = server {
+            return self.through(&Remote::new(url)).await;
+        }
         let host = open_host(data_dir, RuntimeConfig::default())?;
         let ready = match host.prepare(&self.tool) {
             Ok(ready) => ready,
@@ -69,6 +78,49 @@ impl CallArgs {
             }
         }
         Ok(if report.outcome.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(FAILED)
+        })
+    }
+
+    /// The call as a `realtime` job of the server: prints the result, or
+    /// the job with `--json`.
+    async fn through(self, remote: &Remote) -> anyhow::Result<ExitCode> {
+        let args: Value = serde_json::from_str(&self.args).context("--args is not JSON")?;
+        let mut resources = json!({});
+        if let Some(ms) = self.timeout_ms {
+            resources["timeout_ms"] = json!(ms);
+        }
+        if let Some(fuel) = self.fuel {
+            resources["fuel"] = json!(fuel);
+        }
+        if let Some(mb) = self.memory_mb {
+            resources["memory_mb"] = json!(mb);
+        }
+        let job = remote
+            .post(
+                &format!("/v1/tools/{}/call", self.tool),
+                &json!({"args": args, "resources": resources}),
+            )
+            .await?;
+        let succeeded = job["status"] == "succeeded";
+        if self.json {
+            print_json(&job)?;
+        } else if succeeded {
+            match &job["result"] {
+                Value::String(text) => outln!("{text}"),
+                value => outln!("{}", serde_json::to_string_pretty(value)?),
+            }
+        } else {
+            let message = job["error"]["message"].as_str().unwrap_or("did not finish");
+            errln!(
+                "error: {} ({})",
+                message,
+                job["status"].as_str().unwrap_or("?")
+            );
+        }
+        Ok(if succeeded {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(FAILED)

@@ -2,7 +2,9 @@
 //! done by the library.
 
 mod call;
+mod jobs;
 mod register;
+mod remote;
 mod serve;
 mod tools;
 
@@ -25,6 +27,11 @@ pub struct Cli {
     )]
     data_dir: PathBuf,
 
+    /// A running `work-engine serve` to act through, instead of the data
+    /// directory (`http://127.0.0.1:8080`).
+    #[arg(long, global = true, env = "WORK_ENGINE_URL", value_name = "URL")]
+    server: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +46,14 @@ enum Command {
     Call(call::CallArgs),
     /// Serve the HTTP API, keeping jobs in the data directory.
     Serve(serve::ServeArgs),
+    /// Submit a job (through a server).
+    Submit(jobs::SubmitArgs),
+    /// List, read, cancel or wait for jobs.
+    Jobs(jobs::JobsArgs),
+    /// The scheduler's counts, resources and throughput (through a server).
+    Stats(jobs::StatsArgs),
+    /// The dead-letter queue: list, retry.
+    Dlq(jobs::DlqArgs),
 }
 
 /// Exit status of a command that ran but whose work failed (a failed call,
@@ -87,11 +102,17 @@ pub fn main() -> ExitCode {
 
 impl Cli {
     async fn run(self) -> anyhow::Result<ExitCode> {
+        let server = self.server.as_deref();
+        let target = || jobs::Target::new(server, &self.data_dir);
         match self.command {
-            Command::Register(args) => args.run(&self.data_dir).await,
-            Command::Tools(args) => args.run(&self.data_dir),
-            Command::Call(args) => args.run(&self.data_dir).await,
+            Command::Register(args) => args.run(&self.data_dir, server).await,
+            Command::Tools(args) => args.run(&self.data_dir, server).await,
+            Command::Call(args) => args.run(&self.data_dir, server).await,
             Command::Serve(args) => args.run(&self.data_dir).await,
+            Command::Submit(args) => args.run(&target()).await,
+            Command::Jobs(args) => args.run(&target()).await,
+            Command::Stats(args) => args.run(&target()).await,
+            Command::Dlq(args) => args.run(&target()).await,
         }
     }
 }

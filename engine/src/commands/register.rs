@@ -1,6 +1,8 @@
 //! `work-engine register TOOL.wasm`
 
+use super::remote::{Remote, query};
 use super::{open_host, outln, print_json};
+use crate::registry::ToolManifest;
 use crate::runtime::{DirGrant, Grants, RuntimeConfig};
 use anyhow::Context;
 use clap::Args;
@@ -25,27 +27,46 @@ pub(super) struct RegisterArgs {
 }
 
 impl RegisterArgs {
-    pub(super) async fn run(self, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    pub(super) async fn run(
+        self,
+        data_dir: &Path,
+        server: Option<&str>,
+    ) -> anyhow::Result<ExitCode> {
         let wasm = std::fs::read(&self.wasm)
             .with_context(|| format!("cannot read {}", self.wasm.display()))?;
-        let host = open_host(data_dir, RuntimeConfig::default())?;
-        let grants = Grants {
-            dirs: self.allow_dir,
-            env: self.allow_env,
+        let (manifest, replaced) = match server {
+            Some(url) => {
+                let mut grants: Vec<(&str, Option<String>)> = Vec::new();
+                for dir in &self.allow_dir {
+                    grants.push(("allow_dir", Some(dir.to_string())));
+                }
+                for name in &self.allow_env {
+                    grants.push(("allow_env", Some(name.clone())));
+                }
+                let manifest = Remote::new(url)
+                    .post_bytes(&format!("/v1/tools{}", query(&grants)), wasm)
+                    .await
+                    .with_context(|| format!("cannot register {}", self.wasm.display()))?;
+                (serde_json::from_value::<ToolManifest>(manifest)?, false)
+            }
+            None => {
+                let host = open_host(data_dir, RuntimeConfig::default())?;
+                let grants = Grants {
+                    dirs: self.allow_dir,
+                    env: self.allow_env,
+                };
+                let registered = host
+                    .register(&wasm, grants)
+                    .await
+                    .with_context(|| format!("cannot register {}", self.wasm.display()))?;
+                (registered.manifest, registered.replaced.is_some())
+            }
         };
-        let registered = host
-            .register(&wasm, grants)
-            .await
-            .with_context(|| format!("cannot register {}", self.wasm.display()))?;
-        let manifest = &registered.manifest;
+        let manifest = &manifest;
         if self.json {
             print_json(manifest)?;
         } else {
-            let verb = if registered.replaced.is_some() {
-                "replaced"
-            } else {
-                "registered"
-            };
+            let verb = if replaced { "replaced" } else { "registered" };
             outln!(
                 "{verb} {} ({} bytes, sha256 {})",
                 manifest.id(),

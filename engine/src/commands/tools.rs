@@ -1,6 +1,9 @@
 //! `work-engine tools [list | show NAME | remove NAME]`
 
+use super::remote::Remote;
 use super::{open_host, outln, print_json};
+use crate::ToolHost;
+use crate::registry::ToolManifest;
 use crate::runtime::RuntimeConfig;
 use clap::{Args, Subcommand};
 use std::path::Path;
@@ -32,15 +35,22 @@ enum Action {
 }
 
 impl ToolsArgs {
-    pub(super) fn run(self, data_dir: &Path) -> anyhow::Result<ExitCode> {
-        let host = open_host(data_dir, RuntimeConfig::default())?;
+    pub(super) async fn run(
+        self,
+        data_dir: &Path,
+        server: Option<&str>,
+    ) -> anyhow::Result<ExitCode> {
+        let source = match server {
+            Some(url) => Source::Server(Remote::new(url)),
+            None => Source::Local(Box::new(open_host(data_dir, RuntimeConfig::default())?)),
+        };
         match self.action.unwrap_or(Action::List) {
             Action::List => {
-                let tools = host.list()?;
+                let tools = source.list().await?;
                 if self.json {
                     print_json(&tools)?;
                 } else if tools.is_empty() {
-                    outln!("no tools registered in {}", data_dir.display());
+                    outln!("no tools registered");
                 } else {
                     let width = tools.iter().map(|t| t.id().len()).max().unwrap_or(0);
                     for tool in &tools {
@@ -50,7 +60,7 @@ impl ToolsArgs {
                 }
             }
             Action::Show { name } => {
-                let versions = host.versions(&name)?;
+                let versions = source.versions(&name).await?;
                 if self.json {
                     print_json(&versions)?;
                 } else {
@@ -78,7 +88,7 @@ impl ToolsArgs {
                 }
             }
             Action::Remove { name } => {
-                let removed = host.remove(&name)?;
+                let removed = source.remove(&name).await?;
                 if self.json {
                     print_json(&removed)?;
                 } else {
@@ -89,5 +99,43 @@ impl ToolsArgs {
             }
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Where the tools are: the data directory's registry, or a server's.
+enum Source {
+    Local(Box<ToolHost>),
+    Server(Remote),
+}
+
+impl Source {
+    async fn list(&self) -> anyhow::Result<Vec<ToolManifest>> {
+        Ok(match self {
+            Self::Local(host) => host.list()?,
+            Self::Server(remote) => serde_json::from_value(remote.get("/v1/tools").await?)?,
+        })
+    }
+
+    /// Every version locally; the newest through a server.
+    async fn versions(&self, name: &str) -> anyhow::Result<Vec<ToolManifest>> {
+        Ok(match self {
+            Self::Local(host) => host.versions(name)?,
+            Self::Server(remote) => {
+                let mut details = remote.get(&format!("/v1/tools/{name}")).await?;
+                if let Some(details) = details.as_object_mut() {
+                    details.remove("versions");
+                }
+                vec![serde_json::from_value(details)?]
+            }
+        })
+    }
+
+    async fn remove(&self, name: &str) -> anyhow::Result<Vec<ToolManifest>> {
+        Ok(match self {
+            Self::Local(host) => host.remove(name)?,
+            Self::Server(remote) => {
+                serde_json::from_value(remote.delete(&format!("/v1/tools/{name}")).await?)?
+            }
+        })
     }
 }

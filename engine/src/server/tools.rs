@@ -70,11 +70,9 @@ fn grants(query: &str) -> Result<Grants, ApiError> {
     let mut grants = Grants::default();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
-            "allow_dir" => grants.dirs.push(
-                value
-                    .parse::<DirGrant>()
-                    .map_err(|err| crate::Error::Grant(err))?,
-            ),
+            "allow_dir" => grants
+                .dirs
+                .push(value.parse::<DirGrant>().map_err(crate::Error::Grant)?),
             "allow_env" => grants.env.push(value.into_owned()),
             other => {
                 return Err(ApiError::bad_request(

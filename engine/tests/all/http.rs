@@ -891,3 +891,146 @@ async fn sigterm_refuses_new_work_and_lets_running_jobs_finish() {
     let (_, late) = server.get("/v1/jobs?tenant=late").await;
     assert_eq!(late["jobs"], json!([]));
 }
+
+/// The `work-engine` binary with `args`, through `server`.
+fn cli(server: &Served, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_work-engine"))
+        .args(args)
+        .env("WORK_ENGINE_URL", &server.url)
+        .env("WORK_ENGINE_DATA_DIR", "/nonexistent/work-engine-data")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_to_a_server() {
+    let data = TempDir::new().unwrap();
+    let server = Served::start(data.path(), &[]);
+    let (code, out, err) = cli(&server, &["register", guests::CALCULATOR]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("registered calculator@0.1.0"), "{out}");
+    let (_, out, _) = cli(&server, &["tools"]);
+    assert!(out.starts_with("calculator@0.1.0"), "{out}");
+    let (_, out, _) = cli(&server, &["tools", "show", "calculator"]);
+    assert!(out.contains("parameters:"), "{out}");
+
+    let (code, out, _) = cli(
+        &server,
+        &[
+            "call",
+            "calculator",
+            "--args",
+            r#"{"op": "mul", "a": 6, "b": 7}"#,
+        ],
+    );
+    assert_eq!((code, out.trim()), (0, "42.0"));
+    let (code, _, err) = cli(
+        &server,
+        &[
+            "call",
+            "calculator",
+            "--args",
+            r#"{"op": "div", "a": 1, "b": 0}"#,
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("division by zero"), "{err}");
+    let (code, _, err) = cli(
+        &server,
+        &["call", "calculator", "--args", r#"{"op": "add"}"#],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid_args"), "{err}");
+
+    let (code, out, err) = cli(
+        &server,
+        &[
+            "submit",
+            "--tool",
+            "calculator",
+            "--args",
+            r#"{"op": "add", "a": 1, "b": 2}"#,
+            "--tenant",
+            "acme",
+            "--wait",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let job: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["result"], 3.0);
+    let id = job["id"].as_str().unwrap();
+    let (_, out, _) = cli(&server, &["jobs", "get", id]);
+    assert!(
+        out.contains("succeeded") && out.contains("result 3.0"),
+        "{out}"
+    );
+    let (_, out, _) = cli(&server, &["jobs", "list", "--tenant", "acme"]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let (code, _, _) = cli(&server, &["jobs", "wait", id]);
+    assert_eq!(code, 0);
+
+    let (_, out, _) = cli(
+        &server,
+        &[
+            "submit",
+            "--tool",
+            "calculator",
+            "--args",
+            r#"{"op": "div", "a": 1, "b": 0}"#,
+            "--json",
+        ],
+    );
+    let failed: Value = serde_json::from_str(&out).unwrap();
+    let failed = failed["id"].as_str().unwrap();
+    let (code, _, _) = cli(&server, &["jobs", "wait", failed]);
+    assert_eq!(code, 1, "a failed job exits non-zero");
+    let (_, out, _) = cli(&server, &["dlq", "list"]);
+    assert!(out.starts_with(failed), "{out}");
+    let (code, out, err) = cli(&server, &["dlq", "retry", failed]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("queued") || out.contains("running") || out.contains("failed"),
+        "{out}"
+    );
+
+    let (_, out, _) = cli(
+        &server,
+        &[
+            "submit",
+            "--tool",
+            "calculator",
+            "--args",
+            r#"{"op": "add", "a": 1, "b": 2}"#,
+            "--tenant",
+            "acme",
+        ],
+    );
+    assert!(out.contains("tenant acme"), "{out}");
+    let (code, out, _) = cli(&server, &["stats"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("jobs:"), "{out}");
+
+    // Without a server, reads come from the data directory's store.
+    let output = Command::new(env!("CARGO_BIN_EXE_work-engine"))
+        .args(["jobs", "list", "--tenant", "acme", "--json"])
+        .env("WORK_ENGINE_DATA_DIR", data.path())
+        .env_remove("WORK_ENGINE_URL")
+        .output()
+        .unwrap();
+    let page: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 2, "{page}");
+    let output = Command::new(env!("CARGO_BIN_EXE_work-engine"))
+        .args(["stats"])
+        .env("WORK_ENGINE_DATA_DIR", data.path())
+        .env_remove("WORK_ENGINE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--server"));
+}

@@ -1,0 +1,288 @@
+//! Run with: `cargo bench -p work-engine --bench http`
+//!
+//! The HTTP API under load, side by side in one run, on loopback:
+//!
+//! - **(a) synchronous tool calls**: `POST /v1/tools/calculator/call` from
+//!   1 and from 32 concurrent clients (requests per second, p50 and p99),
+//!   against the in-process call path (`ToolHost::call`) of the
+//!   `call_path` bench: the ratio is the cost of HTTP and the scheduler.
+//! - **(b) durable submissions**: `POST /v1/jobs` from 32 clients into the
+//!   SQLite store (each answer sent after its commit), and the same into
+//!   the in-memory store. The jobs wait for a start time an hour away, so
+//!   only admission and storage are measured.
+//!
+//! The server is the real `work-engine serve` process; the load generator
+//! is this process (reqwest over keep-alive connections, on its own two
+//! threads). Both share this machine's cores. `BENCH_REQUESTS` sets the
+//! requests per case (default 20000), `BENCH_ROUNDS` the rounds (default 3;
+//! medians are printed).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a bench aborts on a broken set-up"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use serde_json::json;
+use work_engine::ToolHost;
+use work_engine::runtime::{CallOptions, Grants, RuntimeConfig};
+
+const ARGS: &str = r#"{"op": "add", "a": 2, "b": 2}"#;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// A `work-engine serve` process on a fresh data directory.
+struct Server {
+    child: Child,
+    url: String,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(store: &str) -> Self {
+        let data = tempfile::TempDir::new().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_work-engine"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--store", store])
+            .env("WORK_ENGINE_DATA_DIR", data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_owned();
+        Self {
+            child,
+            url,
+            _data: data,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `n` requests from `clients` concurrent clients, each made by `request`;
+/// returns requests per second and the latencies in microseconds.
+async fn load<F, Fut>(clients: usize, n: usize, request: F) -> (f64, Vec<f64>)
+where
+    F: Fn(reqwest::Client) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = reqwest::StatusCode> + Send,
+{
+    let http = reqwest::Client::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    let request = Arc::new(request);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (http, next, request) = (http.clone(), Arc::clone(&next), Arc::clone(&request));
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    let sent = Instant::now();
+                    let status = request(http.clone()).await;
+                    assert!(status.is_success(), "{status}");
+                    latencies.push(sent.elapsed().as_secs_f64() * 1e6);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(n);
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    (rate, latencies)
+}
+
+async fn calls(url: &str, clients: usize, n: usize) -> (f64, Vec<f64>) {
+    let url = format!("{url}/v1/tools/calculator/call");
+    load(clients, n, move |http| {
+        let url = url.clone();
+        async move {
+            http.post(url)
+                .json(&json!({"args": {"op": "add", "a": 2, "b": 2}}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    })
+    .await
+}
+
+async fn submissions(url: &str, clients: usize, n: usize) -> (f64, Vec<f64>) {
+    let url = format!("{url}/v1/jobs");
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    load(clients, n, move |http| {
+        let url = url.clone();
+        async move {
+            http.post(url)
+                .json(&json!({
+                    "kind": "tool_call",
+                    "tenant_id": "bench",
+                    "payload": {"tool": "calculator", "args": {"op": "add", "a": 2, "b": 2}},
+                    "constraints": {"not_before": later},
+                }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    })
+    .await
+}
+
+async fn register(url: &str) {
+    let wasm = std::fs::read(work_test_artifacts::CALCULATOR).unwrap();
+    let status = reqwest::Client::new()
+        .post(format!("{url}/v1/tools"))
+        .header("content-type", "application/wasm")
+        .body(wasm)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success());
+}
+
+/// In-process calls per second from 2 tasks, and one-at-a-time latencies.
+async fn in_process(host: &Arc<ToolHost>, n: usize) -> (f64, Vec<f64>) {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let host = Arc::clone(host);
+            tokio::spawn(async move {
+                for _ in 0..n / 2 {
+                    host.call("calculator", ARGS, CallOptions::default())
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let mut latencies = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let sent = Instant::now();
+        host.call("calculator", ARGS, CallOptions::default())
+            .await
+            .unwrap();
+        latencies.push(sent.elapsed().as_secs_f64() * 1e6);
+    }
+    latencies.sort_by(f64::total_cmp);
+    (rate, latencies)
+}
+
+#[derive(Default)]
+struct Case {
+    rates: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+impl Case {
+    fn add(&mut self, (rate, latencies): (f64, Vec<f64>)) {
+        self.rates.push(rate);
+        self.p50.push(percentile(&latencies, 0.5));
+        self.p99.push(percentile(&latencies, 0.99));
+    }
+
+    fn print(self, name: &str) -> f64 {
+        let rate = median(self.rates);
+        println!(
+            "  {name:<40} {rate:>9.0} req/s   p50 {:>8.1} us   p99 {:>8.1} us",
+            median(self.p50),
+            median(self.p99)
+        );
+        rate
+    }
+}
+
+fn main() {
+    let n = env("BENCH_REQUESTS", 20_000);
+    let rounds = env("BENCH_ROUNDS", 3);
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    client.block_on(async move {
+        let sqlite = Server::start("sqlite");
+        let memory = Server::start("memory");
+        register(&sqlite.url).await;
+        let data = tempfile::TempDir::new().unwrap();
+        let host = Arc::new(ToolHost::open(data.path(), RuntimeConfig::default()).unwrap());
+        host.register(
+            &std::fs::read(work_test_artifacts::CALCULATOR).unwrap(),
+            Grants::default(),
+        )
+        .await
+        .unwrap();
+        // Warm up every path.
+        in_process(&host, 2_000).await;
+        calls(&sqlite.url, 32, 2_000).await;
+        submissions(&sqlite.url, 32, 2_000).await;
+        submissions(&memory.url, 32, 2_000).await;
+
+        let mut direct = Case::default();
+        let (mut one, mut many) = (Case::default(), Case::default());
+        let (mut durable, mut volatile) = (Case::default(), Case::default());
+        for _ in 0..rounds {
+            direct.add(in_process(&host, n).await);
+            one.add(calls(&sqlite.url, 1, n / 4).await);
+            many.add(calls(&sqlite.url, 32, n).await);
+            durable.add(submissions(&sqlite.url, 32, n).await);
+            volatile.add(submissions(&memory.url, 32, n).await);
+        }
+        println!("(a) calculator calls, median of {rounds} rounds");
+        let direct = direct.print("in-process ToolHost::call (2 tasks)");
+        let single = one.print("POST /v1/tools/calculator/call, 1 client");
+        let parallel = many.print("POST /v1/tools/calculator/call, 32 clients");
+        println!(
+            "  in-process / HTTP: {:.2}x at 32 clients, {:.2}x at 1 client",
+            direct / parallel,
+            direct / single
+        );
+        println!("(b) POST /v1/jobs from 32 clients, median of {rounds} rounds");
+        let sqlite_rate = durable.print("SQLite store (durable)");
+        let memory_rate = volatile.print("in-memory store");
+        println!("  memory / SQLite: {:.2}x", memory_rate / sqlite_rate);
+    });
+}
