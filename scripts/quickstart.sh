@@ -1,28 +1,13 @@
 #!/usr/bin/env bash
-# The main job on a fresh clone: build the example tools for wasm32-wasip2,
-# build the work-engine CLI, register the tools and call the calculator.
-# Data goes to $WORK_ENGINE_DATA_DIR (default ./.work-engine).
+# The command line on a fresh clone: build and register the example tools,
+# then call the calculator in the sandbox.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/register-examples.sh
 
-if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-    rustup target add wasm32-wasip2
-fi
-
-cargo build --release --target wasm32-wasip2 -p calculator -p text_stats -p file_read
-cargo build -p work-engine
-
-export WORK_ENGINE_DATA_DIR="${WORK_ENGINE_DATA_DIR:-.work-engine}"
-target="${CARGO_TARGET_DIR:-target}"
-we="$target/debug/work-engine"
-tools="$target/wasm32-wasip2/release"
-
-"$we" register "$tools/calculator.wasm"
-"$we" register "$tools/text_stats.wasm"
-"$we" register "$tools/file_read.wasm" --allow-dir "$PWD/docs:/docs"
 echo
 echo '$ work-engine call calculator --args '"'"'{"op": "add", "a": 2, "b": 2}'"'"
-"$we" call calculator --args '{"op": "add", "a": 2, "b": 2}'
+env -u WORK_ENGINE_URL "$we" call calculator --args '{"op": "add", "a": 2, "b": 2}'
 echo
 echo "Registered in $WORK_ENGINE_DATA_DIR. Try:"
 echo "  $we tools list"

@@ -247,6 +247,7 @@ fn main() {
         let sqlite = Server::start("sqlite");
         let memory = Server::start("memory");
         register(&sqlite.url).await;
+        register(&memory.url).await;
         let data = tempfile::TempDir::new().unwrap();
         let host = Arc::new(ToolHost::open(data.path(), RuntimeConfig::default()).unwrap());
         host.register(
