@@ -257,7 +257,7 @@ async fn tools_register_show_export_call_and_remove() {
 #[tokio::test]
 async fn uploads_refuse_what_is_not_a_tool() {
     let data = TempDir::new().unwrap();
-    let server = Served::start(data.path(), &["--max-upload-bytes", "1000000"]);
+    let server = Served::start(data.path(), &["--max-upload-bytes", "300000"]);
     problem(
         server
             .post_raw("/v1/tools", "application/wasm", "not wasm at all")
@@ -267,7 +267,7 @@ async fn uploads_refuse_what_is_not_a_tool() {
     );
     problem(
         server
-            .post_raw("/v1/tools", "application/wasm", vec![0u8; 2_000_000])
+            .post_raw("/v1/tools", "application/wasm", vec![0u8; 310_000])
             .await,
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",
