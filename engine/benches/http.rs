@@ -11,10 +11,14 @@
 //!   the in-memory store. The jobs wait for a start time an hour away, so
 //!   only admission and storage are measured.
 //!
+//! Each runs against three servers: SQLite with `--durability fsync` (the
+//! default), SQLite with `--durability process`, and the in-memory store.
+//!
 //! The server is the real `work-engine serve` process; the load generator
 //! is this process (reqwest over keep-alive connections, on its own two
 //! threads). Both share this machine's cores. `BENCH_REQUESTS` sets the
-//! requests per case (default 20000), `BENCH_ROUNDS` the rounds (default 3;
+//! submissions per case (default 20000; calls from 32 clients are half as
+//! many, from one client a tenth), `BENCH_ROUNDS` the rounds (default 3;
 //! medians are printed).
 
 #![allow(
@@ -60,10 +64,11 @@ struct Server {
 }
 
 impl Server {
-    fn start(store: &str) -> Self {
+    fn start(flags: &[&str]) -> Self {
         let data = tempfile::TempDir::new().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_work-engine"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--store", store])
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(flags)
             .env("WORK_ENGINE_DATA_DIR", data.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -244,10 +249,12 @@ fn main() {
         .build()
         .unwrap();
     client.block_on(async move {
-        let sqlite = Server::start("sqlite");
-        let memory = Server::start("memory");
-        register(&sqlite.url).await;
-        register(&memory.url).await;
+        let sqlite = Server::start(&["--store", "sqlite", "--durability", "fsync"]);
+        let process = Server::start(&["--store", "sqlite", "--durability", "process"]);
+        let memory = Server::start(&["--store", "memory"]);
+        for server in [&sqlite, &process, &memory] {
+            register(&server.url).await;
+        }
         let data = tempfile::TempDir::new().unwrap();
         let host = Arc::new(ToolHost::open(data.path(), RuntimeConfig::default()).unwrap());
         host.register(
@@ -258,32 +265,42 @@ fn main() {
         .unwrap();
         // Warm up every path.
         in_process(&host, 2_000).await;
-        calls(&sqlite.url, 32, 2_000).await;
-        submissions(&sqlite.url, 32, 2_000).await;
-        submissions(&memory.url, 32, 2_000).await;
+        for server in [&sqlite, &process, &memory] {
+            calls(&server.url, 32, 2_000).await;
+            submissions(&server.url, 32, 2_000).await;
+        }
 
         let mut direct = Case::default();
-        let (mut one, mut many) = (Case::default(), Case::default());
-        let (mut durable, mut volatile) = (Case::default(), Case::default());
+        let servers = [
+            ("SQLite, fsync", &sqlite),
+            ("SQLite, process", &process),
+            ("memory", &memory),
+        ];
+        let mut one: Vec<Case> = servers.iter().map(|_| Case::default()).collect();
+        let mut many: Vec<Case> = servers.iter().map(|_| Case::default()).collect();
+        let mut submitted: Vec<Case> = servers.iter().map(|_| Case::default()).collect();
         for _ in 0..rounds {
             direct.add(in_process(&host, n).await);
-            one.add(calls(&sqlite.url, 1, n / 4).await);
-            many.add(calls(&sqlite.url, 32, n).await);
-            durable.add(submissions(&sqlite.url, 32, n).await);
-            volatile.add(submissions(&memory.url, 32, n).await);
+            for (i, (_, server)) in servers.iter().enumerate() {
+                one[i].add(calls(&server.url, 1, n / 10).await);
+                many[i].add(calls(&server.url, 32, n / 2).await);
+                submitted[i].add(submissions(&server.url, 32, n).await);
+            }
         }
         println!("(a) calculator calls, median of {rounds} rounds");
         let direct = direct.print("in-process ToolHost::call (2 tasks)");
-        let single = one.print("POST /v1/tools/calculator/call, 1 client");
-        let parallel = many.print("POST /v1/tools/calculator/call, 32 clients");
-        println!(
-            "  in-process / HTTP: {:.2}x at 32 clients, {:.2}x at 1 client",
-            direct / parallel,
-            direct / single
-        );
+        for (i, (name, _)) in servers.iter().enumerate() {
+            let single = std::mem::take(&mut one[i]).print(&format!("call, 1 client, {name}"));
+            let parallel = std::mem::take(&mut many[i]).print(&format!("call, 32 clients, {name}"));
+            println!(
+                "    in-process / HTTP: {:.1}x at 32 clients, {:.1}x at 1 client",
+                direct / parallel,
+                direct / single
+            );
+        }
         println!("(b) POST /v1/jobs from 32 clients, median of {rounds} rounds");
-        let sqlite_rate = durable.print("SQLite store (durable)");
-        let memory_rate = volatile.print("in-memory store");
-        println!("  memory / SQLite: {:.2}x", memory_rate / sqlite_rate);
+        for (i, (name, _)) in servers.iter().enumerate() {
+            std::mem::take(&mut submitted[i]).print(name);
+        }
     });
 }

@@ -85,6 +85,7 @@ pub enum AdmitError {
 
 /// One problem with a value, at a JSON path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Violation {
     /// JSON Pointer to the offending value (`""` for the whole value).
     pub path: String,
@@ -135,6 +136,7 @@ impl ExecError {
 
 /// One device assigned to a job for the length of an attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Device {
     /// Its type, as in `resources.gpu` (`"A100"`).
     pub kind: String,
@@ -145,6 +147,7 @@ pub struct Device {
 /// What a running attempt reports before it ends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ExecUpdate {
     /// How far along it is.
     Progress {

@@ -79,6 +79,7 @@ impl<'de> Deserialize<'de> for JobKind {
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Priority {
     /// Someone is waiting on it right now (a synchronous tool call).
     Realtime,
@@ -144,6 +145,7 @@ impl FromStr for Priority {
 /// its free capacity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resources {
     /// CPU cores (fractions allowed). Default 1.
     #[serde(default = "Resources::default_cpu")]
@@ -198,6 +200,7 @@ impl Default for Resources {
 /// How the delay between attempts grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Backoff {
     /// `base × 2^(n-1)` before retry `n`.
     #[default]
@@ -211,6 +214,7 @@ pub enum Backoff {
 /// When and how often a failed attempt is tried again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RetryPolicy {
     /// Attempts in all, the first included. 1 means never retry.
     #[serde(default = "RetryPolicy::default_max_attempts")]
@@ -311,6 +315,7 @@ impl Default for RetryPolicy {
 /// Where, when and with what a job may run.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Constraints {
     /// Retries; the engine's default policy when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -321,6 +326,7 @@ pub struct Constraints {
     pub concurrency_group: Option<String>,
     /// Jobs (of the same tenant) that must succeed before this one starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Uuid>))]
     pub depends_on: Vec<JobId>,
     /// What a worker must offer to run it (used by remote workers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -338,6 +344,7 @@ pub struct Constraints {
 /// the four terminal states; a retry goes back to `queued`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum JobStatus {
     /// Waiting for its dependencies.
     Pending,
@@ -408,6 +415,7 @@ impl FromStr for JobStatus {
 
 /// Why a job's last attempt, or the job, failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobError {
     /// Stable: an outcome class (`trap`, `tool_error`, …) or
     /// `dependency_failed`, `canceled`.
@@ -422,13 +430,16 @@ pub struct JobError {
 /// rest (id, status, defaults) at admission.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewJob {
     /// What kind of work.
     pub kind: JobKind,
     /// Who owns it.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub tenant_id: CompactString,
     /// A grouping within the tenant; `"default"` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub namespace: Option<CompactString>,
     /// The engine's default (`batch`) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -543,14 +554,18 @@ impl From<String> for JobKind {
 
 /// A job as the engine keeps it: the submission plus its life so far.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
     /// UUID v7.
+    #[cfg_attr(feature = "openapi", schema(value_type = Uuid))]
     pub id: JobId,
     /// What kind of work.
     pub kind: JobKind,
     /// Who owns it.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub tenant_id: CompactString,
     /// A grouping within the tenant.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub namespace: CompactString,
     /// Its level.
     pub priority: Priority,
@@ -584,6 +599,7 @@ pub struct Job {
     pub outcome: Option<OutcomeClass>,
     /// The backend that ran the last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub backend: Option<CompactString>,
     /// When a queued job may start next (`not_before`, or a retry's backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -630,6 +646,22 @@ impl Job {
         Some((tool, payload.get("args").unwrap_or(EMPTY)))
     }
 }
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for JobKind {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "`tool_call`, `experiment_step`, `training_step`, `inference`, or a custom kind",
+            ))
+            .examples(["tool_call"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for JobKind {}
 
 #[cfg(test)]
 mod tests {

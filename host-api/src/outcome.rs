@@ -10,6 +10,7 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum OutcomeClass {
     /// The work produced a result.
     Ok,
@@ -173,6 +174,19 @@ impl fmt::Display for OutcomeClass {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for OutcomeSet {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ArrayBuilder::new()
+            .items(<OutcomeClass as utoipa::PartialSchema>::schema())
+            .description(Some("Outcome classes, by name"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for OutcomeSet {}
 
 #[cfg(test)]
 mod tests {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::{errln, open_host};
 use crate::runtime::RuntimeConfig;
 use crate::server::{Server, ServerConfig};
-use crate::store::{MemoryStore, SqliteStore, Store};
+use crate::store::{Durability, MemoryStore, SqliteStore, Store};
 use crate::{Capacity, Device, Engine};
 
 #[derive(Debug, Args)]
@@ -35,6 +35,11 @@ pub(super) struct ServeArgs {
     /// default) or `memory` (lost at exit).
     #[arg(long, env = "WORK_ENGINE_STORE", value_name = "KIND")]
     store: Option<StoreKind>,
+    /// What a SQLite commit survives before a request is answered: `fsync`
+    /// (the default: a power loss) or `process` (the process being killed;
+    /// no fsync on the request's path).
+    #[arg(long, env = "WORK_ENGINE_DURABILITY", value_name = "LEVEL")]
+    durability: Option<Durability>,
     /// CPU cores jobs may use. Default: this machine's.
     #[arg(long, env = "WORK_ENGINE_CPU", value_name = "N")]
     cpu: Option<f64>,
@@ -79,6 +84,7 @@ enum StoreKind {
 struct FileConfig {
     addr: Option<SocketAddr>,
     store: Option<StoreKind>,
+    durability: Option<Durability>,
     cpu: Option<f64>,
     memory_mb: Option<u64>,
     #[serde(default)]
@@ -146,8 +152,9 @@ impl ServeArgs {
         let store: Arc<dyn Store> = match self.store.or(file.store).unwrap_or(StoreKind::Sqlite) {
             StoreKind::Sqlite => {
                 let path = data_dir.join("jobs.db");
+                let durability = self.durability.or(file.durability).unwrap_or_default();
                 Arc::new(
-                    SqliteStore::open(&path)
+                    SqliteStore::open_with(&path, durability)
                         .with_context(|| format!("cannot open {}", path.display()))?,
                 )
             }

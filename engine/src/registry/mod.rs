@@ -23,6 +23,7 @@ use std::str::FromStr;
 /// Everything the engine keeps about one registered version of a tool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ToolManifest {
     /// The tool's name.
     pub name: String,
@@ -73,6 +74,7 @@ impl ToolManifest {
 /// The function-declaration formats of LLM tool calling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum DeclarationFormat {
     /// OpenAI's `tools` entry: `{"type": "function", "function": {...}}`.
     Openai,

@@ -12,6 +12,7 @@ use std::str::FromStr;
 /// The capabilities a tool was granted at registration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Grants {
     /// Host directories preopened for the guest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -29,8 +30,10 @@ pub struct Grants {
 /// directory, so `..` and symlinks cannot lead out of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct DirGrant {
     /// Directory on the host; absolute after [`DirGrant::resolve`].
+    #[cfg_attr(feature = "server", schema(value_type = String))]
     pub host: PathBuf,
     /// Where the guest sees it, e.g. `/data`.
     pub guest: String,

@@ -52,10 +52,12 @@ use state::{CancelAction, Live, Need, Place, PlaceOutcome, Released, State};
 
 /// Jobs accepted together by [`Engine::submit_batch`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Batch {
     /// The batch id, on every job of it.
     pub id: Uuid,
     /// The jobs, in the order given.
+    #[cfg_attr(feature = "server", schema(value_type = Vec<Job>))]
     pub jobs: Vec<Arc<Job>>,
 }
 

@@ -7,6 +7,7 @@ use work_host_api::{JobStatus, Priority};
 
 /// Jobs by status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct StatusCounts {
     /// Waiting for dependencies.
     pub pending: u64,
@@ -52,6 +53,7 @@ impl StatusCounts {
 
 /// A summary of durations, in milliseconds, over the most recent samples.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Summary {
     /// Samples summarised.
     pub count: usize,
@@ -88,9 +90,11 @@ impl Summary {
 
 /// Observations counted by bucket: the shape of a Prometheus histogram.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Histogram {
     /// Upper bounds of the buckets; one more bucket, above them all, is
     /// implied.
+    #[cfg_attr(feature = "server", schema(value_type = Vec<f64>))]
     pub bounds: &'static [f64],
     /// Observations per bucket (not cumulative): `bounds.len() + 1` of
     /// them.
@@ -144,6 +148,7 @@ impl Default for Histogram {
 
 /// One priority level.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct LevelStats {
     /// The level.
     pub priority: Priority,
@@ -161,6 +166,7 @@ pub struct LevelStats {
 
 /// One tenant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct TenantStats {
     /// The tenant.
     pub tenant_id: String,
@@ -178,6 +184,7 @@ pub struct TenantStats {
 
 /// Resources held by running jobs against the engine's capacity.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ResourceStats {
     /// CPU cores held.
     pub cpu_in_use: f64,
@@ -197,6 +204,7 @@ pub struct ResourceStats {
 ///
 /// Counts cover the jobs this engine has seen since it started.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Stats {
     /// Every job by status.
     pub jobs: StatusCounts,
@@ -215,5 +223,6 @@ pub struct Stats {
     /// Time from started to ended, every attempt since start, in seconds.
     pub run_seconds: Histogram,
     /// Attempts since start by how they ended.
+    #[cfg_attr(feature = "server", schema(value_type = BTreeMap<String, u64>))]
     pub outcomes: BTreeMap<&'static str, u64>,
 }

@@ -5,37 +5,47 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use futures_util::Stream;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 use work_host_api::{Job, JobId, JobStatus, NewJob};
 
-use super::problem::{ApiError, JsonBody, PathParams, QueryParams};
+use super::problem::{ApiError, JsonBody, PathParams, Problem, QueryParams};
 use super::{AppState, Caller};
 use crate::events::{EventStream, EventStreamError};
+use crate::scheduler::Batch;
 use crate::scheduler::StatusCounts;
 use crate::store::{JobPage, JobQuery};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs", post(submit).get(list))
-        .route("/v1/jobs/batch", post(submit_batch))
-        .route("/v1/jobs/by-external-id/{external_id}", get(by_external_id))
-        .route("/v1/jobs/{id}", get(get_job))
-        .route("/v1/jobs/{id}/cancel", post(cancel))
-        .route("/v1/jobs/{id}/wait", get(wait))
-        .route("/v1/jobs/{id}/events", get(events))
-        .route("/v1/batches/{id}", get(batch))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(submit, list))
+        .routes(routes!(submit_batch))
+        .routes(routes!(by_external_id))
+        .routes(routes!(get_job))
+        .routes(routes!(cancel))
+        .routes(routes!(wait))
+        .routes(routes!(events))
+        .routes(routes!(batch))
 }
 
 /// `201 Created` with the job, or `200 OK` with the job an idempotency key
 /// already named.
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs",
+    request_body = NewJob,
+    responses(
+        (status = 201, description = "Accepted", body = Job),
+        (status = 200, description = "The job an earlier submission with the same idempotency key created", body = Job),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn submit(
     State(state): State<AppState>,
     caller: Caller,
@@ -61,14 +71,23 @@ fn created(status: StatusCode, job: &Job) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
+/// `{"jobs": [...]}`: accepted all or none.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BatchRequest {
+pub(super) struct BatchRequest {
     jobs: Vec<NewJob>,
 }
 
 /// All or none: `201 Created` with `{"id", "jobs"}`, or the problem of the
 /// first job refused (its `index` in the problem).
+#[utoipa::path(
+    post, path = "/v1/jobs/batch", tag = "jobs",
+    request_body = BatchRequest,
+    responses(
+        (status = 201, description = "Every job accepted", body = Batch),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn submit_batch(
     State(state): State<AppState>,
     caller: Caller,
@@ -93,6 +112,14 @@ async fn submit_batch(
         .into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = Uuid, Path, description = "The job")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -103,14 +130,21 @@ async fn get_job(
     Ok(axum::Json(job))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListParams {
+#[into_params(parameter_in = Query)]
+pub(super) struct ListParams {
+    /// The tenant whose jobs to list.
     tenant: Option<String>,
+    /// Only this namespace.
     namespace: Option<String>,
+    /// Only this status.
     status: Option<JobStatus>,
+    /// Only this kind.
     kind: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// At most this many, 1 to 1000 (default 100).
     limit: Option<usize>,
 }
 
@@ -135,6 +169,14 @@ impl ListParams {
 }
 
 /// A tenant's jobs, newest first, a page at a time.
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page, newest first", body = JobPage),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -144,12 +186,22 @@ async fn list(
     Ok(axum::Json(state.engine.list(&query).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct TenantParam {
+#[into_params(parameter_in = Query)]
+pub(super) struct TenantParam {
+    /// The tenant.
     tenant: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/jobs/by-external-id/{external_id}", tag = "jobs",
+    params(("external_id" = String, Path, description = "The caller's own id"), TenantParam),
+    responses(
+        (status = 200, description = "The newest job of the tenant with that external id", body = Job),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn by_external_id(
     State(state): State<AppState>,
     caller: Caller,
@@ -169,6 +221,14 @@ async fn by_external_id(
         })
 }
 
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = Uuid, Path, description = "The job")),
+    responses(
+        (status = 200, description = "The job after the request", body = Job),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -178,14 +238,24 @@ async fn cancel(
     Ok(axum::Json(state.engine.cancel(id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct WaitParams {
+#[into_params(parameter_in = Query)]
+pub(super) struct WaitParams {
+    /// How long to wait at most (default and cap: the server's `max_wait`).
     timeout_ms: Option<u64>,
 }
 
 /// Long poll: the job once it has ended, or as it is at the timeout
 /// (default and cap: the server's `max_wait`).
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/wait", tag = "jobs",
+    params(("id" = Uuid, Path, description = "The job"), WaitParams),
+    responses(
+        (status = 200, description = "The job, ended or as it was at the timeout", body = Job),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn wait(
     State(state): State<AppState>,
     caller: Caller,
@@ -203,6 +273,14 @@ async fn wait(
 /// Server-Sent Events: first `job.state` with the job as it is, then
 /// every event of the job (lifecycle, progress, partial results) up to
 /// and including the terminal one.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(("id" = Uuid, Path, description = "The job")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `job.state` first, then the job's events up to the terminal one", content_type = "text/event-stream", body = String),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn events(
     State(state): State<AppState>,
     caller: Caller,
@@ -274,14 +352,25 @@ fn sse(name: &str, data: &impl serde::Serialize) -> SseEvent {
         .unwrap_or_else(|_| SseEvent::default().event(name))
 }
 
-/// How a batch's jobs stand: `{"id", "total", "jobs": {status: count}}`.
-#[derive(serde::Serialize)]
-struct BatchSummary {
+/// How a batch's jobs stand.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct BatchSummary {
+    /// The batch.
     id: Uuid,
+    /// Its jobs.
     total: u64,
+    /// Its jobs by status.
     jobs: StatusCounts,
 }
 
+#[utoipa::path(
+    get, path = "/v1/batches/{id}", tag = "jobs",
+    params(("id" = Uuid, Path, description = "The batch"), TenantParam),
+    responses(
+        (status = 200, description = "How the batch's jobs stand", body = BatchSummary),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn batch(
     State(state): State<AppState>,
     caller: Caller,

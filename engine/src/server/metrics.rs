@@ -11,6 +11,10 @@ use crate::scheduler::{Histogram, Stats};
 use work_host_api::JobStatus;
 
 /// `text/plain; version=0.0.4`.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
+)]
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let stats = state.engine.stats();
     let wasm = state.host.runtime().totals();

@@ -25,8 +25,8 @@ mod ops;
 mod problem;
 mod tools;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -35,8 +35,10 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use problem::ApiError;
+pub use problem::{ApiError, Problem};
 
 use crate::{Engine, ToolHost};
 
@@ -71,7 +73,28 @@ pub(crate) struct AppState {
     host: Arc<ToolHost>,
     config: Arc<ServerConfig>,
     draining: Arc<AtomicBool>,
+    /// The OpenAPI document, built with the router from the same
+    /// annotations.
+    openapi: Arc<OnceLock<utoipa::openapi::OpenApi>>,
 }
+
+/// The document's frame; the routes fill in its paths and schemas.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "work-engine",
+        description = "Jobs, tools and operations of a work-engine server. Every refusal is a \
+            problem document (RFC 9457) with a stable `code`."
+    ),
+    tags(
+        (name = "jobs", description = "Submit, read, list, cancel, wait for and watch jobs"),
+        (name = "tools", description = "Register, inspect, remove and call tools"),
+        (name = "operations", description = "Stats, dead letters, health, metrics, this document"),
+    ),
+    // Named only in query parameters, which do not carry their schemas.
+    components(schemas(crate::registry::DeclarationFormat, work_host_api::JobStatus))
+)]
+struct ApiDoc;
 
 /// Who is calling. Until API keys exist every caller is [`Caller::Anyone`]
 /// and names the tenant it acts for; authentication will decide it here,
@@ -128,6 +151,7 @@ impl Server {
                 host,
                 config: Arc::new(config),
                 draining: Arc::new(AtomicBool::new(false)),
+                openapi: Arc::new(OnceLock::new()),
             },
         }
     }
@@ -135,10 +159,9 @@ impl Server {
     /// Every route, with its limits and error handling.
     pub fn router(&self) -> Router {
         let state = self.state.clone();
-        Router::new()
-            .merge(jobs::routes())
-            .merge(tools::routes(&state.config))
-            .merge(ops::routes())
+        let (router, openapi) = Self::routes(&state.config).split_for_parts();
+        let _ = state.openapi.set(openapi);
+        router
             .fallback(unknown_route)
             .method_not_allowed_fallback(wrong_method)
             .layer(middleware::from_fn_with_state(
@@ -148,6 +171,22 @@ impl Server {
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
             .with_state(state)
+    }
+
+    /// The OpenAPI document of every route ([`Server::router`] serves it at
+    /// `/openapi.json`).
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        Self::routes(&self.state.config).into_openapi()
+    }
+
+    /// The routes and their documentation, from the same annotations: a
+    /// route cannot exist undocumented.
+    fn routes(config: &ServerConfig) -> OpenApiRouter<AppState> {
+        OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+            .merge(jobs::routes())
+            .merge(tools::routes(config))
+            .merge(ops::routes())
+            .routes(routes!(openapi_json))
     }
 
     /// Serves on `listener` until `shutdown` resolves; then refuses new
@@ -176,6 +215,23 @@ impl Server {
         axum::serve(listener, router)
             .with_graceful_shutdown(stopping)
             .await
+    }
+}
+
+/// This document.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = serde_json::Value))
+)]
+async fn openapi_json(State(state): State<AppState>) -> Response {
+    match state.openapi.get() {
+        Some(openapi) => axum::Json(openapi).into_response(),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "the document is not built yet",
+        )
+        .into_response(),
     }
 }
 

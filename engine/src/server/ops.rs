@@ -3,39 +3,55 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use work_host_api::{Job, JobId};
 
-use super::problem::{ApiError, PathParams, QueryParams};
+use super::problem::{ApiError, PathParams, Problem, QueryParams};
 use super::{AppState, Caller};
 use crate::scheduler::Stats;
 use crate::store::{JobPage, JobQuery};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/stats", get(stats))
-        .route("/v1/dead-letters", get(dead_letters))
-        .route("/v1/dead-letters/{id}/retry", post(retry_dead_letter))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(super::metrics::metrics))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(stats))
+        .routes(routes!(dead_letters))
+        .routes(routes!(retry_dead_letter))
+        .routes(routes!(healthz))
+        .routes(routes!(super::metrics::metrics))
 }
 
+#[utoipa::path(
+    get, path = "/v1/stats", tag = "operations",
+    responses((status = 200, description = "Counts, resources, throughput, wait and run times", body = Stats))
+)]
 async fn stats(State(state): State<AppState>) -> axum::Json<Stats> {
     axum::Json(state.engine.stats())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct DeadLetterParams {
+#[into_params(parameter_in = Query)]
+pub(super) struct DeadLetterParams {
+    /// The tenant.
     tenant: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// At most this many, 1 to 1000 (default 100).
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/dead-letters", tag = "operations",
+    params(DeadLetterParams),
+    responses(
+        (status = 200, description = "A page of dead-lettered jobs, newest first", body = JobPage),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// A tenant's dead-lettered jobs, newest first.
 async fn dead_letters(
     State(state): State<AppState>,
@@ -48,6 +64,14 @@ async fn dead_letters(
     Ok(axum::Json(state.engine.dead_letters(&query).await?))
 }
 
+#[utoipa::path(
+    post, path = "/v1/dead-letters/{id}/retry", tag = "operations",
+    params(("id" = Uuid, Path, description = "The job")),
+    responses(
+        (status = 200, description = "The job, queued again", body = Job),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// Puts a dead-lettered job back in its queue with fresh attempts.
 async fn retry_dead_letter(
     State(state): State<AppState>,
@@ -58,6 +82,13 @@ async fn retry_dead_letter(
     Ok(axum::Json(state.engine.retry_dead_letter(id).await?))
 }
 
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    responses(
+        (status = 200, description = "`{\"status\": \"ok\"}`", body = serde_json::Value),
+        (status = 503, description = "`{\"status\": \"shutting_down\"}`", body = serde_json::Value),
+    )
+)]
 /// `200 {"status": "ok"}`, or `503 {"status": "shutting_down"}`.
 async fn healthz(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
     if state.draining.load(Ordering::SeqCst) {

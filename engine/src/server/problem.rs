@@ -9,32 +9,49 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::Violation;
 use crate::scheduler::EngineError;
 use crate::store::StoreError;
 
 /// A refused request: the HTTP status, a stable snake_case `code` that
-/// clients match on, and a message that says what to fix.
-///
-/// Serialized as `application/problem+json`:
+/// clients match on, and a message that says what to fix. Answered as a
+/// [`Problem`] document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    violations: Option<Vec<Violation>>,
+    index: Option<usize>,
+    retry_after_secs: Option<u64>,
+}
+
+/// An RFC 9457 problem document (`application/problem+json`):
 ///
 /// ```json
-/// {"type": "about:blank", "title": "Unprocessable Content", "status": 422,
+/// {"type": "about:blank", "title": "Unprocessable Entity", "status": 422,
 ///  "code": "invalid_args", "detail": "invalid arguments for `calculator`: …",
 ///  "violations": [{"path": "/a", "message": "\"x\" is not of type \"number\""}]}
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ApiError {
-    #[serde(skip)]
-    status: StatusCode,
-    /// Stable, machine-readable reason.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: `code` says which problem it is.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The HTTP status's reason phrase.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// Stable, machine-readable reason (`invalid_args`, `not_found`, …).
     pub code: &'static str,
     /// What went wrong and what to fix.
     pub detail: String,
-    /// Extra members (violations, the failing batch index, …).
-    #[serde(flatten, skip_serializing_if = "serde_json::Map::is_empty")]
-    pub extra: serde_json::Map<String, serde_json::Value>,
-    #[serde(skip)]
-    retry_after_secs: Option<u64>,
+    /// For `invalid_args`: every violation, with its JSON path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub violations: Option<Vec<Violation>>,
+    /// For a refused batch: the position of the job refused, from 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
 }
 
 impl ApiError {
@@ -44,7 +61,8 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
-            extra: serde_json::Map::new(),
+            violations: None,
+            index: None,
             retry_after_secs: None,
         }
     }
@@ -54,11 +72,13 @@ impl ApiError {
         self.status
     }
 
-    /// Adds the member `key`.
-    pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
-        if let Ok(value) = serde_json::to_value(value) {
-            self.extra.insert(key.to_owned(), value);
-        }
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    fn violations(mut self, violations: Vec<Violation>) -> Self {
+        self.violations = Some(violations);
         self
     }
 
@@ -78,19 +98,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        #[derive(Serialize)]
-        struct Document<'a> {
-            r#type: &'static str,
-            title: &'a str,
-            status: u16,
-            #[serde(flatten)]
-            problem: &'a ApiError,
-        }
-        let document = Document {
-            r#type: "about:blank",
+        let document = Problem {
+            kind: "about:blank",
             title: self.status.canonical_reason().unwrap_or("Error"),
             status: self.status.as_u16(),
-            problem: &self,
+            code: self.code,
+            detail: self.detail,
+            violations: self.violations,
+            index: self.index,
         };
         let body = serde_json::to_vec(&document).unwrap_or_default();
         let mut response = (self.status, body).into_response();
@@ -131,11 +146,9 @@ impl From<EngineError> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut problem = Self::new(status, code, detail);
-        if let Some(index) = index {
-            problem = problem.with("index", index);
-        }
+        problem.index = index;
         match inner {
-            EngineError::InvalidArgs { violations, .. } => problem.with("violations", violations),
+            EngineError::InvalidArgs { violations, .. } => problem.violations(violations.clone()),
             EngineError::RateLimited { retry_after, .. } => {
                 problem.retry_after(retry_after.as_secs_f64().ceil() as u64)
             }
@@ -153,7 +166,7 @@ impl From<crate::Error> for ApiError {
             Error::ToolNotFound { .. } => Self::new(StatusCode::NOT_FOUND, "unknown_tool", detail),
             Error::InvalidArgs { violations, .. } => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_args", detail)
-                    .with("violations", violations)
+                    .violations(violations)
             }
             Error::ArgsTooLarge { .. } => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "args_too_large", detail)

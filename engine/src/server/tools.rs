@@ -2,30 +2,27 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use work_host_api::{CompactString, Job, NewJob, Priority, Resources};
 
-use super::problem::{ApiError, JsonBody, PathParams, QueryParams, body_rejection};
+use super::problem::{ApiError, JsonBody, PathParams, Problem, QueryParams, body_rejection};
 use super::{AppState, Caller, ServerConfig};
 use crate::registry::{DeclarationFormat, ToolManifest};
 use crate::runtime::{DirGrant, Grants};
 
-pub(super) fn routes(config: &ServerConfig) -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/tools",
-            post(register)
-                .layer(DefaultBodyLimit::max(config.max_upload_bytes))
-                .get(list),
-        )
-        .route("/v1/tools/{name}", get(show).delete(remove))
-        .route("/v1/tools/{name}/call", post(call))
+pub(super) fn routes(config: &ServerConfig) -> OpenApiRouter<AppState> {
+    let (schemas, paths, upload) = routes!(register, list);
+    let upload = upload.layer(DefaultBodyLimit::max(config.max_upload_bytes));
+    OpenApiRouter::new()
+        .routes((schemas, paths, upload))
+        .routes(routes!(show, remove))
+        .routes(routes!(call))
 }
 
 /// Runs the registry's file work off the async threads.
@@ -44,6 +41,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+#[utoipa::path(
+    post, path = "/v1/tools", tag = "tools",
+    params(
+        ("allow_dir" = Option<Vec<String>>, Query, description = "Preopen HOST[:GUEST][:rw] for the tool; repeatable"),
+        ("allow_env" = Option<Vec<String>>, Query, description = "Let the tool see this environment variable; repeatable"),
+    ),
+    request_body(
+        content((Vec<u8> = "application/wasm"), (Vec<u8> = "multipart/form-data")),
+        description = "The component: the whole body, or the `component` part of a form",
+    ),
+    responses(
+        (status = 201, description = "Registered", body = ToolManifest),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// `POST /v1/tools?allow_dir=HOST[:GUEST][:rw]&allow_env=NAME`: the
 /// component as the body (`application/wasm` or any binary type), or as
 /// the `component` part of a `multipart/form-data` body. `201 Created`
@@ -120,27 +132,44 @@ async fn component(request: Request, state: &AppState) -> Result<Bytes, ApiError
     }
 }
 
+#[utoipa::path(
+    get, path = "/v1/tools", tag = "tools",
+    responses(
+        (status = 200, description = "The newest version of every tool", body = Vec<ToolManifest>),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// The newest version of every tool.
 async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<ToolManifest>>, ApiError> {
     let host = Arc::clone(&state.host);
     Ok(axum::Json(blocking(move || host.list()).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ShowParams {
+#[into_params(parameter_in = Query)]
+pub(super) struct ShowParams {
+    /// The tool as a function declaration for this API.
     format: Option<DeclarationFormat>,
 }
 
-/// A tool in full, or as a function declaration.
-#[derive(Serialize)]
-struct ToolDetails {
+/// A tool: its newest version in full, and every version's number.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ToolDetails {
     #[serde(flatten)]
     latest: ToolManifest,
     /// Every registered version, oldest first.
     versions: Vec<String>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/tools/{name}", tag = "tools",
+    params(("name" = String, Path, description = "The tool"), ShowParams),
+    responses(
+        (status = 200, description = "The newest version and every version's number; with `format`, the declaration in that format", body = ToolDetails),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// `GET /v1/tools/{name}[?format=openai|gemini|mcp]`.
 async fn show(
     State(state): State<AppState>,
@@ -165,6 +194,14 @@ async fn show(
     .into_response())
 }
 
+#[utoipa::path(
+    delete, path = "/v1/tools/{name}", tag = "tools",
+    params(("name" = String, Path, description = "`name` (every version) or `name@version`")),
+    responses(
+        (status = 200, description = "The manifests removed", body = Vec<ToolManifest>),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// `DELETE /v1/tools/{name}` (every version) or `{name}@{version}`: the
 /// manifests removed.
 async fn remove(
@@ -176,20 +213,36 @@ async fn remove(
     Ok(axum::Json(blocking(move || host.remove(&name)).await?))
 }
 
-#[derive(Deserialize)]
+/// A synchronous call.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CallRequest {
+pub(super) struct CallRequest {
     /// The tenant the call runs for (default `default`).
+    #[schema(value_type = Option<String>)]
     tenant_id: Option<CompactString>,
     /// The tool's arguments.
     args: serde_json::Value,
+    /// A grouping within the tenant.
+    #[schema(value_type = Option<String>)]
     namespace: Option<CompactString>,
+    /// Limits of the call (`timeout_ms`, `fuel`, `memory_mb`, …).
     #[serde(default)]
     resources: Resources,
+    /// Free-form, kept with the job.
     #[serde(default)]
     metadata: serde_json::Value,
 }
 
+#[utoipa::path(
+    post, path = "/v1/tools/{name}/call", tag = "tools",
+    params(("name" = String, Path, description = "`name` or `name@version`")),
+    request_body = CallRequest,
+    responses(
+        (status = 200, description = "The job, ended: its `status`, `result` or `error`", body = Job),
+        (status = 202, description = "The job, not ended when the server's wait limit passed", body = Job),
+        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 /// A synchronous call: a `realtime` tool-call job, waited for. `200 OK`
 /// with the ended job (its `status`, `result` or `error`), or `202
 /// Accepted` with the job as it is when the server's wait limit passes.

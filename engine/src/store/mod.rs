@@ -20,7 +20,7 @@ use work_host_api::{Job, JobError, JobId, JobKind, JobStatus, OutcomeClass};
 
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
 
 /// Why the store refused or failed an operation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -308,8 +308,10 @@ impl JobQuery {
 
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct JobPage {
     /// Newest first.
+    #[cfg_attr(feature = "server", schema(value_type = Vec<Job>))]
     pub jobs: Vec<Arc<Job>>,
     /// Pass back as [`JobQuery::cursor`] for the next page; `None` at the end.
     pub next_cursor: Option<String>,

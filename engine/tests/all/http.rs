@@ -1034,3 +1034,79 @@ async fn the_cli_speaks_to_a_server() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--server"));
 }
+
+#[tokio::test]
+async fn openapi_documents_exactly_the_routes_the_server_answers() {
+    let data = TempDir::new().unwrap();
+    let server = Served::start(data.path(), &[]);
+    let (status, doc) = server.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+
+    // Every reference resolves.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let text = doc.to_string();
+    for reference in text.split("\"$ref\":\"").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        let name = name.strip_prefix("#/components/schemas/").unwrap();
+        assert!(schemas.contains_key(name), "dangling reference to {name}");
+    }
+
+    let mut documented = Vec::new();
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            assert!(operation["responses"].is_object(), "{method} {path}");
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let expected = [
+        "DELETE /v1/tools/{name}",
+        "GET /healthz",
+        "GET /metrics",
+        "GET /openapi.json",
+        "GET /v1/batches/{id}",
+        "GET /v1/dead-letters",
+        "GET /v1/jobs",
+        "GET /v1/jobs/by-external-id/{external_id}",
+        "GET /v1/jobs/{id}",
+        "GET /v1/jobs/{id}/events",
+        "GET /v1/jobs/{id}/wait",
+        "GET /v1/stats",
+        "GET /v1/tools",
+        "GET /v1/tools/{name}",
+        "POST /v1/dead-letters/{id}/retry",
+        "POST /v1/jobs",
+        "POST /v1/jobs/batch",
+        "POST /v1/jobs/{id}/cancel",
+        "POST /v1/tools",
+        "POST /v1/tools/{name}/call",
+    ];
+    assert_eq!(documented, expected);
+
+    // Each documented route is one the server routes: whatever it makes
+    // of this request, it is not "no such route" nor "wrong method".
+    for route in &documented {
+        let (method, path) = route.split_once(' ').unwrap();
+        let path = path
+            .replace("{id}", "01a20000-0000-7000-8000-000000000000")
+            .replace("{name}", "calculator")
+            .replace("{external_id}", "x");
+        let url = server.at(&format!("{path}?tenant=t&timeout_ms=1"));
+        let request = match method {
+            "GET" => server.http.get(url),
+            "POST" => server.http.post(url).json(&json!({})),
+            "DELETE" => server.http.delete(url),
+            other => panic!("{other}"),
+        };
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{route}: {body}");
+        assert!(!body.contains("unknown_route"), "{route}: {body}");
+    }
+}

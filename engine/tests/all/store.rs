@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use serde_json::json;
-use work_engine::store::{Inserted, MemoryStore, SqliteStore, Store, StoreError, Transition};
+use work_engine::store::{
+    Durability, Inserted, MemoryStore, SqliteStore, Store, StoreError, Transition,
+};
 use work_engine::{Job, JobError, JobQuery, JobStatus, OutcomeClass, Priority, Resources};
 
 /// What the engine hands a store: shared copies.
@@ -268,6 +270,13 @@ async fn memory_store_index_stays_right_under_concurrent_transitions() {
 async fn sqlite_store_honours_the_contract() {
     let dir = tempfile::TempDir::new().unwrap();
     conformance(&SqliteStore::open(dir.path().join("jobs.db")).unwrap()).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_without_fsync_honours_the_contract() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let store = SqliteStore::open_with(dir.path().join("jobs.db"), Durability::Process).unwrap();
+    conformance(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
