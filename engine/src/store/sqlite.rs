@@ -85,16 +85,57 @@ impl std::str::FromStr for Durability {
 ///   takes every change waiting for it, applies them in one transaction
 ///   and commits once, so under load one fsync covers many jobs.
 /// - **Reads** run on a small pool of read connections beside the writer
-///   (WAL lets them read while it writes). Jobs that have not ended are
-///   also kept in memory, so the scheduler's claims and completions read
-///   nothing from disk.
+///   (WAL lets them read while it writes). Jobs that have not ended, and
+///   the last 16,384 that have, are also kept in memory as committed, so
+///   the scheduler's claims and completions and a read right after a job
+///   ends touch no disk.
 /// - **Migrations** are versioned and applied when the file is opened.
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<mpsc::Sender<Op>>,
     readers: Mutex<Vec<Connection>>,
-    /// Every job that has not ended, as last committed.
-    live: Arc<RwLock<IdMap<Arc<Job>>>>,
+    /// Jobs as last committed: every one that has not ended, and the most
+    /// recent ones that have.
+    cache: Arc<RwLock<Cache>>,
+}
+
+/// How many ended jobs stay in memory: a caller who waited for a job
+/// usually reads it right after it ends.
+const RECENT: usize = 16_384;
+
+/// Jobs in memory, as last committed.
+#[derive(Default)]
+struct Cache {
+    /// Every job that has not ended.
+    live: IdMap<Arc<Job>>,
+    /// The last [`RECENT`] jobs that ended.
+    recent: IdMap<Arc<Job>>,
+    /// `recent`'s ids, oldest first (an id may be stale: already evicted
+    /// or live again).
+    order: std::collections::VecDeque<JobId>,
+}
+
+impl Cache {
+    fn get(&self, id: &JobId) -> Option<Arc<Job>> {
+        self.live.get(id).or_else(|| self.recent.get(id)).cloned()
+    }
+
+    fn put(&mut self, job: Arc<Job>) {
+        let id = job.id;
+        if job.status.is_terminal() {
+            self.live.remove(&id);
+            self.recent.insert(id, job);
+            self.order.push_back(id);
+            while self.order.len() > RECENT {
+                if let Some(old) = self.order.pop_front() {
+                    self.recent.remove(&old);
+                }
+            }
+        } else {
+            self.recent.remove(&id);
+            self.live.insert(id, job);
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -145,19 +186,19 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(backend)?;
         migrate(&mut conn)?;
-        let live: IdMap<Arc<Job>> = unfinished_in(&conn)?
-            .into_iter()
-            .map(|job| (job.id, Arc::new(job)))
-            .collect();
-        let live = Arc::new(RwLock::new(live));
+        let mut cache = Cache::default();
+        for job in unfinished_in(&conn)? {
+            cache.put(Arc::new(job));
+        }
+        let cache = Arc::new(RwLock::new(cache));
         let (sender, receiver) = mpsc::channel();
-        let writer_live = Arc::clone(&live);
+        let writer_cache = Arc::clone(&cache);
         std::thread::Builder::new()
             .name("work-engine-sqlite".into())
             .spawn(move || {
                 Writer {
                     conn,
-                    live: writer_live,
+                    cache: writer_cache,
                 }
                 .run(receiver)
             })
@@ -166,7 +207,7 @@ impl SqliteStore {
             path,
             writer: Mutex::new(sender),
             readers: Mutex::new(Vec::new()),
-            live,
+            cache,
         })
     }
 
@@ -247,11 +288,9 @@ fn decode(body: &str) -> Result<Job, StoreError> {
 
 fn read_job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
     let body: Option<String> = conn
-        .query_row(
-            "SELECT body FROM jobs WHERE id = ?1",
-            [&id.as_bytes()[..]],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT body FROM jobs WHERE id = ?1")
+        .map_err(backend)?
+        .query_row([&id.as_bytes()[..]], |row| row.get(0))
         .optional()
         .map_err(backend)?;
     body.as_deref().map(decode).transpose()
@@ -272,7 +311,7 @@ fn unfinished_in(conn: &Connection) -> Result<Vec<Job>, StoreError> {
 /// The writer thread: owns the write connection.
 struct Writer {
     conn: Connection,
-    live: Arc<RwLock<IdMap<Arc<Job>>>>,
+    cache: Arc<RwLock<Cache>>,
 }
 
 impl Writer {
@@ -291,7 +330,7 @@ impl Writer {
 
     /// Applies `ops` in one transaction, commits once, then answers each.
     fn commit_group(&mut self, ops: Vec<Op>) {
-        let live = Arc::clone(&self.live);
+        let cache = Arc::clone(&self.cache);
         let outcome = (|| {
             let tx = self
                 .conn
@@ -303,7 +342,7 @@ impl Writer {
             for op in ops {
                 match op {
                     Op::Insert(jobs, reply) => {
-                        let result = insert(&tx, &jobs, &live, &changed);
+                        let result = insert(&tx, &jobs, &cache, &changed);
                         if let Ok(inserted) = &result {
                             for (job, inserted) in jobs.iter().zip(inserted) {
                                 if matches!(inserted, Inserted::New) {
@@ -317,7 +356,7 @@ impl Writer {
                         let results = changes
                             .into_iter()
                             .map(|(id, change)| {
-                                let job = transition(&tx, id, change, &live, &changed)?;
+                                let job = transition(&tx, id, change, &cache, &changed)?;
                                 changed.insert(id, Arc::clone(&job));
                                 Ok(job)
                             })
@@ -332,13 +371,9 @@ impl Writer {
         match outcome {
             Ok((answers, published)) => {
                 {
-                    let mut live = self.live.write();
+                    let mut cache = self.cache.write();
                     for job in published.into_values() {
-                        if job.status.is_terminal() {
-                            live.remove(&job.id);
-                        } else {
-                            live.insert(job.id, job);
-                        }
+                        cache.put(job);
                     }
                 }
                 for answer in answers {
@@ -377,14 +412,14 @@ impl Answer {
 fn current(
     tx: &Connection,
     id: JobId,
-    live: &RwLock<IdMap<Arc<Job>>>,
+    cache: &RwLock<Cache>,
     changed: &HashMap<JobId, Arc<Job>>,
 ) -> Result<Option<Arc<Job>>, StoreError> {
     if let Some(job) = changed.get(&id) {
         return Ok(Some(Arc::clone(job)));
     }
-    if let Some(job) = live.read().get(&id) {
-        return Ok(Some(Arc::clone(job)));
+    if let Some(job) = cache.read().get(&id) {
+        return Ok(Some(job));
     }
     Ok(read_job(tx, id)?.map(Arc::new))
 }
@@ -393,7 +428,7 @@ fn current(
 fn insert(
     tx: &rusqlite::Transaction<'_>,
     jobs: &[Arc<Job>],
-    live: &RwLock<IdMap<Arc<Job>>>,
+    cache: &RwLock<Cache>,
     changed: &HashMap<JobId, Arc<Job>>,
 ) -> Result<Vec<Inserted>, StoreError> {
     let mut outcome = Vec::with_capacity(jobs.len());
@@ -430,7 +465,7 @@ fn insert(
                     .map_err(backend)?;
                 if let Some(stored) = stored {
                     let id = JobId::from_slice(&stored).map_err(backend)?;
-                    if let Some(existing) = current(tx, id, live, changed)? {
+                    if let Some(existing) = current(tx, id, cache, changed)? {
                         outcome.push(Inserted::Existing(existing));
                         continue;
                     }
@@ -468,10 +503,10 @@ fn transition(
     tx: &Connection,
     id: JobId,
     change: Transition,
-    live: &RwLock<IdMap<Arc<Job>>>,
+    cache: &RwLock<Cache>,
     changed: &HashMap<JobId, Arc<Job>>,
 ) -> Result<Arc<Job>, StoreError> {
-    let mut job = current(tx, id, live, changed)?.ok_or(StoreError::NotFound(id))?;
+    let mut job = current(tx, id, cache, changed)?.ok_or(StoreError::NotFound(id))?;
     change.apply(Arc::make_mut(&mut job))?;
     let body = serde_json::to_string(&*job).map_err(backend)?;
     tx.prepare_cached("UPDATE jobs SET status = ?2, dead_letter = ?3, body = ?4 WHERE id = ?1")
@@ -495,8 +530,8 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Arc<Job>>, StoreError> {
-        if let Some(job) = self.live.read().get(&id) {
-            return Ok(Some(Arc::clone(job)));
+        if let Some(job) = self.cache.read().get(&id) {
+            return Ok(Some(job));
         }
         self.read(move |conn| Ok(read_job(conn, id)?.map(Arc::new)))
             .await
@@ -510,12 +545,12 @@ impl Store for SqliteStore {
         let (tenant, external_id) = (tenant.to_owned(), external_id.to_owned());
         self.read(move |conn| {
             let body: Option<String> = conn
-                .query_row(
+                .prepare_cached(
                     "SELECT body FROM jobs WHERE tenant_id = ?1 AND external_id = ?2
                      ORDER BY id DESC LIMIT 1",
-                    params![tenant, external_id],
-                    |row| row.get(0),
                 )
+                .map_err(backend)?
+                .query_row(params![tenant, external_id], |row| row.get(0))
                 .optional()
                 .map_err(backend)?;
             Ok(body.as_deref().map(decode).transpose()?.map(Arc::new))
@@ -594,7 +629,7 @@ impl Store for SqliteStore {
     }
 
     async fn unfinished(&self) -> Result<Vec<Arc<Job>>, StoreError> {
-        let mut jobs: Vec<Arc<Job>> = self.live.read().values().cloned().collect();
+        let mut jobs: Vec<Arc<Job>> = self.cache.read().live.values().cloned().collect();
         jobs.sort_by_key(|job| job.id);
         Ok(jobs)
     }
