@@ -22,11 +22,25 @@ impl Served {
     /// Starts `work-engine serve` on `data` with `extra` flags and waits
     /// until it listens.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_work-engine"))
-            .args(["serve", "--addr", "127.0.0.1:0"])
+        let mut flags = vec!["--addr", "127.0.0.1:0"];
+        flags.extend_from_slice(extra);
+        Self::start_with(data, &flags, &[])
+    }
+
+    /// [`Served::start`] with `env` set (and every other `WORK_ENGINE_*`
+    /// setting cleared).
+    pub fn start_with(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_work-engine"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("WORK_ENGINE_") {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command
+            .args(["serve"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("WORK_ENGINE_DATA_DIR", data)
-            .env_remove("WORK_ENGINE_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -1109,4 +1123,68 @@ async fn openapi_documents_exactly_the_routes_the_server_answers() {
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{route}: {body}");
         assert!(!body.contains("unknown_route"), "{route}: {body}");
     }
+}
+
+#[tokio::test]
+async fn settings_come_from_flags_then_environment_then_the_config_file() {
+    let data = TempDir::new().unwrap();
+    let config = data.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        "addr = \"127.0.0.1:0\"\ncpu = 3\nmemory_mb = 3000\ngpus = [\"A100:0\", \"A100:1\"]\nstore = \"memory\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let capacity = |server: &Served| {
+        let server_url = server.url.clone();
+        async move {
+            let stats: Value = reqwest::get(format!("{server_url}/v1/stats"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let resources = &stats["resources"];
+            (
+                resources["cpu_capacity"].as_f64().unwrap(),
+                resources["memory_mb_capacity"].as_u64().unwrap(),
+                resources["gpus_capacity"]["A100"].as_u64().unwrap_or(0),
+            )
+        }
+    };
+
+    let from_file = Served::start_with(data.path(), &["--config", config], &[]);
+    assert_eq!(capacity(&from_file).await, (3.0, 3000, 2));
+    drop(from_file);
+
+    let env_over_file = Served::start_with(
+        data.path(),
+        &["--config", config],
+        &[("WORK_ENGINE_CPU", "5"), ("WORK_ENGINE_GPUS", "A100:7")],
+    );
+    assert_eq!(capacity(&env_over_file).await, (5.0, 3000, 1));
+    drop(env_over_file);
+
+    let flag_over_env = Served::start_with(
+        data.path(),
+        &["--config", config, "--cpu", "7"],
+        &[
+            ("WORK_ENGINE_CPU", "5"),
+            ("WORK_ENGINE_CONFIG", "/nonexistent"),
+        ],
+    );
+    assert_eq!(capacity(&flag_over_env).await, (7.0, 3000, 2));
+    drop(flag_over_env);
+
+    // A bad file is a clear error at start.
+    std::fs::write(data.path().join("bad.toml"), "cpu = \"many\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_work-engine"))
+        .args(["serve", "--config"])
+        .arg(data.path().join("bad.toml"))
+        .env("WORK_ENGINE_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid config file"), "{stderr}");
 }
