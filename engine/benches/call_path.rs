@@ -23,6 +23,10 @@
     reason = "a bench aborts on a broken set-up"
 )]
 
+mod support;
+
+use support::{ARGS, env};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -31,8 +35,6 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use work_engine::runtime::bindings::{Tool, ToolPre, host, types};
 use work_engine::runtime::{CallOptions, Grants, RuntimeConfig};
 use work_engine::{OutcomeClass, ToolHost};
-
-const ARGS: &str = r#"{"op": "add", "a": 2, "b": 2}"#;
 
 // ---- the bare floor -------------------------------------------------------
 
@@ -154,10 +156,7 @@ fn two_threads<S: Send + Sync + 'static>(
 }
 
 fn main() {
-    let calls: usize = std::env::var("BENCH_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    let calls = env("BENCH_CALLS", 20_000);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

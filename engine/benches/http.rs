@@ -28,6 +28,10 @@
     reason = "a bench aborts on a broken set-up"
 )]
 
+mod support;
+
+use support::{ARGS, env, median};
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -37,20 +41,6 @@ use std::time::Instant;
 use serde_json::json;
 use work_engine::ToolHost;
 use work_engine::runtime::{CallOptions, Grants, RuntimeConfig};
-
-const ARGS: &str = r#"{"op": "add", "a": 2, "b": 2}"#;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]

@@ -24,6 +24,10 @@
     reason = "a bench aborts on a broken set-up"
 )]
 
+mod support;
+
+use support::{ARGS, env, median};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -36,18 +40,6 @@ use work_engine::{Capacity, Engine, JobStatus, NewJob, Resources, ToolHost};
 /// The allocator the `work-engine` binary uses.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -190,8 +182,6 @@ async fn tool_host() -> (tempfile::TempDir, Arc<ToolHost>) {
     host.prepare("calculator").unwrap();
     (data, host)
 }
-
-const ARGS: &str = r#"{"op": "add", "a": 2, "b": 2}"#;
 
 fn calc_job() -> NewJob {
     NewJob::tool_call("bench", "calculator", json!({"op": "add", "a": 2, "b": 2}))
