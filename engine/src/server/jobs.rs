@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 use work_host_api::{Job, JobId, JobStatus, NewJob};
 
-use super::problem::{ApiError, JsonBody, PathParams, Problem, QueryParams};
+use super::problem::{ApiError, JsonBody, PathParams, QueryParams, Refused};
 use super::{AppState, Caller};
 use crate::events::{EventStream, EventStreamError};
 use crate::scheduler::Batch;
@@ -43,7 +43,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     responses(
         (status = 201, description = "Accepted", body = Job),
         (status = 200, description = "The job an earlier submission with the same idempotency key created", body = Job),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 async fn submit(
@@ -85,7 +85,7 @@ pub(super) struct BatchRequest {
     request_body = BatchRequest,
     responses(
         (status = 201, description = "Every job accepted", body = Batch),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 async fn submit_batch(
@@ -117,7 +117,7 @@ async fn submit_batch(
     params(("id" = Uuid, Path, description = "The job")),
     responses(
         (status = 200, description = "The job", body = Job),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 async fn get_job(
@@ -174,7 +174,7 @@ impl ListParams {
     params(ListParams),
     responses(
         (status = 200, description = "A page, newest first", body = JobPage),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 async fn list(
@@ -199,7 +199,7 @@ pub(super) struct TenantParam {
     params(("external_id" = String, Path, description = "The caller's own id"), TenantParam),
     responses(
         (status = 200, description = "The newest job of the tenant with that external id", body = Job),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 async fn by_external_id(
@@ -226,7 +226,7 @@ async fn by_external_id(
     params(("id" = Uuid, Path, description = "The job")),
     responses(
         (status = 200, description = "The job after the request", body = Job),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 async fn cancel(
@@ -253,7 +253,7 @@ pub(super) struct WaitParams {
     params(("id" = Uuid, Path, description = "The job"), WaitParams),
     responses(
         (status = 200, description = "The job, ended or as it was at the timeout", body = Job),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 async fn wait(
@@ -278,7 +278,7 @@ async fn wait(
     params(("id" = Uuid, Path, description = "The job")),
     responses(
         (status = 200, description = "Server-Sent Events: `job.state` first, then the job's events up to the terminal one", content_type = "text/event-stream", body = String),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 async fn events(
@@ -368,7 +368,7 @@ pub(super) struct BatchSummary {
     params(("id" = Uuid, Path, description = "The batch"), TenantParam),
     responses(
         (status = 200, description = "How the batch's jobs stand", body = BatchSummary),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
 async fn batch(

@@ -91,8 +91,14 @@ pub(crate) struct AppState {
         (name = "tools", description = "Register, inspect, remove and call tools"),
         (name = "operations", description = "Stats, dead letters, health, metrics, this document"),
     ),
-    // Named only in query parameters, which do not carry their schemas.
-    components(schemas(crate::registry::DeclarationFormat, work_host_api::JobStatus))
+    // Named only in query parameters and in the problem document every
+    // route inlines, which do not carry their schemas along.
+    components(schemas(
+        crate::registry::DeclarationFormat,
+        work_host_api::JobStatus,
+        Problem,
+        work_host_api::Violation
+    ))
 )]
 struct ApiDoc;
 

@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use work_host_api::{Job, JobId};
 
-use super::problem::{ApiError, PathParams, Problem, QueryParams};
+use super::problem::{ApiError, PathParams, QueryParams, Refused};
 use super::{AppState, Caller};
 use crate::scheduler::Stats;
 use crate::store::{JobPage, JobQuery};
@@ -24,6 +24,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(super::metrics::metrics))
 }
 
+/// A tenant's dead-lettered jobs, newest first.
 #[utoipa::path(
     get, path = "/v1/stats", tag = "operations",
     responses((status = 200, description = "Counts, resources, throughput, wait and run times", body = Stats))
@@ -49,10 +50,9 @@ pub(super) struct DeadLetterParams {
     params(DeadLetterParams),
     responses(
         (status = 200, description = "A page of dead-lettered jobs, newest first", body = JobPage),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
-/// A tenant's dead-lettered jobs, newest first.
 async fn dead_letters(
     State(state): State<AppState>,
     caller: Caller,
@@ -64,15 +64,15 @@ async fn dead_letters(
     Ok(axum::Json(state.engine.dead_letters(&query).await?))
 }
 
+/// Puts a dead-lettered job back in its queue with fresh attempts.
 #[utoipa::path(
     post, path = "/v1/dead-letters/{id}/retry", tag = "operations",
     params(("id" = Uuid, Path, description = "The job")),
     responses(
         (status = 200, description = "The job, queued again", body = Job),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
-/// Puts a dead-lettered job back in its queue with fresh attempts.
 async fn retry_dead_letter(
     State(state): State<AppState>,
     caller: Caller,
@@ -82,6 +82,7 @@ async fn retry_dead_letter(
     Ok(axum::Json(state.engine.retry_dead_letter(id).await?))
 }
 
+/// `200 {"status": "ok"}`, or `503 {"status": "shutting_down"}`.
 #[utoipa::path(
     get, path = "/healthz", tag = "operations",
     responses(
@@ -89,7 +90,6 @@ async fn retry_dead_letter(
         (status = 503, description = "`{\"status\": \"shutting_down\"}`", body = serde_json::Value),
     )
 )]
-/// `200 {"status": "ok"}`, or `503 {"status": "shutting_down"}`.
 async fn healthz(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
     if state.draining.load(Ordering::SeqCst) {
         (

@@ -54,6 +54,17 @@ pub struct Problem {
     pub index: Option<usize>,
 }
 
+/// Any refusal, as the OpenAPI document lists it in every route's
+/// responses.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = "4XX",
+    description = "Refused: a problem document with a stable `code`",
+    content_type = "application/problem+json"
+)]
+#[expect(dead_code, reason = "only the type is used: it documents responses")]
+pub(crate) struct Refused(#[to_schema] Problem);
+
 impl ApiError {
     /// A problem with `status`, `code` and `detail`.
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {

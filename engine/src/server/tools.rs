@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use work_host_api::{CompactString, Job, NewJob, Priority, Resources};
 
-use super::problem::{ApiError, JsonBody, PathParams, Problem, QueryParams, body_rejection};
+use super::problem::{ApiError, JsonBody, PathParams, QueryParams, Refused, body_rejection};
 use super::{AppState, Caller, ServerConfig};
 use crate::registry::{DeclarationFormat, ToolManifest};
 use crate::runtime::{DirGrant, Grants};
@@ -41,6 +41,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+/// `POST /v1/tools?allow_dir=HOST[:GUEST][:rw]&allow_env=NAME`: the
+/// component as the body (`application/wasm` or any binary type), or as
+/// the `component` part of a `multipart/form-data` body. `201 Created`
+/// with the manifest.
 #[utoipa::path(
     post, path = "/v1/tools", tag = "tools",
     params(
@@ -53,13 +57,9 @@ async fn blocking<T: Send + 'static>(
     ),
     responses(
         (status = 201, description = "Registered", body = ToolManifest),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
-/// `POST /v1/tools?allow_dir=HOST[:GUEST][:rw]&allow_env=NAME`: the
-/// component as the body (`application/wasm` or any binary type), or as
-/// the `component` part of a `multipart/form-data` body. `201 Created`
-/// with the manifest.
 async fn register(
     State(state): State<AppState>,
     _caller: Caller,
@@ -132,14 +132,14 @@ async fn component(request: Request, state: &AppState) -> Result<Bytes, ApiError
     }
 }
 
+/// The newest version of every tool.
 #[utoipa::path(
     get, path = "/v1/tools", tag = "tools",
     responses(
         (status = 200, description = "The newest version of every tool", body = Vec<ToolManifest>),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
-/// The newest version of every tool.
 async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<ToolManifest>>, ApiError> {
     let host = Arc::clone(&state.host);
     Ok(axum::Json(blocking(move || host.list()).await?))
@@ -162,15 +162,15 @@ pub(super) struct ToolDetails {
     versions: Vec<String>,
 }
 
+/// `GET /v1/tools/{name}[?format=openai|gemini|mcp]`.
 #[utoipa::path(
     get, path = "/v1/tools/{name}", tag = "tools",
     params(("name" = String, Path, description = "The tool"), ShowParams),
     responses(
         (status = 200, description = "The newest version and every version's number; with `format`, the declaration in that format", body = ToolDetails),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
-/// `GET /v1/tools/{name}[?format=openai|gemini|mcp]`.
 async fn show(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
@@ -194,16 +194,16 @@ async fn show(
     .into_response())
 }
 
+/// `DELETE /v1/tools/{name}` (every version) or `{name}@{version}`: the
+/// manifests removed.
 #[utoipa::path(
     delete, path = "/v1/tools/{name}", tag = "tools",
     params(("name" = String, Path, description = "`name` (every version) or `name@version`")),
     responses(
         (status = 200, description = "The manifests removed", body = Vec<ToolManifest>),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
-/// `DELETE /v1/tools/{name}` (every version) or `{name}@{version}`: the
-/// manifests removed.
 async fn remove(
     State(state): State<AppState>,
     _caller: Caller,
@@ -233,6 +233,9 @@ pub(super) struct CallRequest {
     metadata: serde_json::Value,
 }
 
+/// A synchronous call: a `realtime` tool-call job, waited for. `200 OK`
+/// with the ended job (its `status`, `result` or `error`), or `202
+/// Accepted` with the job as it is when the server's wait limit passes.
 #[utoipa::path(
     post, path = "/v1/tools/{name}/call", tag = "tools",
     params(("name" = String, Path, description = "`name` or `name@version`")),
@@ -240,12 +243,9 @@ pub(super) struct CallRequest {
     responses(
         (status = 200, description = "The job, ended: its `status`, `result` or `error`", body = Job),
         (status = 202, description = "The job, not ended when the server's wait limit passed", body = Job),
-        (status = "4XX", description = "Refused: a problem document", body = Problem, content_type = "application/problem+json"),
+        Refused,
     )
 )]
-/// A synchronous call: a `realtime` tool-call job, waited for. `200 OK`
-/// with the ended job (its `status`, `result` or `error`), or `202
-/// Accepted` with the job as it is when the server's wait limit passes.
 async fn call(
     State(state): State<AppState>,
     caller: Caller,
