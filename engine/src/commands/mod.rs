@@ -18,7 +18,8 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "work-engine", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Data directory: registered tools and compiled artifacts.
+    /// Data directory: registered tools, compiled artifacts, and the jobs
+    /// `serve` keeps (jobs.db).
     #[arg(
         long,
         global = true,
