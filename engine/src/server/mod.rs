@@ -66,6 +66,10 @@ impl Default for ServerConfig {
     }
 }
 
+/// How long requests still open after a shutdown has drained the running
+/// jobs may take to finish.
+const REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// What every handler shares.
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -209,6 +213,7 @@ impl Server {
     ) -> std::io::Result<()> {
         let router = self.router();
         let state = self.state;
+        let (drained, stopped) = tokio::sync::oneshot::channel();
         let stopping = async move {
             shutdown.await;
             state.draining.store(true, Ordering::SeqCst);
@@ -217,10 +222,24 @@ impl Server {
             while state.engine.stats().jobs.running > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            let _ = drained.send(());
         };
-        axum::serve(listener, router)
+        let serving = axum::serve(listener, router)
             .with_graceful_shutdown(stopping)
-            .await
+            .into_future();
+        // Once drained, open requests (an event stream, a long poll) get a
+        // moment to finish, then are cut: they must not keep the server up.
+        let cut_off = async {
+            if stopped.await.is_ok() {
+                tokio::time::sleep(REQUEST_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = serving => result,
+            () = cut_off => Ok(()),
+        }
     }
 }
 

@@ -882,6 +882,22 @@ async fn sigterm_refuses_new_work_and_lets_running_jobs_finish() {
     let id = job["id"].as_str().unwrap().to_owned();
     wait_for_status(&server, &id, "running").await;
 
+    // An event stream that would never end on its own must not keep the
+    // server up.
+    let mut later = sleeper(1, 1_500);
+    later["constraints"]["not_before"] = json!("2099-01-01T00:00:00Z");
+    let (_, later) = server.post("/v1/jobs", later).await;
+    let watching = server
+        .http
+        .get(server.at(&format!(
+            "/v1/jobs/{}/events",
+            later["id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watching.status(), StatusCode::OK);
+
     let pid = server.child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -893,7 +909,15 @@ async fn sigterm_refuses_new_work_and_lets_running_jobs_finish() {
     let (status, health) = server.get("/healthz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(health["status"], "shutting_down");
-    let exit = server.child.wait().unwrap();
+    let mut exit = None;
+    for _ in 0..400 {
+        exit = server.child.try_wait().unwrap();
+        if exit.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exit = exit.expect("the server did not stop within 20 s of SIGTERM");
     assert!(exit.success(), "{exit:?}");
 
     // The running job ended before the server stopped; nothing else was
@@ -904,6 +928,7 @@ async fn sigterm_refuses_new_work_and_lets_running_jobs_finish() {
     assert_eq!(job["attempt"], 1, "{job}");
     let (_, late) = server.get("/v1/jobs?tenant=late").await;
     assert_eq!(late["jobs"], json!([]));
+    drop(watching);
 }
 
 /// The `work-engine` binary with `args`, through `server`.
