@@ -47,7 +47,7 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "WORK_ENGINE_MEMORY_MB", value_name = "N")]
     memory_mb: Option<u64>,
     /// A GPU jobs may use, as TYPE:ID (`A100:0`); repeat for each.
-    /// Default: none (GPUs are declared, not probed).
+    /// Default: the NVIDIA GPUs `nvidia-smi` lists (none without it).
     #[arg(
         long = "gpu",
         env = "WORK_ENGINE_GPUS",
@@ -116,16 +116,20 @@ impl ServeArgs {
         } else {
             self.gpus
         };
+        let gpus = if gpus.is_empty() {
+            Capacity::nvidia_gpus()
+        } else {
+            gpus.iter()
+                .map(|spec| gpu(spec))
+                .collect::<anyhow::Result<_>>()?
+        };
         let capacity = Capacity {
             cpu: self.cpu.or(file.cpu).unwrap_or(machine.cpu),
             memory_mb: self
                 .memory_mb
                 .or(file.memory_mb)
                 .unwrap_or(machine.memory_mb),
-            gpus: gpus
-                .iter()
-                .map(|spec| gpu(spec))
-                .collect::<anyhow::Result<_>>()?,
+            gpus,
         };
         let defaults = ServerConfig::default();
         let millis = |flag: Option<u64>, file: Option<u64>, default: Duration| {

@@ -41,6 +41,20 @@ impl Capacity {
         }
     }
 
+    /// The NVIDIA GPUs `nvidia-smi` lists, each as the type its model
+    /// name gives (`"NVIDIA H100 80GB HBM3"` is an `H100`) and its index as
+    /// the id. None when `nvidia-smi` is missing or fails: a machine
+    /// without NVIDIA's driver has none to offer.
+    pub fn nvidia_gpus() -> Vec<Device> {
+        std::process::Command::new("nvidia-smi")
+            .args(["--query-gpu=index,name", "--format=csv,noheader"])
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| parse_nvidia_smi(&String::from_utf8_lossy(&output.stdout)))
+            .unwrap_or_default()
+    }
+
     /// With GPUs of type `kind` with these ids.
     pub fn with_gpus<I: Into<String>>(
         mut self,
@@ -160,5 +174,62 @@ impl Default for SchedulerConfig {
             default_concurrency_limit: 1,
             event_capacity: 4096,
         }
+    }
+}
+
+/// `index, name` lines of `nvidia-smi --query-gpu=index,name
+/// --format=csv,noheader`.
+fn parse_nvidia_smi(text: &str) -> Vec<Device> {
+    text.lines()
+        .filter_map(|line| {
+            let (index, name) = line.split_once(',')?;
+            let (index, name) = (index.trim(), name.trim());
+            if index.is_empty() || name.is_empty() {
+                return None;
+            }
+            Some(Device {
+                kind: gpu_model(name),
+                id: index.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The model in a GPU's marketing name: its first word that starts with a
+/// letter and holds a digit (`H100`, `A100`, `L4`), or the whole name.
+fn gpu_model(name: &str) -> String {
+    name.split([' ', '-'])
+        .find(|word| {
+            word.starts_with(|c: char| c.is_ascii_alphabetic())
+                && word.chars().any(|c| c.is_ascii_digit())
+        })
+        .unwrap_or(name)
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nvidia_smi_lines_become_devices_by_model() {
+        let text = "0, NVIDIA H100 80GB HBM3\n1, NVIDIA A100-SXM4-80GB\n2, Tesla V100-SXM2-16GB\n\
+                    3, NVIDIA L4\n4, NVIDIA GeForce RTX 4090\ngarbage\n";
+        let devices: Vec<(String, String)> = parse_nvidia_smi(text)
+            .into_iter()
+            .map(|d| (d.kind, d.id))
+            .collect();
+        let expected = [
+            ("H100", "0"),
+            ("A100", "1"),
+            ("V100", "2"),
+            ("L4", "3"),
+            ("NVIDIA GeForce RTX 4090", "4"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(k, i)| ((*k).to_owned(), (*i).to_owned()))
+            .collect();
+        assert_eq!(devices, expected);
     }
 }
