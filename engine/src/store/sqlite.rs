@@ -151,7 +151,8 @@ type TransitionReply = oneshot::Sender<Vec<Result<Arc<Job>, StoreError>>>;
 
 /// Work for the writer thread.
 enum Op {
-    Insert(Vec<Arc<Job>>, InsertReply),
+    /// Jobs with their JSON, serialized by the caller (off the writer).
+    Insert(Vec<(Arc<Job>, String)>, InsertReply),
     Transition(Vec<(JobId, Transition)>, TransitionReply),
 }
 
@@ -344,7 +345,7 @@ impl Writer {
                     Op::Insert(jobs, reply) => {
                         let result = insert(&tx, &jobs, &cache, &changed);
                         if let Ok(inserted) = &result {
-                            for (job, inserted) in jobs.iter().zip(inserted) {
+                            for ((job, _), inserted) in jobs.iter().zip(inserted) {
                                 if matches!(inserted, Inserted::New) {
                                     changed.insert(job.id, Arc::clone(job));
                                 }
@@ -424,79 +425,103 @@ fn current(
     Ok(read_job(tx, id)?.map(Arc::new))
 }
 
-/// All or none, under a savepoint: the group around it goes on either way.
+/// All or none (a batch under a savepoint): the group around it goes on
+/// either way.
 fn insert(
     tx: &rusqlite::Transaction<'_>,
-    jobs: &[Arc<Job>],
+    jobs: &[(Arc<Job>, String)],
+    cache: &RwLock<Cache>,
+    changed: &HashMap<JobId, Arc<Job>>,
+) -> Result<Vec<Inserted>, StoreError> {
+    // One row's INSERT is atomic by itself; several need a savepoint.
+    let savepoint = jobs.len() > 1;
+    let statement = |sql: &str| -> Result<(), StoreError> {
+        tx.prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([]))
+            .map(drop)
+            .map_err(backend)
+    };
+    if savepoint {
+        statement("SAVEPOINT insert_jobs")?;
+    }
+    let result = insert_rows(tx, jobs, cache, changed);
+    if savepoint {
+        if result.is_err() {
+            statement("ROLLBACK TO insert_jobs")?;
+        }
+        statement("RELEASE insert_jobs")?;
+    }
+    result
+}
+
+fn insert_rows(
+    tx: &rusqlite::Transaction<'_>,
+    jobs: &[(Arc<Job>, String)],
     cache: &RwLock<Cache>,
     changed: &HashMap<JobId, Arc<Job>>,
 ) -> Result<Vec<Inserted>, StoreError> {
     let mut outcome = Vec::with_capacity(jobs.len());
     let mut first_with_key: HashMap<(&str, &str), usize> = HashMap::new();
-    tx.execute_batch("SAVEPOINT insert_jobs").map_err(backend)?;
-    let result = (|| {
-        let mut exists = tx
-            .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")
-            .map_err(backend)?;
-        let mut by_key = tx
-            .prepare_cached("SELECT id FROM jobs WHERE tenant_id = ?1 AND idempotency_key = ?2")
-            .map_err(backend)?;
-        let mut put = tx
-            .prepare_cached(
-                "INSERT INTO jobs (id, tenant_id, namespace, kind, status, dead_letter,
-                    idempotency_key, external_id, batch_id, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
-            .map_err(backend)?;
-        for (i, job) in jobs.iter().enumerate() {
-            if changed.contains_key(&job.id)
-                || exists.exists([&job.id.as_bytes()[..]]).map_err(backend)?
-            {
+    let mut by_key = tx
+        .prepare_cached("SELECT id FROM jobs WHERE tenant_id = ?1 AND idempotency_key = ?2")
+        .map_err(backend)?;
+    let mut exists = tx
+        .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")
+        .map_err(backend)?;
+    let mut put = tx
+        .prepare_cached(
+            "INSERT INTO jobs (id, tenant_id, namespace, kind, status, dead_letter,
+                idempotency_key, external_id, batch_id, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(backend)?;
+    for (i, (job, body)) in jobs.iter().enumerate() {
+        if changed.contains_key(&job.id) {
+            return Err(StoreError::Duplicate(job.id));
+        }
+        if let Some(key) = job.constraints.idempotency_key.as_deref() {
+            // A duplicate id is refused before its key is looked at; for
+            // a job without a key the primary key refuses it below.
+            if exists.exists([&job.id.as_bytes()[..]]).map_err(backend)? {
                 return Err(StoreError::Duplicate(job.id));
             }
-            if let Some(key) = job.constraints.idempotency_key.as_deref() {
-                if let Some(&first) = first_with_key.get(&(job.tenant_id.as_str(), key)) {
-                    outcome.push(Inserted::Existing(Arc::clone(&jobs[first])));
+            if let Some(&first) = first_with_key.get(&(job.tenant_id.as_str(), key)) {
+                outcome.push(Inserted::Existing(Arc::clone(&jobs[first].0)));
+                continue;
+            }
+            let stored: Option<Vec<u8>> = by_key
+                .query_row(params![job.tenant_id.as_str(), key], |row| row.get(0))
+                .optional()
+                .map_err(backend)?;
+            if let Some(stored) = stored {
+                let id = JobId::from_slice(&stored).map_err(backend)?;
+                if let Some(existing) = current(tx, id, cache, changed)? {
+                    outcome.push(Inserted::Existing(existing));
                     continue;
                 }
-                let stored: Option<Vec<u8>> = by_key
-                    .query_row(params![job.tenant_id.as_str(), key], |row| row.get(0))
-                    .optional()
-                    .map_err(backend)?;
-                if let Some(stored) = stored {
-                    let id = JobId::from_slice(&stored).map_err(backend)?;
-                    if let Some(existing) = current(tx, id, cache, changed)? {
-                        outcome.push(Inserted::Existing(existing));
-                        continue;
-                    }
-                }
-                first_with_key.insert((job.tenant_id.as_str(), key), i);
             }
-            let body = serde_json::to_string(&**job).map_err(backend)?;
-            put.execute(params![
-                &job.id.as_bytes()[..],
-                job.tenant_id.as_str(),
-                job.namespace.as_str(),
-                job.kind.as_str(),
-                job.status.as_str(),
-                job.dead_letter,
-                job.constraints.idempotency_key.as_deref(),
-                job.external_id.as_deref(),
-                job.batch_id.as_ref().map(|b| &b.as_bytes()[..]),
-                body,
-            ])
-            .map_err(backend)?;
-            outcome.push(Inserted::New);
+            first_with_key.insert((job.tenant_id.as_str(), key), i);
         }
-        Ok(outcome)
-    })();
-    let end = if result.is_ok() {
-        "RELEASE insert_jobs"
-    } else {
-        "ROLLBACK TO insert_jobs; RELEASE insert_jobs"
-    };
-    tx.execute_batch(end).map_err(backend)?;
-    result
+        put.execute(params![
+            &job.id.as_bytes()[..],
+            job.tenant_id.as_str(),
+            job.namespace.as_str(),
+            job.kind.as_str(),
+            job.status.as_str(),
+            job.dead_letter,
+            job.constraints.idempotency_key.as_deref(),
+            job.external_id.as_deref(),
+            job.batch_id.as_ref().map(|b| &b.as_bytes()[..]),
+            body,
+        ])
+        .map_err(|err| match err.sqlite_error().map(|e| e.extended_code) {
+            // The primary key: the id exists (the store's own check).
+            Some(rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => StoreError::Duplicate(job.id),
+            _ => backend(err),
+        })?;
+        outcome.push(Inserted::New);
+    }
+    Ok(outcome)
 }
 
 fn transition(
@@ -524,6 +549,13 @@ fn transition(
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn insert(&self, jobs: Vec<Arc<Job>>) -> Result<Vec<Inserted>, StoreError> {
+        let jobs = jobs
+            .into_iter()
+            .map(|job| {
+                let body = serde_json::to_string(&*job).map_err(backend)?;
+                Ok((job, body))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         self.send(|reply| Op::Insert(jobs, reply))
             .await
             .unwrap_or_else(|| Err(StoreError::Backend("the commit failed".into())))
