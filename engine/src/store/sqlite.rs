@@ -40,6 +40,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_dead_letters ON jobs (tenant_id, id) WHERE dead_letter = 1;
     CREATE INDEX jobs_unfinished ON jobs (status)
         WHERE status IN ('pending', 'queued', 'running');",
+    // 2: one status index serves both a tenant's listing by status and the
+    // unfinished jobs at start: one B-tree fewer to update per insert and
+    // per change of status.
+    "DROP INDEX jobs_unfinished;
+    DROP INDEX jobs_by_status;
+    CREATE INDEX jobs_by_status ON jobs (status, tenant_id, id);",
 ];
 
 /// The most changes committed together.

@@ -335,6 +335,10 @@ async fn sqlite_store_refuses_a_database_from_a_newer_version() {
     let path = dir.path().join("jobs.db");
     drop(SqliteStore::open(&path).unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2, "every migration applied");
     conn.pragma_update(None, "user_version", 999).unwrap();
     drop(conn);
     let err = SqliteStore::open(&path).unwrap_err();
