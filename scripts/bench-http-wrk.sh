@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The HTTP API under wrk (a C load generator, lighter on this machine's
+# shared cores than the Rust client of `cargo bench --bench http`):
+# synchronous calculator calls and submissions from 32 connections, against
+# `work-engine serve` on SQLite (fsync, process) and in memory.
+# Needs wrk (Debian: apt-get install wrk). DURATION (default 5s) per case.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null || { echo "wrk is not installed (Debian: apt-get install wrk)" >&2; exit 2; }
+
+cargo build --release -p work-engine --quiet
+cargo build --release --target wasm32-wasip2 -p calculator --quiet
+target="${CARGO_TARGET_DIR:-target}"
+we="$target/release/work-engine"
+duration="${DURATION:-5s}"
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+
+cat > "$work/call.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"args": {"op": "add", "a": 2, "b": 2}}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+cat > "$work/submit.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"kind": "tool_call", "tenant_id": "bench", "payload": {"tool": "calculator", "args": {"op": "add", "a": 2, "b": 2}}, "constraints": {"not_before": "2099-01-01T00:00:00Z"}}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+for flags in "--durability fsync" "--durability process" "--store memory"; do
+    dir="$work/data-${flags// /}"
+    mkdir -p "$dir"
+    # shellcheck disable=SC2086
+    WORK_ENGINE_DATA_DIR="$dir" "$we" serve --addr 127.0.0.1:0 $flags > "$dir/out" 2>/dev/null &
+    pid=$!
+    until grep -q "listening on" "$dir/out" 2>/dev/null; do sleep 0.1; done
+    url=$(sed -n 's/listening on //p' "$dir/out")
+    curl -sf -o /dev/null --data-binary @"$target/wasm32-wasip2/release/calculator.wasm" \
+        -H 'content-type: application/wasm' "$url/v1/tools"
+    for case in "call /v1/tools/calculator/call" "submit /v1/jobs"; do
+        set -- $case
+        rate=$(wrk -t1 -c32 -d"$duration" -s "$work/$1.lua" "$url$2" | sed -n 's/Requests\/sec: *//p')
+        printf '%-22s %-8s %10s req/s\n' "$flags" "$1" "$rate"
+    done
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+done
