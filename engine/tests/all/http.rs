@@ -491,18 +491,25 @@ async fn events_stream_progress_and_partials_in_order_then_the_end() {
     let data = TempDir::new().unwrap();
     let server = Served::start(data.path(), &[]);
     server.register(guests::CHATTY).await;
-    // Held until the stream is open: a start time a moment from now.
-    let start = chrono::Utc::now() + chrono::Duration::milliseconds(700);
+    server.register(guests::MISBEHAVE).await;
+    // The chatty job waits for the one slot of its concurrency group,
+    // which a sleeping job holds until the stream is open.
+    let mut blocker = sleeper(1, 60_000);
+    blocker["constraints"]["concurrency_group"] = json!("hold");
+    let (_, blocker) = server.post("/v1/jobs", blocker).await;
+    let blocker = blocker["id"].as_str().unwrap().to_owned();
+    wait_for_status(&server, &blocker, "running").await;
     let (_, job) = server
         .post(
             "/v1/jobs",
             json!({"kind": "tool_call", "tenant_id": "acme",
                    "payload": {"tool": "chatty", "args": {"steps": 3}},
-                   "constraints": {"not_before": start}}),
+                   "constraints": {"concurrency_group": "hold"}}),
         )
         .await;
     let id = job["id"].as_str().unwrap().to_owned();
-    let names = read_events(&server, &id).await;
+    let release = format!("/v1/jobs/{blocker}/cancel");
+    let names = read_events(&server, &id, Some(&release)).await;
     let progress: Vec<&str> = names
         .iter()
         .filter(|(name, _)| name == "job.progress")
@@ -510,6 +517,7 @@ async fn events_stream_progress_and_partials_in_order_then_the_end() {
         .collect();
     let order: Vec<&str> = names.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(order.first(), Some(&"job.state"), "{order:?}");
+    assert_eq!(names[0].1["status"], "queued", "{order:?}");
     assert_eq!(order.last(), Some(&"job.completed"), "{order:?}");
     assert!(order.contains(&"job.started"), "{order:?}");
     let partials: Vec<&Value> = names
@@ -518,20 +526,25 @@ async fn events_stream_progress_and_partials_in_order_then_the_end() {
         .map(|(_, data)| &data["update"]["value"]["step"])
         .collect();
     assert_eq!(partials, [&json!(1), &json!(2), &json!(3)], "{order:?}");
-    assert!(progress.iter().filter(|kind| **kind == "progress").count() == 3);
+    assert_eq!(
+        progress.iter().filter(|kind| **kind == "progress").count(),
+        3,
+        "{order:?}"
+    );
 
     // Late: the job has ended; the stream is its state, and ends.
-    let late = read_events(&server, &id).await;
+    let late = read_events(&server, &id, None).await;
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].1["status"], "succeeded");
 }
 
-/// Every event of the stream, until the server ends it.
-async fn read_events(server: &Served, id: &str) -> Vec<(String, Value)> {
-    let response = server
+/// Every event of the stream, until the server ends it. Once the first
+/// event has arrived (the stream is open), posts to `then` if given.
+async fn read_events(server: &Served, id: &str, then: Option<&str>) -> Vec<(String, Value)> {
+    let mut response = server
         .http
         .get(server.at(&format!("/v1/jobs/{id}/events")))
-        .timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(30))
         .send()
         .await
         .unwrap();
@@ -539,7 +552,17 @@ async fn read_events(server: &Served, id: &str) -> Vec<(String, Value)> {
         response.headers()["content-type"].to_str().unwrap(),
         "text/event-stream"
     );
-    let text = response.text().await.unwrap();
+    let mut text = String::new();
+    let mut then = then;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        if text.contains("\n\n")
+            && let Some(path) = then.take()
+        {
+            let (status, body) = server.post(path, json!(null)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
     text.split("\n\n")
         .filter_map(|block| {
             let mut name = None;
@@ -772,8 +795,8 @@ async fn every_accepted_job_survives_a_kill_and_ends_exactly_once() {
 
     // Two attempts running when the server dies: one may try again, one
     // has no attempt left.
-    let (_, again) = server.post("/v1/jobs", sleeper(2, 2_000)).await;
-    let (_, last) = server.post("/v1/jobs", sleeper(1, 2_000)).await;
+    let (_, again) = server.post("/v1/jobs", sleeper(2, 600_000)).await;
+    let (_, last) = server.post("/v1/jobs", sleeper(1, 600_000)).await;
     let (again, last) = (
         again["id"].as_str().unwrap().to_owned(),
         last["id"].as_str().unwrap().to_owned(),
@@ -861,11 +884,17 @@ async fn every_accepted_job_survives_a_kill_and_ends_exactly_once() {
         assert!(listed.contains(id));
     }
 
-    let (_, again) = server
-        .get(&format!("/v1/jobs/{again}/wait?timeout_ms=30000"))
+    // The lost attempt counts: the one running now is the second.
+    wait_for_status(&server, &again, "running").await;
+    let (_, running) = server.get(&format!("/v1/jobs/{again}")).await;
+    assert_eq!(running["attempt"], 2, "{running}");
+    server
+        .post(&format!("/v1/jobs/{again}/cancel"), json!(null))
         .await;
-    assert_eq!(again["status"], "timeout", "{again}");
-    assert_eq!(again["attempt"], 2, "the lost attempt counts: {again}");
+    let (_, canceled) = server
+        .get(&format!("/v1/jobs/{again}/wait?timeout_ms=20000"))
+        .await;
+    assert_eq!(canceled["status"], "canceled", "{canceled}");
     let (_, last) = server.get(&format!("/v1/jobs/{last}")).await;
     assert_eq!(last["status"], "failed", "{last}");
     assert_eq!(last["outcome"], "backend_error", "{last}");
@@ -878,7 +907,7 @@ async fn sigterm_refuses_new_work_and_lets_running_jobs_finish() {
     let data = TempDir::new().unwrap();
     let mut server = Served::start(data.path(), &["--shutdown-grace-ms", "10000"]);
     server.register(guests::MISBEHAVE).await;
-    let (_, job) = server.post("/v1/jobs", sleeper(1, 1_500)).await;
+    let (_, job) = server.post("/v1/jobs", sleeper(1, 3_000)).await;
     let id = job["id"].as_str().unwrap().to_owned();
     wait_for_status(&server, &id, "running").await;
 
@@ -900,7 +929,12 @@ async fn sigterm_refuses_new_work_and_lets_running_jobs_finish() {
 
     let pid = server.child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..250 {
+        if server.get("/healthz").await.0 == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     problem(
         server.post("/v1/jobs", calc_job("late", 1.0)).await,
         StatusCode::SERVICE_UNAVAILABLE,
