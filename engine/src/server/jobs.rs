@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
@@ -17,7 +17,7 @@ use uuid::Uuid;
 use work_host_api::{Job, JobId, JobStatus, NewJob};
 
 use super::problem::{ApiError, JsonBody, PathParams, QueryParams, Refused};
-use super::{AppState, Caller};
+use super::{AppState, Caller, located};
 use crate::events::{EventStream, EventStreamError};
 use crate::scheduler::Batch;
 use crate::scheduler::StatusCounts;
@@ -59,16 +59,7 @@ async fn submit(
     } else {
         StatusCode::CREATED
     };
-    Ok(created(status, &job))
-}
-
-fn created(status: StatusCode, job: &Job) -> Response {
-    (
-        status,
-        [(header::LOCATION, format!("/v1/jobs/{}", job.id))],
-        axum::Json(job),
-    )
-        .into_response()
+    Ok(located(status, format!("/v1/jobs/{}", job.id), job))
 }
 
 /// `{"jobs": [...]}`: accepted all or none.
@@ -93,23 +84,15 @@ async fn submit_batch(
     caller: Caller,
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Response, ApiError> {
-    if request.jobs.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_job",
-            "a batch needs at least one job",
-        ));
-    }
     for job in &request.jobs {
         caller.may_act_for(&job.tenant_id)?;
     }
     let batch = state.engine.submit_batch(request.jobs).await?;
-    Ok((
+    Ok(located(
         StatusCode::CREATED,
-        [(header::LOCATION, format!("/v1/batches/{}", batch.id))],
-        axum::Json(batch),
-    )
-        .into_response())
+        format!("/v1/batches/{}", batch.id),
+        batch,
+    ))
 }
 
 #[utoipa::path(
@@ -155,16 +138,19 @@ impl ListParams {
         query.status = self.status;
         query.kind = self.kind.map(Into::into);
         query.cursor = self.cursor;
-        if let Some(limit) = self.limit {
-            if !(1..=JobQuery::MAX_LIMIT).contains(&limit) {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
-                    format!("limit must be 1 to {}", JobQuery::MAX_LIMIT),
-                ));
-            }
-            query.limit = Some(limit);
-        }
+        query.limit = page_limit(self.limit)?;
         Ok(query)
+    }
+}
+
+/// A page size as asked: 1 to [`JobQuery::MAX_LIMIT`], or refused.
+pub(super) fn page_limit(limit: Option<usize>) -> Result<Option<usize>, ApiError> {
+    match limit {
+        Some(limit) if !(1..=JobQuery::MAX_LIMIT).contains(&limit) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1 to {}", JobQuery::MAX_LIMIT),
+        )),
+        limit => Ok(limit),
     }
 }
 

@@ -7,7 +7,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::AppState;
-use crate::scheduler::{Histogram, Stats};
+use crate::scheduler::{Histogram, LevelStats};
 use work_host_api::JobStatus;
 
 /// `text/plain; version=0.0.4`.
@@ -19,40 +19,52 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     let stats = state.engine.stats();
     let wasm = state.host.runtime().totals();
     let mut out = Text::default();
-    render_jobs(&mut out, &stats);
 
-    out.family(
+    let mut jobs = out.family(
+        "work_engine_jobs",
+        "gauge",
+        "Jobs by tenant, priority and status, since the engine started (terminal statuses only grow).",
+    );
+    for tenant in &stats.tenants {
+        for (priority, counts) in &tenant.by_priority {
+            for status in JobStatus::ALL {
+                let n = counts.get(status);
+                if n > 0 {
+                    let labels = [
+                        ("tenant", tenant.tenant_id.as_str()),
+                        ("priority", priority.as_str()),
+                        ("status", status.as_str()),
+                    ];
+                    jobs.sample(&labels, n as f64);
+                }
+            }
+        }
+    }
+    let levels = |out: &mut Text, name, help, value: fn(&LevelStats) -> f64| {
+        let mut family = out.family(name, "gauge", help);
+        for level in &stats.levels {
+            family.sample(&[("priority", level.priority.as_str())], value(level));
+        }
+    };
+    levels(
+        &mut out,
         "work_engine_queue_depth",
-        "gauge",
         "Jobs waiting in each priority queue.",
+        |level| level.depth as f64,
     );
-    for level in &stats.levels {
-        out.sample(
-            "work_engine_queue_depth",
-            &[("priority", level.priority.as_str())],
-            level.depth as f64,
-        );
-    }
-    out.family(
+    levels(
+        &mut out,
         "work_engine_queue_capacity",
-        "gauge",
         "Capacity of each priority queue.",
+        |level| level.capacity as f64,
     );
-    for level in &stats.levels {
-        out.sample(
-            "work_engine_queue_capacity",
-            &[("priority", level.priority.as_str())],
-            level.capacity as f64,
-        );
-    }
-    out.family(
+    let mut wait = out.family(
         "work_engine_wait_seconds",
         "histogram",
         "Time from queued to started.",
     );
     for level in &stats.levels {
-        out.histogram(
-            "work_engine_wait_seconds",
+        wait.histogram(
             &[("priority", level.priority.as_str())],
             &level.wait_seconds,
         );
@@ -61,107 +73,70 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         "work_engine_run_seconds",
         "histogram",
         "Time from started to ended, per attempt.",
-    );
-    out.histogram("work_engine_run_seconds", &[], &stats.run_seconds);
-    out.family(
+    )
+    .histogram(&[], &stats.run_seconds);
+    let mut attempts = out.family(
         "work_engine_attempts_total",
         "counter",
         "Attempts by the outcome class they ended with.",
     );
     for (class, n) in &stats.outcomes {
-        out.sample(
-            "work_engine_attempts_total",
-            &[("outcome", class)],
-            *n as f64,
-        );
+        attempts.sample(&[("outcome", class)], *n as f64);
     }
     out.family(
         "work_engine_jobs_finished_total",
         "counter",
         "Jobs that reached a terminal status.",
-    );
-    out.sample(
-        "work_engine_jobs_finished_total",
-        &[],
-        stats.finished_total as f64,
-    );
+    )
+    .sample(&[], stats.finished_total as f64);
 
     let resources = &stats.resources;
-    out.family(
+    let mut cpu = out.family(
         "work_engine_cpu_cores",
         "gauge",
         "CPU cores: held by running jobs, and in all.",
     );
-    out.sample(
-        "work_engine_cpu_cores",
-        &[("state", "in_use")],
-        resources.cpu_in_use,
-    );
-    out.sample(
-        "work_engine_cpu_cores",
-        &[("state", "capacity")],
-        resources.cpu_capacity,
-    );
-    out.family(
+    cpu.sample(&[("state", "in_use")], resources.cpu_in_use);
+    cpu.sample(&[("state", "capacity")], resources.cpu_capacity);
+    let mut memory = out.family(
         "work_engine_memory_mb",
         "gauge",
         "Memory in MiB: held by running jobs, and in all.",
     );
-    out.sample(
-        "work_engine_memory_mb",
-        &[("state", "in_use")],
-        resources.memory_mb_in_use as f64,
-    );
-    out.sample(
-        "work_engine_memory_mb",
+    memory.sample(&[("state", "in_use")], resources.memory_mb_in_use as f64);
+    memory.sample(
         &[("state", "capacity")],
         resources.memory_mb_capacity as f64,
     );
-    out.family(
+    let mut gpus = out.family(
         "work_engine_gpus",
         "gauge",
         "GPUs by type: held by running jobs, and in all.",
     );
     for (kind, n) in &resources.gpus_capacity {
         let used = resources.gpus_in_use.get(kind).copied().unwrap_or(0);
-        out.sample(
-            "work_engine_gpus",
-            &[("type", kind), ("state", "in_use")],
-            f64::from(used),
-        );
-        out.sample(
-            "work_engine_gpus",
-            &[("type", kind), ("state", "capacity")],
-            f64::from(*n),
-        );
+        gpus.sample(&[("type", kind), ("state", "in_use")], f64::from(used));
+        gpus.sample(&[("type", kind), ("state", "capacity")], f64::from(*n));
     }
 
     out.family(
         "work_engine_wasm_calls_total",
         "counter",
         "Sandboxed instances run.",
-    );
-    out.sample("work_engine_wasm_calls_total", &[], wasm.calls as f64);
+    )
+    .sample(&[], wasm.calls as f64);
     out.family(
         "work_engine_wasm_fuel_consumed_total",
         "counter",
         "Fuel burnt by sandboxed calls.",
-    );
-    out.sample(
-        "work_engine_wasm_fuel_consumed_total",
-        &[],
-        wasm.fuel_consumed as f64,
-    );
+    )
+    .sample(&[], wasm.fuel_consumed as f64);
     out.family(
         "work_engine_wasm_peak_memory_bytes",
         "histogram",
         "Peak linear memory of each sandboxed instance.",
-    );
-    out.histogram(
-        "work_engine_wasm_peak_memory_bytes",
-        &[],
-        &wasm.peak_memory_bytes,
-    );
+    )
+    .histogram(&[], &wasm.peak_memory_bytes);
 
     (
         [(
@@ -172,40 +147,17 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     )
 }
 
-fn render_jobs(out: &mut Text, stats: &Stats) {
-    out.family(
-        "work_engine_jobs",
-        "gauge",
-        "Jobs by tenant, priority and status, since the engine started (terminal statuses only grow).",
-    );
-    for tenant in &stats.tenants {
-        for (priority, counts) in &tenant.by_priority {
-            for status in JobStatus::ALL {
-                let n = counts.get(status);
-                if n > 0 {
-                    out.sample(
-                        "work_engine_jobs",
-                        &[
-                            ("tenant", &tenant.tenant_id),
-                            ("priority", priority.as_str()),
-                            ("status", status.as_str()),
-                        ],
-                        n as f64,
-                    );
-                }
-            }
-        }
-    }
-}
-
 /// The exposition text being written.
 #[derive(Default)]
 struct Text(String);
 
 impl Text {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    /// Starts the family `name`: its `HELP` and `TYPE` lines, then its
+    /// samples through the handle.
+    fn family<'a>(&'a mut self, name: &'a str, kind: &str, help: &str) -> Family<'a> {
         let _ = writeln!(self.0, "# HELP {name} {help}");
         let _ = writeln!(self.0, "# TYPE {name} {kind}");
+        Family { out: self, name }
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
@@ -222,17 +174,32 @@ impl Text {
         }
         let _ = writeln!(self.0, " {}", number(value));
     }
+}
 
-    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], histogram: &Histogram) {
+/// One metric family's samples.
+struct Family<'a> {
+    out: &'a mut Text,
+    name: &'a str,
+}
+
+impl Family<'_> {
+    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+        self.out.sample(self.name, labels, value);
+    }
+
+    fn histogram(&mut self, labels: &[(&str, &str)], histogram: &Histogram) {
+        let name = self.name;
         let bucket = format!("{name}_bucket");
         for (bound, n) in histogram.cumulative() {
             let le = number(bound);
             let mut with_le = labels.to_vec();
             with_le.push(("le", &le));
-            self.sample(&bucket, &with_le, n as f64);
+            self.out.sample(&bucket, &with_le, n as f64);
         }
-        self.sample(&format!("{name}_sum"), labels, histogram.sum);
-        self.sample(&format!("{name}_count"), labels, histogram.count as f64);
+        self.out
+            .sample(&format!("{name}_sum"), labels, histogram.sum);
+        self.out
+            .sample(&format!("{name}_count"), labels, histogram.count as f64);
     }
 }
 
@@ -263,10 +230,12 @@ mod tests {
             histogram.observe(value);
         }
         let mut out = Text::default();
-        out.histogram("t", &[("a", "x\"y")], &histogram);
+        out.family("t", "histogram", "h")
+            .histogram(&[("a", "x\"y")], &histogram);
         assert_eq!(
             out.0,
-            "t_bucket{a=\"x\\\"y\",le=\"1\"} 1\nt_bucket{a=\"x\\\"y\",le=\"2\"} 3\n\
+            "# HELP t h\n# TYPE t histogram\n\
+             t_bucket{a=\"x\\\"y\",le=\"1\"} 1\nt_bucket{a=\"x\\\"y\",le=\"2\"} 3\n\
              t_bucket{a=\"x\\\"y\",le=\"+Inf\"} 4\nt_sum{a=\"x\\\"y\"} 12.7\nt_count{a=\"x\\\"y\"} 4\n"
         );
     }

@@ -25,8 +25,8 @@ mod ops;
 mod problem;
 mod tools;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -77,9 +77,8 @@ pub(crate) struct AppState {
     host: Arc<ToolHost>,
     config: Arc<ServerConfig>,
     draining: Arc<AtomicBool>,
-    /// The OpenAPI document, built with the router from the same
-    /// annotations.
-    openapi: Arc<OnceLock<utoipa::openapi::OpenApi>>,
+    /// The OpenAPI document, from the annotations the router is built from.
+    openapi: Arc<utoipa::openapi::OpenApi>,
 }
 
 /// The document's frame; the routes fill in its paths and schemas.
@@ -155,13 +154,14 @@ pub struct Server {
 impl Server {
     /// A server over `engine`, whose `tool_call` jobs run on `host`.
     pub fn new(engine: Engine, host: Arc<ToolHost>, config: ServerConfig) -> Self {
+        let openapi = Arc::new(Self::routes(&config).into_openapi());
         Self {
             state: AppState {
                 engine,
                 host,
                 config: Arc::new(config),
                 draining: Arc::new(AtomicBool::new(false)),
-                openapi: Arc::new(OnceLock::new()),
+                openapi,
             },
         }
     }
@@ -169,9 +169,7 @@ impl Server {
     /// Every route, with its limits and error handling.
     pub fn router(&self) -> Router {
         let state = self.state.clone();
-        let (router, openapi) = Self::routes(&state.config).split_for_parts();
-        let _ = state.openapi.set(openapi);
-        router
+        Router::from(Self::routes(&state.config))
             .fallback(unknown_route)
             .method_not_allowed_fallback(wrong_method)
             .layer(middleware::from_fn_with_state(
@@ -186,7 +184,7 @@ impl Server {
     /// The OpenAPI document of every route ([`Server::router`] serves it at
     /// `/openapi.json`).
     pub fn openapi(&self) -> utoipa::openapi::OpenApi {
-        Self::routes(&self.state.config).into_openapi()
+        (*self.state.openapi).clone()
     }
 
     /// The routes and their documentation, from the same annotations: a
@@ -248,16 +246,8 @@ impl Server {
     get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = serde_json::Value))
 )]
-async fn openapi_json(State(state): State<AppState>) -> Response {
-    match state.openapi.get() {
-        Some(openapi) => axum::Json(openapi).into_response(),
-        None => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "starting",
-            "the document is not built yet",
-        )
-        .into_response(),
-    }
+async fn openapi_json(State(state): State<AppState>) -> axum::Json<Arc<utoipa::openapi::OpenApi>> {
+    axum::Json(state.openapi)
 }
 
 /// While shutting down, every request that would start work is refused.
@@ -295,6 +285,17 @@ async fn wrong_method(request: Request) -> ApiError {
             request.uri().path()
         ),
     )
+}
+
+/// `status` with `body` as JSON and a `Location` header: what creating (or
+/// finding) a resource answers.
+fn located(status: StatusCode, location: String, body: impl serde::Serialize) -> Response {
+    (
+        status,
+        [(axum::http::header::LOCATION, location)],
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 /// A handler that panicked: a bug, answered as one, never a dropped

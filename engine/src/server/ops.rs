@@ -24,7 +24,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(super::metrics::metrics))
 }
 
-/// A tenant's dead-lettered jobs, newest first.
+/// Counts by level and tenant, resources, throughput, wait and run times.
 #[utoipa::path(
     get, path = "/v1/stats", tag = "operations",
     responses((status = 200, description = "Counts, resources, throughput, wait and run times", body = Stats))
@@ -45,6 +45,7 @@ pub(super) struct DeadLetterParams {
     limit: Option<usize>,
 }
 
+/// A tenant's dead-lettered jobs, newest first.
 #[utoipa::path(
     get, path = "/v1/dead-letters", tag = "operations",
     params(DeadLetterParams),
@@ -60,7 +61,7 @@ async fn dead_letters(
 ) -> Result<axum::Json<JobPage>, ApiError> {
     let mut query = JobQuery::tenant(caller.tenant(params.tenant)?);
     query.cursor = params.cursor;
-    query.limit = params.limit;
+    query.limit = super::jobs::page_limit(params.limit)?;
     Ok(axum::Json(state.engine.dead_letters(&query).await?))
 }
 
@@ -91,15 +92,10 @@ async fn retry_dead_letter(
     )
 )]
 async fn healthz(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
-    if state.draining.load(Ordering::SeqCst) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "shutting_down"})),
-        )
+    let (status, text) = if state.draining.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
     } else {
-        (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ok"})),
-        )
-    }
+        (StatusCode::OK, "ok")
+    };
+    (status, axum::Json(serde_json::json!({ "status": text })))
 }

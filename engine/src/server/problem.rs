@@ -136,11 +136,11 @@ impl From<EngineError> for ApiError {
     fn from(err: EngineError) -> Self {
         let code = err.code();
         let detail = err.to_string();
-        let (inner, index) = match &err {
-            EngineError::Batch { index, source } => (source.as_ref(), Some(*index)),
+        let (inner, index) = match err {
+            EngineError::Batch { index, source } => (*source, Some(index)),
             other => (other, None),
         };
-        let status = match inner {
+        let status = match &inner {
             EngineError::InvalidJob { .. }
             | EngineError::InvalidArgs { .. }
             | EngineError::UnknownTool { .. }
@@ -159,7 +159,7 @@ impl From<EngineError> for ApiError {
         let mut problem = Self::new(status, code, detail);
         problem.index = index;
         match inner {
-            EngineError::InvalidArgs { violations, .. } => problem.violations(violations.clone()),
+            EngineError::InvalidArgs { violations, .. } => problem.violations(violations),
             EngineError::RateLimited { retry_after, .. } => {
                 problem.retry_after(retry_after.as_secs_f64().ceil() as u64)
             }

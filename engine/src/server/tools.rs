@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use work_host_api::{CompactString, Job, NewJob, Priority, Resources};
 
 use super::problem::{ApiError, JsonBody, PathParams, QueryParams, Refused, body_rejection};
-use super::{AppState, Caller, ServerConfig};
+use super::{AppState, Caller, ServerConfig, located};
 use crate::registry::{DeclarationFormat, ToolManifest};
 use crate::runtime::{DirGrant, Grants};
 
@@ -68,14 +68,12 @@ async fn register(
 ) -> Result<Response, ApiError> {
     let grants = grants(query.as_deref().unwrap_or(""))?;
     let wasm = component(request, &state).await?;
-    let registered = state.host.register(&wasm, grants).await?;
-    let manifest = registered.manifest;
-    Ok((
+    let manifest = state.host.register(&wasm, grants).await?.manifest;
+    Ok(located(
         StatusCode::CREATED,
-        [(header::LOCATION, format!("/v1/tools/{}", manifest.name))],
-        axum::Json(manifest),
-    )
-        .into_response())
+        format!("/v1/tools/{}", manifest.name),
+        manifest,
+    ))
 }
 
 fn grants(query: &str) -> Result<Grants, ApiError> {
@@ -268,10 +266,5 @@ async fn call(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((
-        status,
-        [(header::LOCATION, format!("/v1/jobs/{}", job.id))],
-        axum::Json(job),
-    )
-        .into_response())
+    Ok(located(status, format!("/v1/jobs/{}", job.id), job))
 }
