@@ -611,19 +611,18 @@ impl Engine {
             let now = Instant::now();
             let refused = {
                 let mut state = inner.state.lock();
-                let placed = inner.select_backend(&job).and_then(|backend| {
-                    live_for(&mut state, &job, backend, now).map(|live| (backend, live))
-                });
+                let placed = inner
+                    .select_backend(&job)
+                    .and_then(|backend| live_for(&mut state, &job, backend, now));
                 match placed {
-                    Ok((_, live)) => {
+                    Ok(live) => {
                         state.readmit(job.id, live, now);
                         if failed_dep.is_some() {
                             state.doom(job.id);
                         } else {
                             let run_at = job
                                 .next_run_at
-                                .and_then(|at| (at - Utc::now()).to_std().ok())
-                                .map(|delay| now + delay);
+                                .and_then(|at| instant_of(at, Utc::now(), now));
                             let outcome = state.place(job.id, &open_deps, false, run_at, now);
                             drop(state);
                             inner.announce_queued(&job, outcome);
@@ -842,6 +841,12 @@ impl Engine {
     }
 }
 
+/// The instant `at` will be, given that it is `utc_now` at `now`; `None`
+/// for a time already past.
+fn instant_of(at: DateTime<Utc>, utc_now: DateTime<Utc>, now: Instant) -> Option<Instant> {
+    (at - utc_now).to_std().ok().map(|delay| now + delay)
+}
+
 fn dependency_failed(message: impl Into<String>) -> JobError {
     JobError {
         code: "dependency_failed".to_owned(),
@@ -1015,7 +1020,7 @@ impl Inner {
         constraints.depends_on.dedup();
         let run_at = constraints
             .not_before
-            .and_then(|at| (at - now).to_std().ok().map(|delay| Instant::now() + delay));
+            .and_then(|at| instant_of(at, now, Instant::now()));
         let mut job = Job {
             id: Uuid::now_v7(),
             kind: new.kind,

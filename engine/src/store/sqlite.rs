@@ -98,7 +98,7 @@ impl std::str::FromStr for Durability {
 /// - **Migrations** are versioned and applied when the file is opened.
 pub struct SqliteStore {
     path: PathBuf,
-    writer: Mutex<mpsc::Sender<Op>>,
+    writer: mpsc::Sender<Op>,
     readers: Mutex<Vec<Connection>>,
     /// Jobs as last committed: every one that has not ended, and the most
     /// recent ones that have.
@@ -212,7 +212,7 @@ impl SqliteStore {
             .map_err(backend)?;
         Ok(Self {
             path,
-            writer: Mutex::new(sender),
+            writer: sender,
             readers: Mutex::new(Vec::new()),
             cache,
         })
@@ -225,7 +225,7 @@ impl SqliteStore {
 
     async fn send<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Option<T> {
         let (reply, answer) = oneshot::channel();
-        self.writer.lock().send(op(reply)).ok()?;
+        self.writer.send(op(reply)).ok()?;
         answer.await.ok()
     }
 
