@@ -8,9 +8,10 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::remote::{Remote, query};
+use super::remote::{Remote, query_string};
 use super::{FAILED, outln, print_json};
 use crate::store::{JobQuery, SqliteStore, Store};
+use work_host_api::JobStatus;
 
 /// Where the job commands act.
 pub(super) enum Target {
@@ -44,6 +45,29 @@ impl Target {
             dir.display()
         );
         SqliteStore::open(&path).with_context(|| format!("cannot open {}", path.display()))
+    }
+
+    /// A page of jobs, from the server or from the data directory.
+    async fn page(&self, query: &JobQuery) -> anyhow::Result<Value> {
+        match self {
+            Self::Server(remote) => {
+                let route = if query.dead_letter {
+                    "/v1/dead-letters"
+                } else {
+                    "/v1/jobs"
+                };
+                let parameters = query_string(&[
+                    ("tenant", Some(query.tenant_id.clone())),
+                    ("namespace", query.namespace.clone()),
+                    ("status", query.status.map(|s| s.as_str().to_owned())),
+                    ("kind", query.kind.as_ref().map(|k| k.as_str().to_owned())),
+                    ("limit", query.limit.map(|n| n.to_string())),
+                    ("cursor", query.cursor.clone()),
+                ]);
+                remote.get(&format!("{route}{parameters}")).await
+            }
+            Self::Local(dir) => Ok(serde_json::to_value(Self::store(dir)?.list(query).await?)?),
+        }
     }
 }
 
@@ -169,7 +193,7 @@ struct ListArgs {
     namespace: Option<String>,
     /// pending, queued, running, succeeded, failed, canceled or timeout.
     #[arg(long)]
-    status: Option<String>,
+    status: Option<JobStatus>,
     #[arg(long)]
     kind: Option<String>,
     /// At most this many (1 to 1000).
@@ -184,36 +208,12 @@ impl JobsArgs {
     pub(super) async fn run(self, target: &Target) -> anyhow::Result<ExitCode> {
         match self.action {
             JobsAction::List(list) => {
-                let page = match target {
-                    Target::Server(remote) => {
-                        remote
-                            .get(&format!(
-                                "/v1/jobs{}",
-                                query(&[
-                                    ("tenant", Some(list.tenant)),
-                                    ("namespace", list.namespace),
-                                    ("status", list.status),
-                                    ("kind", list.kind),
-                                    ("limit", Some(list.limit.to_string())),
-                                    ("cursor", list.cursor),
-                                ])
-                            ))
-                            .await?
-                    }
-                    Target::Local(dir) => {
-                        let mut query = JobQuery::tenant(list.tenant).limit(list.limit);
-                        query.namespace = list.namespace;
-                        query.status = list
-                            .status
-                            .map(|s| s.parse())
-                            .transpose()
-                            .map_err(|err| anyhow::anyhow!("--status: {err}"))?;
-                        query.kind = list.kind.map(Into::into);
-                        query.cursor = list.cursor;
-                        serde_json::to_value(Target::store(dir)?.list(&query).await?)?
-                    }
-                };
-                show_page(&page, self.json)?;
+                let mut query = JobQuery::tenant(list.tenant).limit(list.limit);
+                query.namespace = list.namespace;
+                query.status = list.status;
+                query.kind = list.kind.map(Into::into);
+                query.cursor = list.cursor;
+                show_page(&target.page(&query).await?, self.json)?;
                 Ok(ExitCode::SUCCESS)
             }
             JobsAction::Get { id } => {
@@ -243,7 +243,7 @@ impl JobsArgs {
             }
             JobsAction::Wait { id, timeout_ms } => {
                 let remote = target.server("jobs wait")?;
-                let timeout = query(&[("timeout_ms", timeout_ms.map(|ms| ms.to_string()))]);
+                let timeout = query_string(&[("timeout_ms", timeout_ms.map(|ms| ms.to_string()))]);
                 let job = remote.get(&format!("/v1/jobs/{id}/wait{timeout}")).await?;
                 show_job(&job, self.json)?;
                 Ok(exit_for(&job, true))
@@ -331,21 +331,8 @@ impl DlqArgs {
     pub(super) async fn run(self, target: &Target) -> anyhow::Result<ExitCode> {
         match self.action {
             DlqAction::List { tenant } => {
-                let page = match target {
-                    Target::Server(remote) => {
-                        remote
-                            .get(&format!(
-                                "/v1/dead-letters{}",
-                                query(&[("tenant", Some(tenant))])
-                            ))
-                            .await?
-                    }
-                    Target::Local(dir) => {
-                        let query = JobQuery::tenant(tenant).dead_letters();
-                        serde_json::to_value(Target::store(dir)?.list(&query).await?)?
-                    }
-                };
-                show_page(&page, self.json)?;
+                let query = JobQuery::tenant(tenant).dead_letters();
+                show_page(&target.page(&query).await?, self.json)?;
             }
             DlqAction::Retry { id } => {
                 let remote = target.server("dlq retry")?;

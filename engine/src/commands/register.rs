@@ -1,6 +1,6 @@
 //! `work-engine register TOOL.wasm`
 
-use super::remote::{Remote, query};
+use super::remote::{Remote, query_string};
 use super::{open_host, outln, print_json};
 use crate::registry::ToolManifest;
 use crate::runtime::{DirGrant, Grants, RuntimeConfig};
@@ -44,7 +44,7 @@ impl RegisterArgs {
                     grants.push(("allow_env", Some(name.clone())));
                 }
                 let manifest = Remote::new(url)
-                    .post_bytes(&format!("/v1/tools{}", query(&grants)), wasm)
+                    .post_bytes(&format!("/v1/tools{}", query_string(&grants)), wasm)
                     .await
                     .with_context(|| format!("cannot register {}", self.wasm.display()))?;
                 (serde_json::from_value::<ToolManifest>(manifest)?, false)

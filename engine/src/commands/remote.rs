@@ -78,7 +78,7 @@ impl Remote {
 }
 
 /// `key=value` pairs as a query string, values escaped.
-pub(super) fn query(pairs: &[(&str, Option<String>)]) -> String {
+pub(super) fn query_string(pairs: &[(&str, Option<String>)]) -> String {
     let mut out = form_urlencoded::Serializer::new(String::new());
     for (key, value) in pairs {
         if let Some(value) = value {
