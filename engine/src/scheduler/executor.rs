@@ -24,7 +24,7 @@ use work_host_api::{ExecContext, ExecError, Job, JobError, JobId, JobStatus, Out
 use super::Inner;
 use super::state::{Released, Start};
 use crate::events::EventData;
-use crate::store::Transition;
+use crate::store::{Commit, Transition};
 
 /// The most dispatched jobs a runner takes at once.
 pub(crate) const BATCH: usize = 64;
@@ -101,7 +101,9 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) {
             (start.id, claim)
         })
         .collect();
-    let claimed = inner.store.transition_batch(claims).await;
+    // A claim lost in a crash only leaves the attempt uncounted: nothing
+    // waits for it to be durable (the result's commit covers it).
+    let claimed = inner.store.transition_batch(claims, Commit::Ordered).await;
     let began = Instant::now();
     let mut done = Vec::with_capacity(batch.len());
     for (start, claimed) in batch.into_iter().zip(claimed) {
@@ -233,7 +235,7 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
             (d.id, change)
         })
         .collect();
-    let recorded = inner.store.transition_batch(changes).await;
+    let recorded = inner.store.transition_batch(changes, Commit::Durable).await;
 
     let mut released = Released::default();
     let mut requeued = vec![None; done.len()];

@@ -259,8 +259,7 @@ async fn call(
         job = job.with_namespace(namespace);
     }
     job.metadata = request.metadata;
-    let job = state.engine.submit(job).await?;
-    let job: Arc<Job> = state.engine.wait(job.id, state.config.max_wait).await?;
+    let job: Arc<Job> = state.engine.call(job, state.config.max_wait).await?;
     let status = if job.status.is_terminal() {
         StatusCode::OK
     } else {

@@ -8,7 +8,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::id_map::{IdMap, NameMap, spread};
 use work_host_api::{CompactString, Job, JobId, JobStatus};
 
-use super::{Inserted, JobPage, JobQuery, Store, StoreError, Transition};
+use super::{Commit, Inserted, JobPage, JobQuery, Store, StoreError, Transition};
 
 const SHARDS: usize = 32;
 
@@ -204,7 +204,11 @@ impl MemoryStore {
 
 #[async_trait::async_trait]
 impl Store for MemoryStore {
-    async fn insert(&self, jobs: Vec<Arc<Job>>) -> Result<Vec<Inserted>, StoreError> {
+    async fn insert(
+        &self,
+        jobs: Vec<Arc<Job>>,
+        _commit: Commit,
+    ) -> Result<Vec<Inserted>, StoreError> {
         // Lock every tenant involved, in name order, so two batches cannot
         // deadlock and idempotency checks and inserts happen as one step.
         let (indexes, slots) = {
@@ -325,6 +329,7 @@ impl Store for MemoryStore {
     async fn transition_batch(
         &self,
         changes: Vec<(JobId, Transition)>,
+        _commit: Commit,
     ) -> Vec<Result<Arc<Job>, StoreError>> {
         self.apply_all(changes)
     }

@@ -317,6 +317,27 @@ pub struct JobPage {
     pub next_cursor: Option<String>,
 }
 
+/// When a store call that changes jobs may answer.
+///
+/// Durability costs a commit (an fsync, on SQLite) the caller waits for.
+/// Some changes need not hold anyone up: if the process dies before they
+/// are durable, recovery repairs what is lost. The scheduler claims jobs
+/// this way (a claim lost in a crash only leaves the attempt uncounted),
+/// and a synchronous call inserts its job this way (its caller, still
+/// waiting, sees the connection fail and has no job id to look for).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Commit {
+    /// Once the change is durable.
+    #[default]
+    Durable,
+    /// Once the change is decided and ordered before every change asked
+    /// for later: it is durable once a later durable change, or
+    /// [`Store::flush`], has returned. A store may answer later (a
+    /// change it must decide against its table: an idempotency key, an
+    /// all-or-none batch, a job it no longer holds in memory).
+    Ordered,
+}
+
 /// What [`Store::insert`] did with one job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inserted {
@@ -340,7 +361,14 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     ///
     /// [`StoreError::Duplicate`] for an id that exists; storage failures.
-    async fn insert(&self, jobs: Vec<Arc<Job>>) -> Result<Vec<Inserted>, StoreError>;
+    /// An [`Commit::Ordered`] insert a store decided before writing may
+    /// find its id taken only when it writes: the job is then dropped,
+    /// and the error logged.
+    async fn insert(
+        &self,
+        jobs: Vec<Arc<Job>>,
+        commit: Commit,
+    ) -> Result<Vec<Inserted>, StoreError>;
 
     /// One job.
     ///
@@ -380,16 +408,29 @@ pub trait Store: Send + Sync + 'static {
     /// Several [`Store::transition`]s, each atomic on its own, with one
     /// result per change in order. The scheduler claims and records jobs
     /// in batches through this; a store can make it one round trip (one
-    /// SQL transaction, one lock per index). By default, one at a time.
+    /// SQL transaction, one lock per index). By default, one at a time,
+    /// each durable.
     async fn transition_batch(
         &self,
         changes: Vec<(JobId, Transition)>,
+        commit: Commit,
     ) -> Vec<Result<Arc<Job>, StoreError>> {
+        let _ = commit;
         let mut results = Vec::with_capacity(changes.len());
         for (id, change) in changes {
             results.push(self.transition(id, change).await);
         }
         results
+    }
+
+    /// Returns once every change this store has answered is durable,
+    /// [`Commit::Ordered`] ones included.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Every job that has not ended, for an engine starting on this store.

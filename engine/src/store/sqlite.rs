@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use tokio::sync::oneshot;
 use work_host_api::{Job, JobId};
 
-use super::{Inserted, JobPage, JobQuery, Store, StoreError, Transition};
+use super::{Commit, Inserted, JobPage, JobQuery, Store, StoreError, Transition};
 use crate::id_map::IdMap;
 
 /// The schema, one step per version; `PRAGMA user_version` records how
@@ -87,21 +87,27 @@ impl std::str::FromStr for Durability {
 ///   transaction is committed, and with [`Durability::Fsync`] (the
 ///   default) synced to disk, so a job the API accepted survives `kill -9`
 ///   and power loss ([`Durability::Process`]: `kill -9` only).
+/// - **Decided in memory**: jobs that have not ended, and the last 16,384
+///   that have, are kept in memory. A change of such a job (a claim, a
+///   result, a cancellation) and the insert of a new job without an
+///   idempotency key are decided there, by the caller, and handed to the
+///   writer in the order they were decided; the caller waits for the
+///   commit only when it asked for [`Commit::Durable`]. Reads of these
+///   jobs touch no disk.
 /// - **Group commit**: one writer thread owns the write connection; it
 ///   takes every change waiting for it, applies them in one transaction
-///   and commits once, so under load one fsync covers many jobs.
-/// - **Reads** run on a small pool of read connections beside the writer
-///   (WAL lets them read while it writes). Jobs that have not ended, and
-///   the last 16,384 that have, are also kept in memory as committed, so
-///   the scheduler's claims and completions and a read right after a job
-///   ends touch no disk.
+///   and commits once, so under load one fsync covers many jobs. A job
+///   changed several times in one group is written once, as it ends up.
+/// - **Reads** of other jobs run on a small pool of read connections
+///   beside the writer (WAL lets them read while it writes).
 /// - **Migrations** are versioned and applied when the file is opened.
 pub struct SqliteStore {
     path: PathBuf,
     writer: mpsc::Sender<Op>,
     readers: Mutex<Vec<Connection>>,
-    /// Jobs as last committed: every one that has not ended, and the most
-    /// recent ones that have.
+    /// Jobs as last decided: every one that has not ended, and the most
+    /// recent ones that have. Changes are decided and handed to the writer
+    /// under its write lock, so the writer sees them in decision order.
     cache: Arc<RwLock<Cache>>,
 }
 
@@ -109,7 +115,7 @@ pub struct SqliteStore {
 /// usually reads it right after it ends.
 const RECENT: usize = 16_384;
 
-/// Jobs in memory, as last committed.
+/// Jobs in memory, as last decided.
 #[derive(Default)]
 struct Cache {
     /// Every job that has not ended.
@@ -142,6 +148,11 @@ impl Cache {
             self.live.insert(id, job);
         }
     }
+
+    fn remove(&mut self, id: &JobId) {
+        self.live.remove(id);
+        self.recent.remove(id);
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -154,16 +165,39 @@ impl std::fmt::Debug for SqliteStore {
 
 type InsertReply = oneshot::Sender<Result<Vec<Inserted>, StoreError>>;
 type TransitionReply = oneshot::Sender<Vec<Result<Arc<Job>, StoreError>>>;
+type WriteReply = oneshot::Sender<Result<(), StoreError>>;
 
-/// Work for the writer thread.
+/// Work for the writer thread, in the order it was asked for.
 enum Op {
-    /// Jobs with their JSON, serialized by the caller (off the writer).
+    /// Rows of changes decided in memory, written as they are; answered
+    /// (when anyone waits) once committed.
+    Write(Vec<Row>, Option<WriteReply>),
+    /// Jobs to insert that the writer decides on (an idempotency key to
+    /// look up, a batch to insert all or none), with their JSON,
+    /// serialized by the caller (off the writer).
     Insert(Vec<(Arc<Job>, String)>, InsertReply),
+    /// Changes of jobs not in memory: the writer reads them.
     Transition(Vec<(JobId, Transition)>, TransitionReply),
+    /// Answered once everything before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// A job to write as it is.
+struct Row {
+    job: Arc<Job>,
+    /// Its JSON, when the caller serialized it; else the writer does.
+    body: Option<String>,
+    /// Not in the table yet.
+    new: bool,
 }
 
 fn backend(err: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(err.to_string())
+}
+
+/// What a caller whose commit failed is told (the writer logged why).
+fn commit_failed() -> StoreError {
+    StoreError::Backend("the commit failed".into())
 }
 
 impl SqliteStore {
@@ -227,6 +261,25 @@ impl SqliteStore {
         let (reply, answer) = oneshot::channel();
         self.writer.send(op(reply)).ok()?;
         answer.await.ok()
+    }
+
+    /// Hands `rows` to the writer, and waits for their commit when
+    /// `commit` asks for it.
+    fn write(
+        &self,
+        rows: Vec<Row>,
+        commit: Commit,
+    ) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
+        let (reply, answer) = match commit {
+            Commit::Durable => {
+                let (reply, answer) = oneshot::channel();
+                (Some(reply), Some(answer))
+            }
+            Commit::Ordered => (None, None),
+        };
+        // A closed channel means the writer is gone: the answer says so.
+        let _ = self.writer.send(Op::Write(rows, reply));
+        answer
     }
 
     /// Runs `read` on a pooled read connection, off the async threads.
@@ -338,17 +391,37 @@ impl Writer {
     /// Applies `ops` in one transaction, commits once, then answers each.
     fn commit_group(&mut self, ops: Vec<Op>) {
         let cache = Arc::clone(&self.cache);
+        // Jobs first inserted by rows of this group: if it fails, they
+        // were never stored, and must not stay in memory either.
+        let fresh: Vec<JobId> = ops
+            .iter()
+            .flat_map(|op| match op {
+                Op::Write(rows, _) => rows.as_slice(),
+                _ => &[],
+            })
+            .filter(|row| row.new)
+            .map(|row| row.job.id)
+            .collect();
         let outcome = (|| {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
-            // Jobs changed earlier in this group, newest version.
+            // Jobs the writer changed in this group, newest version.
             let mut changed: HashMap<JobId, Arc<Job>> = HashMap::new();
+            let mut rows = Rows::default();
             let mut answers = Vec::with_capacity(ops.len());
             for op in ops {
                 match op {
+                    Op::Write(new_rows, reply) => {
+                        let answer = answers.len();
+                        answers.push(Answer::Write(reply, Ok(())));
+                        for row in new_rows {
+                            rows.put(row, answer);
+                        }
+                    }
                     Op::Insert(jobs, reply) => {
+                        rows.write(&tx, &mut answers)?;
                         let result = insert(&tx, &jobs, &cache, &changed);
                         if let Ok(inserted) = &result {
                             for ((job, _), inserted) in jobs.iter().zip(inserted) {
@@ -360,6 +433,7 @@ impl Writer {
                         answers.push(Answer::Insert(reply, result));
                     }
                     Op::Transition(changes, reply) => {
+                        rows.write(&tx, &mut answers)?;
                         let results = changes
                             .into_iter()
                             .map(|(id, change)| {
@@ -370,17 +444,22 @@ impl Writer {
                             .collect();
                         answers.push(Answer::Transition(reply, results));
                     }
+                    Op::Flush(reply) => answers.push(Answer::Flush(reply)),
                 }
             }
+            let refused = rows.write(&tx, &mut answers)?;
             tx.commit().map_err(backend)?;
-            Ok::<_, StoreError>((answers, changed))
+            Ok::<_, StoreError>((answers, changed, refused))
         })();
         match outcome {
-            Ok((answers, published)) => {
+            Ok((answers, published, refused)) => {
                 {
                     let mut cache = self.cache.write();
                     for job in published.into_values() {
                         cache.put(job);
+                    }
+                    for id in &refused {
+                        cache.remove(id);
                     }
                 }
                 for answer in answers {
@@ -392,19 +471,98 @@ impl Writer {
                 // the failed transaction: their callers find their reply
                 // channels closed and report a storage failure.
                 tracing::error!(%err, "sqlite commit failed");
+                let mut cache = self.cache.write();
+                for id in &fresh {
+                    cache.remove(id);
+                }
             }
         }
     }
 }
 
+/// Rows of one group not written yet: one per job, the newest, so that a
+/// job inserted, claimed and finished within one group is written once.
+#[derive(Default)]
+struct Rows {
+    rows: Vec<(Row, Vec<usize>)>,
+    at: HashMap<JobId, usize>,
+}
+
+impl Rows {
+    /// Adds `row`, asked for by `answers[answer]`, in place of the job's
+    /// older row if it has one.
+    fn put(&mut self, row: Row, answer: usize) {
+        match self.at.get(&row.job.id) {
+            Some(&i) => {
+                let (older, answers) = &mut self.rows[i];
+                older.job = row.job;
+                older.body = row.body;
+                answers.push(answer);
+            }
+            None => {
+                self.at.insert(row.job.id, self.rows.len());
+                self.rows.push((row, vec![answer]));
+            }
+        }
+    }
+
+    /// Writes every row (before anything that reads the table, and at the
+    /// end of the group). Returns the new jobs whose id turned out to be
+    /// taken: they were refused.
+    fn write(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        answers: &mut [Answer],
+    ) -> Result<Vec<JobId>, StoreError> {
+        let mut refused = Vec::new();
+        self.at.clear();
+        for (row, asked) in self.rows.drain(..) {
+            let job = &row.job;
+            let body = match row.body {
+                Some(body) => body,
+                None => serde_json::to_string(&**job).map_err(backend)?,
+            };
+            if !row.new {
+                update(tx, job, &body)?;
+                continue;
+            }
+            match insert_row(tx, job, &body) {
+                Ok(()) => {}
+                Err(StoreError::Duplicate(id)) => {
+                    refused.push(id);
+                    for answer in asked {
+                        if let Some(Answer::Write(_, result)) = answers.get_mut(answer) {
+                            *result = Err(StoreError::Duplicate(id));
+                        }
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(refused)
+    }
+}
+
 enum Answer {
+    Write(Option<WriteReply>, Result<(), StoreError>),
     Insert(InsertReply, Result<Vec<Inserted>, StoreError>),
     Transition(TransitionReply, Vec<Result<Arc<Job>, StoreError>>),
+    Flush(oneshot::Sender<()>),
 }
 
 impl Answer {
     fn send(self) {
         match self {
+            Self::Write(reply, result) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                } else if let Err(err) = result {
+                    tracing::error!(%err, "a change no one waited for was refused");
+                }
+            }
+            Self::Flush(reply) => {
+                let _ = reply.send(());
+            }
             Self::Insert(reply, result) => {
                 let _ = reply.send(result);
             }
@@ -474,13 +632,6 @@ fn insert_rows(
     let mut exists = tx
         .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")
         .map_err(backend)?;
-    let mut put = tx
-        .prepare_cached(
-            "INSERT INTO jobs (id, tenant_id, namespace, kind, status, dead_letter,
-                idempotency_key, external_id, batch_id, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )
-        .map_err(backend)?;
     for (i, (job, body)) in jobs.iter().enumerate() {
         if changed.contains_key(&job.id) {
             return Err(StoreError::Duplicate(job.id));
@@ -508,26 +659,52 @@ fn insert_rows(
             }
             first_with_key.insert((job.tenant_id.as_str(), key), i);
         }
-        put.execute(params![
-            &job.id.as_bytes()[..],
-            job.tenant_id.as_str(),
-            job.namespace.as_str(),
-            job.kind.as_str(),
-            job.status.as_str(),
-            job.dead_letter,
-            job.constraints.idempotency_key.as_deref(),
-            job.external_id.as_deref(),
-            job.batch_id.as_ref().map(|b| &b.as_bytes()[..]),
-            body,
-        ])
-        .map_err(|err| match err.sqlite_error().map(|e| e.extended_code) {
-            // The primary key: the id exists (the store's own check).
-            Some(rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => StoreError::Duplicate(job.id),
-            _ => backend(err),
-        })?;
+        insert_row(tx, job, body)?;
         outcome.push(Inserted::New);
     }
     Ok(outcome)
+}
+
+/// Inserts `job`'s row; [`StoreError::Duplicate`] when its id is taken.
+fn insert_row(tx: &Connection, job: &Job, body: &str) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO jobs (id, tenant_id, namespace, kind, status, dead_letter,
+            idempotency_key, external_id, batch_id, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .map_err(backend)?
+    .execute(params![
+        &job.id.as_bytes()[..],
+        job.tenant_id.as_str(),
+        job.namespace.as_str(),
+        job.kind.as_str(),
+        job.status.as_str(),
+        job.dead_letter,
+        job.constraints.idempotency_key.as_deref(),
+        job.external_id.as_deref(),
+        job.batch_id.as_ref().map(|b| &b.as_bytes()[..]),
+        body,
+    ])
+    .map_err(|err| match err.sqlite_error().map(|e| e.extended_code) {
+        // The primary key: the id exists (the store's own check).
+        Some(rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => StoreError::Duplicate(job.id),
+        _ => backend(err),
+    })
+    .map(drop)
+}
+
+/// Rewrites `job`'s row: the columns a change can touch, and the body.
+fn update(tx: &Connection, job: &Job, body: &str) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE jobs SET status = ?2, dead_letter = ?3, body = ?4 WHERE id = ?1")
+        .map_err(backend)?
+        .execute(params![
+            &job.id.as_bytes()[..],
+            job.status.as_str(),
+            job.dead_letter,
+            body
+        ])
+        .map_err(backend)
+        .map(drop)
 }
 
 fn transition(
@@ -540,21 +717,17 @@ fn transition(
     let mut job = current(tx, id, cache, changed)?.ok_or(StoreError::NotFound(id))?;
     change.apply(Arc::make_mut(&mut job))?;
     let body = serde_json::to_string(&*job).map_err(backend)?;
-    tx.prepare_cached("UPDATE jobs SET status = ?2, dead_letter = ?3, body = ?4 WHERE id = ?1")
-        .map_err(backend)?
-        .execute(params![
-            &id.as_bytes()[..],
-            job.status.as_str(),
-            job.dead_letter,
-            body
-        ])
-        .map_err(backend)?;
+    update(tx, &job, &body)?;
     Ok(job)
 }
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
-    async fn insert(&self, jobs: Vec<Arc<Job>>) -> Result<Vec<Inserted>, StoreError> {
+    async fn insert(
+        &self,
+        jobs: Vec<Arc<Job>>,
+        commit: Commit,
+    ) -> Result<Vec<Inserted>, StoreError> {
         let jobs = jobs
             .into_iter()
             .map(|job| {
@@ -562,9 +735,35 @@ impl Store for SqliteStore {
                 Ok((job, body))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        // One job without a key is decided in memory: only an id already
+        // held could refuse it (the writer checks the table again).
+        if let [(job, _)] = jobs.as_slice()
+            && job.constraints.idempotency_key.is_none()
+        {
+            let answer = {
+                let mut cache = self.cache.write();
+                if cache.get(&job.id).is_some() {
+                    return Err(StoreError::Duplicate(job.id));
+                }
+                cache.put(Arc::clone(job));
+                let rows = jobs
+                    .into_iter()
+                    .map(|(job, body)| Row {
+                        job,
+                        body: Some(body),
+                        new: true,
+                    })
+                    .collect();
+                self.write(rows, commit)
+            };
+            if let Some(answer) = answer {
+                answer.await.unwrap_or_else(|_| Err(commit_failed()))?;
+            }
+            return Ok(vec![Inserted::New]);
+        }
         self.send(|reply| Op::Insert(jobs, reply))
             .await
-            .unwrap_or_else(|| Err(StoreError::Backend("the commit failed".into())))
+            .unwrap_or_else(|| Err(commit_failed()))
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Arc<Job>>, StoreError> {
@@ -649,21 +848,70 @@ impl Store for SqliteStore {
     }
 
     async fn transition(&self, id: JobId, change: Transition) -> Result<Arc<Job>, StoreError> {
-        let mut results = self.transition_batch(vec![(id, change)]).await;
+        let mut results = self
+            .transition_batch(vec![(id, change)], Commit::Durable)
+            .await;
         results.pop().unwrap_or(Err(StoreError::NotFound(id)))
     }
 
     async fn transition_batch(
         &self,
         changes: Vec<(JobId, Transition)>,
+        commit: Commit,
     ) -> Vec<Result<Arc<Job>, StoreError>> {
-        let count = changes.len();
-        match self.send(|reply| Op::Transition(changes, reply)).await {
-            Some(results) => results,
-            None => (0..count)
-                .map(|_| Err(StoreError::Backend("the commit failed".into())))
-                .collect(),
+        let mut results = Vec::with_capacity(changes.len());
+        // Changes of jobs not in memory, for the writer to decide, with
+        // where their results go.
+        let mut undecided = Vec::new();
+        let mut places = Vec::new();
+        let answer = {
+            let mut cache = self.cache.write();
+            let mut rows = Vec::with_capacity(changes.len());
+            for (id, change) in changes {
+                let Some(mut job) = cache.get(&id) else {
+                    places.push(results.len());
+                    undecided.push((id, change));
+                    results.push(Err(StoreError::NotFound(id)));
+                    continue;
+                };
+                results.push(change.apply(Arc::make_mut(&mut job)).map(|()| {
+                    cache.put(Arc::clone(&job));
+                    rows.push(Row {
+                        job: Arc::clone(&job),
+                        body: None,
+                        new: false,
+                    });
+                    job
+                }));
+            }
+            (!rows.is_empty())
+                .then(|| self.write(rows, commit))
+                .flatten()
+        };
+        if !undecided.is_empty() {
+            let count = undecided.len();
+            let decided = self
+                .send(|reply| Op::Transition(undecided, reply))
+                .await
+                .unwrap_or_else(|| (0..count).map(|_| Err(commit_failed())).collect());
+            for (place, result) in places.into_iter().zip(decided) {
+                results[place] = result;
+            }
         }
+        if let Some(answer) = answer
+            && let Err(err) = answer.await.unwrap_or_else(|_| Err(commit_failed()))
+        {
+            for result in &mut results {
+                if result.is_ok() {
+                    *result = Err(err.clone());
+                }
+            }
+        }
+        results
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.send(Op::Flush).await.ok_or_else(commit_failed)
     }
 
     async fn unfinished(&self) -> Result<Vec<Arc<Job>>, StoreError> {

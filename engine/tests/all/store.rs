@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::json;
 use work_engine::store::{
-    Durability, Inserted, MemoryStore, SqliteStore, Store, StoreError, Transition,
+    Commit, Durability, Inserted, MemoryStore, SqliteStore, Store, StoreError, Transition,
 };
 use work_engine::{Job, JobError, JobQuery, JobStatus, OutcomeClass, Priority, Resources};
 
@@ -72,17 +72,17 @@ async fn conformance(store: &dyn Store) {
     let mut other_tenant = job("t2", "ns");
     other_tenant.constraints.idempotency_key = Some("k".into());
     let inserted = store
-        .insert(shared([&a, &dup, &other_tenant]))
+        .insert(shared([&a, &dup, &other_tenant]), Commit::Durable)
         .await
         .unwrap();
     assert_eq!(inserted[0], Inserted::New);
     assert!(matches!(&inserted[1], Inserted::Existing(j) if j.id == a.id));
     assert_eq!(inserted[2], Inserted::New);
     assert!(store.get(dup.id).await.unwrap().is_none());
-    let again = store.insert(shared([&dup])).await.unwrap();
+    let again = store.insert(shared([&dup]), Commit::Durable).await.unwrap();
     assert!(matches!(&again[0], Inserted::Existing(j) if j.id == a.id));
     assert_eq!(
-        store.insert(shared([&a])).await,
+        store.insert(shared([&a]), Commit::Durable).await,
         Err(StoreError::Duplicate(a.id))
     );
 
@@ -141,7 +141,10 @@ async fn conformance(store: &dyn Store) {
     for i in 0..7 {
         let j = job("t3", if i % 2 == 0 { "even" } else { "odd" });
         ids.push(j.id);
-        store.insert(vec![Arc::new(j)]).await.unwrap();
+        store
+            .insert(vec![Arc::new(j)], Commit::Durable)
+            .await
+            .unwrap();
     }
     let failed = store.transition(ids[0], claim()).await.unwrap();
     store
@@ -207,15 +210,21 @@ async fn conformance(store: &dyn Store) {
     // A batch of transitions: one result each, in order, each atomic on
     // its own (a refused one leaves the others done), indexes kept right.
     let (x, y) = (job("t4", "ns"), job("t5", "ns"));
-    store.insert(shared([&x, &y])).await.unwrap();
+    store
+        .insert(shared([&x, &y]), Commit::Durable)
+        .await
+        .unwrap();
     let results = store
-        .transition_batch(vec![
-            (x.id, claim()),
-            (x.id, claim()),
-            (missing, claim()),
-            (y.id, claim()),
-            (x.id, finish(1, JobStatus::Succeeded)),
-        ])
+        .transition_batch(
+            vec![
+                (x.id, claim()),
+                (x.id, claim()),
+                (missing, claim()),
+                (y.id, claim()),
+                (x.id, finish(1, JobStatus::Succeeded)),
+            ],
+            Commit::Durable,
+        )
         .await;
     assert_eq!(results.len(), 5);
     assert_eq!(results[0].as_ref().map(|j| j.lease_epoch), Ok(1));
@@ -294,7 +303,7 @@ async fn sqlite_store_keeps_every_committed_change_across_a_reopen() {
     {
         let store = SqliteStore::open(&path).unwrap();
         store
-            .insert(shared([&done, &running, &waiting]))
+            .insert(shared([&done, &running, &waiting]), Commit::Durable)
             .await
             .unwrap();
         let claimed = store.transition(done.id, claim()).await.unwrap();
@@ -329,6 +338,71 @@ async fn sqlite_store_keeps_every_committed_change_across_a_reopen() {
     assert_eq!(page.jobs.len(), 1);
 }
 
+/// The scheduler's way with a synchronous call: insert, claim and finish
+/// without waiting for the first two; once the last is durable, so are
+/// the others (one commit, one row written).
+#[tokio::test]
+async fn sqlite_store_makes_ordered_changes_durable_with_the_next_durable_one() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("jobs.db");
+    let (called, flushed, stored) = (job("t", "a"), job("t", "a"), job("t", "a"));
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        for job in [&called, &flushed] {
+            store.insert(shared([job]), Commit::Ordered).await.unwrap();
+            let claimed = store
+                .transition_batch(vec![(job.id, claim())], Commit::Ordered)
+                .await;
+            assert_eq!(
+                claimed[0].as_ref().map(|j| j.status),
+                Ok(JobStatus::Running)
+            );
+        }
+        // Decided at once: a second claim is refused before any commit.
+        assert!(matches!(
+            store
+                .transition_batch(vec![(called.id, claim())], Commit::Ordered)
+                .await[0],
+            Err(StoreError::Conflict { .. })
+        ));
+        store
+            .transition(called.id, finish(1, JobStatus::Succeeded))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        store
+            .insert(shared([&stored]), Commit::Durable)
+            .await
+            .unwrap();
+        let claimed = store.transition(stored.id, claim()).await.unwrap();
+        store
+            .transition(stored.id, finish(claimed.lease_epoch, JobStatus::Succeeded))
+            .await
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let called = store.get(called.id).await.unwrap().unwrap();
+    assert_eq!((called.status, called.attempt), (JobStatus::Succeeded, 1));
+    let flushed = store.get(flushed.id).await.unwrap().unwrap();
+    assert_eq!(
+        (flushed.status, flushed.lease_epoch),
+        (JobStatus::Running, 1)
+    );
+
+    // An ended job is no longer in memory after a reopen: inserting its
+    // id again is refused by the table, and leaves the stored job as it was.
+    assert_eq!(
+        store.insert(shared([&stored]), Commit::Durable).await,
+        Err(StoreError::Duplicate(stored.id))
+    );
+    assert_eq!(
+        store.get(stored.id).await.unwrap().map(|j| j.status),
+        Some(JobStatus::Succeeded)
+    );
+    let page = store.list(&JobQuery::tenant("t").limit(10)).await.unwrap();
+    assert_eq!(page.jobs.len(), 3);
+}
+
 #[tokio::test]
 async fn sqlite_store_refuses_a_database_from_a_newer_version() {
     let dir = tempfile::TempDir::new().unwrap();
@@ -348,7 +422,7 @@ async fn sqlite_store_refuses_a_database_from_a_newer_version() {
 async fn indexes_stay_right_under_concurrent_transitions(store: Arc<dyn Store>) {
     let jobs: Vec<Arc<Job>> = (0..400).map(|_| Arc::new(job("t", "ns"))).collect();
     let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
-    store.insert(jobs).await.unwrap();
+    store.insert(jobs, Commit::Durable).await.unwrap();
     let mut tasks = Vec::new();
     for chunk in ids.chunks(100) {
         let store = Arc::clone(&store);
