@@ -133,7 +133,20 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) {
             record(&inner, vec![finished]).await;
         });
     }
-    record(inner, done).await;
+    if done.is_empty() {
+        return;
+    }
+    // A durable store answers after its commit: the runner does not wait
+    // for it, but goes on to the next batch while a task of its own waits.
+    let inner = Arc::clone(inner);
+    let mut recording = Box::pin(async move { record(&inner, done).await });
+    if recording
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+        .is_pending()
+    {
+        tokio::spawn(recording);
+    }
 }
 
 /// One attempt of a claimed job, up to its decision.
@@ -235,7 +248,28 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
             (d.id, change)
         })
         .collect();
-    let recorded = inner.store.transition_batch(changes, Commit::Durable).await;
+    let mut recording = inner.store.transition_batch(changes, Commit::Durable);
+    let polled = recording
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()));
+    let recorded = match polled {
+        Poll::Ready(recorded) => recorded,
+        Poll::Pending => {
+            // The store answers after a commit (on disk): what the attempts
+            // held is free for the next jobs now, not once their results
+            // are durable.
+            let wake = {
+                let mut state = inner.state.lock();
+                let now = Instant::now();
+                for d in &done {
+                    state.end_attempt(d.id, now);
+                }
+                state.dispatch(now)
+            };
+            inner.wake_runner(wake);
+            recording.await
+        }
+    };
 
     let mut released = Released::default();
     let mut requeued = vec![None; done.len()];

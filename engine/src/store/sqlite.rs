@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
@@ -103,7 +104,10 @@ impl std::str::FromStr for Durability {
 /// - **Migrations** are versioned and applied when the file is opened.
 pub struct SqliteStore {
     path: PathBuf,
-    writer: mpsc::Sender<Op>,
+    /// The writer's work.
+    queue: Arc<Queue>,
+    /// The writer, joined on drop once it has committed what is queued.
+    thread: Option<std::thread::JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
     /// Jobs as last decided: every one that has not ended, and the most
     /// recent ones that have. Changes are decided and handed to the writer
@@ -232,21 +236,22 @@ impl SqliteStore {
             cache.put(Arc::new(job));
         }
         let cache = Arc::new(RwLock::new(cache));
-        let (sender, receiver) = mpsc::channel();
-        let writer_cache = Arc::clone(&cache);
-        std::thread::Builder::new()
-            .name("work-engine-sqlite".into())
-            .spawn(move || {
-                Writer {
-                    conn,
-                    cache: writer_cache,
-                }
-                .run(receiver)
-            })
-            .map_err(backend)?;
+        let queue = Arc::new(Queue::default());
+        let writer = Writer {
+            conn,
+            cache: Arc::clone(&cache),
+        };
+        let thread = {
+            let queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name("work-engine-sqlite".into())
+                .spawn(move || writer.run(&queue))
+                .map_err(backend)?
+        };
         Ok(Self {
             path,
-            writer: sender,
+            queue,
+            thread: Some(thread),
             readers: Mutex::new(Vec::new()),
             cache,
         })
@@ -259,7 +264,7 @@ impl SqliteStore {
 
     async fn send<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Option<T> {
         let (reply, answer) = oneshot::channel();
-        self.writer.send(op(reply)).ok()?;
+        self.queue.push(op(reply), true);
         answer.await.ok()
     }
 
@@ -277,8 +282,8 @@ impl SqliteStore {
             }
             Commit::Ordered => (None, None),
         };
-        // A closed channel means the writer is gone: the answer says so.
-        let _ = self.writer.send(Op::Write(rows, reply));
+        let urgent = reply.is_some();
+        self.queue.push(Op::Write(rows, reply), urgent);
         answer
     }
 
@@ -311,8 +316,7 @@ fn connect(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags).map_err(backend)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(backend)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(backend)?;
@@ -368,6 +372,94 @@ fn unfinished_in(conn: &Connection) -> Result<Vec<Job>, StoreError> {
     rows.map(|body| decode(&body.map_err(backend)?)).collect()
 }
 
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.queue.close();
+        if let Some(thread) = self.thread.take() {
+            // What was queued is committed before the store is gone: an
+            // orderly stop loses no change, waited for or not.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How long a change no one waits for may wait for company before the
+/// writer commits it anyway.
+const LINGER: Duration = Duration::from_millis(20);
+
+/// The writer's work, in order. Only a change someone waits for wakes the
+/// writer at once: the others ([`Commit::Ordered`]) wait for the next one
+/// (at most [`LINGER`]), so that a job inserted, claimed and finished in
+/// quick succession costs one commit and one row written.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    ops: Vec<Op>,
+    /// Someone waits for an op in `ops`.
+    urgent: bool,
+    /// The store is gone: commit what is left, then stop.
+    closed: bool,
+}
+
+impl Queue {
+    fn push(&self, op: Op, urgent: bool) {
+        let mut state = self.state.lock();
+        let was_empty = state.ops.is_empty();
+        state.ops.push(op);
+        if urgent && !state.urgent {
+            state.urgent = true;
+            self.ready.notify_one();
+        } else if was_empty {
+            // The writer sleeps without a deadline while there is nothing.
+            self.ready.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// The next group: waits until someone waits for a queued op, an op
+    /// has waited [`LINGER`], or the store closes. `None`: closed and done.
+    fn next_group(&self) -> Option<Vec<Op>> {
+        let mut state = self.state.lock();
+        let mut deadline = None;
+        loop {
+            if state.ops.is_empty() {
+                if state.closed {
+                    return None;
+                }
+                deadline = None;
+                self.ready.wait(&mut state);
+                continue;
+            }
+            let due = *deadline.get_or_insert_with(|| Instant::now() + LINGER);
+            if state.urgent
+                || state.closed
+                || state.ops.len() >= MAX_GROUP
+                || self.ready.wait_until(&mut state, due).timed_out()
+            {
+                break;
+            }
+        }
+        state.urgent = false;
+        let split = state.ops.len().min(MAX_GROUP);
+        let rest = state.ops.split_off(split);
+        let group = std::mem::replace(&mut state.ops, rest);
+        if !state.ops.is_empty() {
+            // More than one group's worth: the next follows at once.
+            state.urgent = true;
+        }
+        Some(group)
+    }
+}
+
 /// The writer thread: owns the write connection.
 struct Writer {
     conn: Connection,
@@ -375,16 +467,9 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, receiver: mpsc::Receiver<Op>) {
-        while let Ok(first) = receiver.recv() {
-            let mut ops = vec![first];
-            while ops.len() < MAX_GROUP {
-                match receiver.try_recv() {
-                    Ok(op) => ops.push(op),
-                    Err(_) => break,
-                }
-            }
-            self.commit_group(ops);
+    fn run(mut self, queue: &Queue) {
+        while let Some(group) = queue.next_group() {
+            self.commit_group(group);
         }
     }
 
