@@ -3,7 +3,8 @@
 # shared cores than the Rust client of `cargo bench --bench http`):
 # synchronous calculator calls and submissions from 32 connections, against
 # `work-engine serve` on SQLite (fsync, process) and in memory.
-# Needs wrk (Debian: apt-get install wrk). DURATION (default 5s) per case.
+# Needs wrk (Debian: apt-get install wrk). DURATION (default 5s) per round,
+# ROUNDS (default 3) per case; the median is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "wrk is not installed (Debian: apt-get install wrk)" >&2; exit 2; }
@@ -13,6 +14,7 @@ cargo build --release --target wasm32-wasip2 -p calculator --quiet
 target="${CARGO_TARGET_DIR:-target}"
 we="$target/release/work-engine"
 duration="${DURATION:-5s}"
+rounds="${ROUNDS:-3}"
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 
@@ -39,8 +41,12 @@ for flags in "--durability fsync" "--durability process" "--store memory"; do
         -H 'content-type: application/wasm' "$url/v1/tools"
     for case in "call /v1/tools/calculator/call" "submit /v1/jobs"; do
         set -- $case
-        rate=$(wrk -t1 -c32 -d"$duration" -s "$work/$1.lua" "$url$2" | sed -n 's/Requests\/sec: *//p')
-        printf '%-22s %-8s %10s req/s\n' "$flags" "$1" "$rate"
+        rates=()
+        for _ in $(seq "$rounds"); do
+            rates+=("$(wrk -t1 -c32 -d"$duration" -s "$work/$1.lua" "$url$2" | sed -n 's/Requests\/sec: *//p')")
+        done
+        median=$(printf '%s\n' "${rates[@]}" | sort -n | awk '{ r[NR] = $1 } END { print r[int((NR + 1) / 2)] }')
+        printf '%-22s %-8s %10s req/s (median of %s: %s)\n' "$flags" "$1" "$median" "$rounds" "${rates[*]}"
     done
     kill "$pid"
     wait "$pid" 2>/dev/null || true

@@ -805,7 +805,8 @@ async fn every_accepted_job_survives_a_kill_and_ends_exactly_once() {
     wait_for_status(&server, &last, "running").await;
 
     // Load from 8 clients; half the jobs wait a moment before they may
-    // start, so some are queued when the kill comes.
+    // start, so some are queued when the kill comes. Every third request
+    // is a synchronous call: one answered must be durable too.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
     for client in 0..8 {
@@ -816,6 +817,24 @@ async fn every_accepted_job_survives_a_kill_and_ends_exactly_once() {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 n += 1;
                 let a = f64::from(client * 100_000 + n);
+                if n % 3 == 0 {
+                    let call = json!({"tenant_id": "load", "args": {"op": "add", "a": a, "b": 1}});
+                    let Ok(response) = http
+                        .post(format!("{url}/v1/tools/calculator/call"))
+                        .json(&call)
+                        .send()
+                        .await
+                    else {
+                        continue;
+                    };
+                    if response.status() == StatusCode::OK
+                        && let Ok(job) = response.json::<Value>().await
+                    {
+                        assert_eq!(job["result"], json!(a + 1.0), "{job}");
+                        accepted.push((job["id"].as_str().unwrap().to_owned(), a));
+                    }
+                    continue;
+                }
                 let mut job = calc_job("load", a);
                 if n % 2 == 0 {
                     job["constraints"] = json!({
