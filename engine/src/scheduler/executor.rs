@@ -29,6 +29,13 @@ use crate::store::{Commit, Transition};
 /// The most dispatched jobs a runner takes at once.
 pub(crate) const BATCH: usize = 64;
 
+/// The most batches of results waiting for the store's commit in tasks of
+/// their own. Beyond it a runner waits for its batch's commit itself:
+/// runners cannot run ahead of the store without bound, and the jobs whose
+/// ends are not written yet stay few enough for the store to keep them
+/// all in memory (64 × [`BATCH`] = 4,096).
+pub(crate) const RECORDS_IN_FLIGHT: usize = 64;
+
 /// How long a runner keeps running attempts in place before it hands the
 /// rest of its batch to tasks of their own, so that one slow attempt does
 /// not hold up the others for long.
@@ -137,7 +144,9 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) {
         return;
     }
     // A durable store answers after its commit: the runner does not wait
-    // for it, but goes on to the next batch while a task of its own waits.
+    // for it, but goes on to the next batch while a task of its own waits,
+    // up to RECORDS_IN_FLIGHT such tasks.
+    let records = Arc::clone(&inner.records);
     let inner = Arc::clone(inner);
     let mut recording = Box::pin(async move { record(&inner, done).await });
     if recording
@@ -145,7 +154,15 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) {
         .poll(&mut Context::from_waker(Waker::noop()))
         .is_pending()
     {
-        tokio::spawn(recording);
+        match records.try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    recording.await;
+                    drop(permit);
+                });
+            }
+            Err(_) => recording.await,
+        }
     }
 }
 

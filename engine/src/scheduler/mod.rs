@@ -86,6 +86,9 @@ pub(crate) struct Inner {
     runner_wake: Arc<Notify>,
     shutdown: CancellationToken,
     defaults: JobDefaults,
+    /// Batches of results the runners handed to tasks of their own to
+    /// wait for the store's commit ([`executor::RECORDS_IN_FLIGHT`]).
+    records: Arc<tokio::sync::Semaphore>,
 }
 
 impl Drop for Inner {
@@ -274,6 +277,7 @@ impl EngineBuilder {
             runner_wake: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
             defaults: self.defaults,
+            records: Arc::new(tokio::sync::Semaphore::new(executor::RECORDS_IN_FLIGHT)),
             state: Mutex::new(state),
         });
         runtime.spawn(timer_loop(

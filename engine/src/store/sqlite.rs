@@ -116,7 +116,11 @@ pub struct SqliteStore {
 }
 
 /// How many ended jobs stay in memory: a caller who waited for a job
-/// usually reads it right after it ends.
+/// usually reads it right after it ends. It must also exceed the ended
+/// jobs whose rows are not written yet, or a read could find an evicted
+/// job's older row: the scheduler keeps at most 4,096 job ends waiting
+/// for a commit (`executor::RECORDS_IN_FLIGHT` batches), and every other
+/// change of a job's end is waited for.
 const RECENT: usize = 16_384;
 
 /// Jobs in memory, as last decided.

@@ -455,3 +455,66 @@ async fn indexes_stay_right_under_concurrent_transitions(store: Arc<dyn Store>) 
     assert_eq!(by(JobStatus::Running).await, 0);
     assert_eq!(by(JobStatus::Queued).await, 0);
 }
+
+/// An engine on SQLite with a backlog: more jobs end, all at once, than
+/// the store keeps ended in memory; every one reads back as it ended
+/// (from memory or from the table), before and after a reopen, with its
+/// one attempt counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_on_sqlite_reads_back_every_end_under_a_backlog() {
+    use work_engine::NewJob;
+    use work_engine::backends::MockBackend;
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("jobs.db");
+    let store = Arc::new(SqliteStore::open_with(&path, Durability::Process).unwrap());
+    let mock = MockBackend::new();
+    let engine = crate::scheduler::builder(64.0, &mock)
+        .store(store)
+        .build()
+        .unwrap();
+    // Every job is stored before any may start; then they all may at once.
+    let start = Utc::now() + chrono::Duration::seconds(2);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let batch = (0..1000)
+            .map(|_| {
+                let mut job = NewJob::new("sim", "t", json!({ "mock": {} }));
+                job.constraints.not_before = Some(start);
+                job
+            })
+            .collect();
+        ids.extend(
+            engine
+                .submit_batch(batch)
+                .await
+                .unwrap()
+                .jobs
+                .iter()
+                .map(|j| j.id),
+        );
+    }
+    for id in &ids {
+        let job = engine
+            .wait(*id, std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    }
+    for id in &ids {
+        let job = engine.get(*id).await.unwrap();
+        assert_eq!(
+            (job.status, job.attempt),
+            (JobStatus::Succeeded, 1),
+            "{job:?}"
+        );
+    }
+    drop(engine);
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(store.unfinished().await.unwrap().is_empty());
+    for id in ids.iter().step_by(97) {
+        let job = store.get(*id).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    }
+}
