@@ -35,6 +35,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -234,6 +235,13 @@ impl Server {
             }
             let _ = drained.send(());
         };
+        // Small writes go out at once: an event of a stream, or an answer,
+        // must not wait for the client's delayed ACK (Nagle's algorithm).
+        let listener = listener.tap_io(|connection| {
+            if let Err(err) = connection.set_nodelay(true) {
+                tracing::debug!(%err, "could not set TCP_NODELAY");
+            }
+        });
         let serving = axum::serve(listener, router)
             .with_graceful_shutdown(stopping)
             .into_future();
