@@ -9,7 +9,9 @@
 //! - **(b) durable submissions**: `POST /v1/jobs` from 32 clients into the
 //!   SQLite store (each answer sent after its commit), and the same into
 //!   the in-memory store. The jobs wait for a start time an hour away, so
-//!   only admission and storage are measured.
+//!   only admission and storage are measured. Beside each, `Engine::submit`
+//!   from 32 tasks in this process into the same kind of store: what the
+//!   store takes without HTTP in front of it.
 //!
 //! Each runs against three servers: SQLite with `--durability fsync` (the
 //! default), SQLite with `--durability process`, and the in-memory store.
@@ -39,8 +41,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde_json::json;
-use work_engine::ToolHost;
+use work_engine::backends::MockBackend;
 use work_engine::runtime::{CallOptions, Grants, RuntimeConfig};
+use work_engine::store::{Durability, MemoryStore, SqliteStore, Store};
+use work_engine::{Engine, NewJob, ToolHost};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -205,6 +209,49 @@ async fn in_process(host: &Arc<ToolHost>, n: usize) -> (f64, Vec<f64>) {
     (rate, latencies)
 }
 
+/// `Engine::submit` in this process from 32 tasks, into a fresh store of
+/// `kind`: what the store takes without HTTP in front of it.
+async fn in_process_submissions(kind: &str, n: usize) -> (f64, Vec<f64>) {
+    let data = tempfile::TempDir::new().unwrap();
+    let path = data.path().join("jobs.db");
+    let store: Arc<dyn Store> = match kind {
+        "SQLite, fsync" => Arc::new(SqliteStore::open_with(&path, Durability::Fsync).unwrap()),
+        "SQLite, process" => Arc::new(SqliteStore::open_with(&path, Durability::Process).unwrap()),
+        _ => Arc::new(MemoryStore::new()),
+    };
+    let engine = Engine::builder()
+        .backend(MockBackend::new())
+        .store(store)
+        .build()
+        .unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (engine, next) = (engine.clone(), Arc::clone(&next));
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    let mut job = NewJob::new("sim", "bench", json!({"mock": {}}));
+                    job.constraints.not_before = Some(later);
+                    let sent = Instant::now();
+                    engine.submit(job).await.unwrap();
+                    latencies.push(sent.elapsed().as_secs_f64() * 1e6);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(n);
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    (rate, latencies)
+}
+
 #[derive(Default)]
 struct Case {
     rates: Vec<f64>,
@@ -269,12 +316,14 @@ fn main() {
         let mut one: Vec<Case> = servers.iter().map(|_| Case::default()).collect();
         let mut many: Vec<Case> = servers.iter().map(|_| Case::default()).collect();
         let mut submitted: Vec<Case> = servers.iter().map(|_| Case::default()).collect();
+        let mut embedded: Vec<Case> = servers.iter().map(|_| Case::default()).collect();
         for _ in 0..rounds {
             direct.add(in_process(&host, n).await);
-            for (i, (_, server)) in servers.iter().enumerate() {
+            for (i, (name, server)) in servers.iter().enumerate() {
                 one[i].add(calls(&server.url, 1, n / 10).await);
                 many[i].add(calls(&server.url, 32, n / 2).await);
                 submitted[i].add(submissions(&server.url, 32, n).await);
+                embedded[i].add(in_process_submissions(name, n).await);
             }
         }
         println!("(a) calculator calls, median of {rounds} rounds");
@@ -290,7 +339,10 @@ fn main() {
         }
         println!("(b) POST /v1/jobs from 32 clients, median of {rounds} rounds");
         for (i, (name, _)) in servers.iter().enumerate() {
-            std::mem::take(&mut submitted[i]).print(name);
+            let http = std::mem::take(&mut submitted[i]).print(name);
+            let embedded =
+                std::mem::take(&mut embedded[i]).print(&format!("  in-process, 32 tasks, {name}"));
+            println!("    in-process / HTTP: {:.1}x", embedded / http);
         }
     });
 }
