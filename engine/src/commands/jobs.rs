@@ -44,7 +44,8 @@ impl Target {
             "no jobs in {} (`work-engine serve` keeps them in jobs.db); or pass --server URL",
             dir.display()
         );
-        SqliteStore::open(&path).with_context(|| format!("cannot open {}", path.display()))
+        SqliteStore::open_read_only(&path)
+            .with_context(|| format!("cannot open {}", path.display()))
     }
 
     /// A page of jobs, from the server or from the data directory.

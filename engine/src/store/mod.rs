@@ -48,6 +48,9 @@ pub enum StoreError {
     /// A listing cursor this store did not hand out.
     #[error("invalid cursor `{0}`")]
     InvalidCursor(String),
+    /// The store was opened for reading only.
+    #[error("the store is open for reading only")]
+    ReadOnly,
     /// The backing database failed.
     #[error("storage failed: {0}")]
     Backend(String),

@@ -261,6 +261,43 @@ impl SqliteStore {
         })
     }
 
+    /// Opens the database at `path` for reading only: no writer, nothing
+    /// loaded into memory, nothing migrated. For a look at a data
+    /// directory that a server may be using at the same time (the CLI's
+    /// `jobs` and `dlq list` without `--server`). Every change is refused
+    /// with [`StoreError::ReadOnly`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when the file cannot be opened, or its
+    /// schema is not the one this work-engine writes.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = connect(&path, true)?;
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(backend)?;
+        if version != MIGRATIONS.len() {
+            return Err(StoreError::Backend(format!(
+                "the database is at schema version {version}; this work-engine reads {} \
+                 (`work-engine serve` migrates an older one)",
+                MIGRATIONS.len()
+            )));
+        }
+        Ok(Self {
+            path,
+            queue: Arc::new(Queue::default()),
+            thread: None,
+            readers: Mutex::new(vec![conn]),
+            cache: Arc::default(),
+        })
+    }
+
+    /// Opened with [`SqliteStore::open_read_only`].
+    fn read_only(&self) -> bool {
+        self.thread.is_none()
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -817,6 +854,9 @@ impl Store for SqliteStore {
         jobs: Vec<Arc<Job>>,
         commit: Commit,
     ) -> Result<Vec<Inserted>, StoreError> {
+        if self.read_only() {
+            return Err(StoreError::ReadOnly);
+        }
         let jobs = jobs
             .into_iter()
             .map(|job| {
@@ -948,6 +988,9 @@ impl Store for SqliteStore {
         changes: Vec<(JobId, Transition)>,
         commit: Commit,
     ) -> Vec<Result<Arc<Job>, StoreError>> {
+        if self.read_only() {
+            return changes.iter().map(|_| Err(StoreError::ReadOnly)).collect();
+        }
         let mut results = Vec::with_capacity(changes.len());
         // Changes of jobs not in memory, for the writer to decide, with
         // where their results go.
@@ -1000,10 +1043,18 @@ impl Store for SqliteStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
+        if self.read_only() {
+            return Ok(());
+        }
         self.send(Op::Flush).await.ok_or_else(commit_failed)
     }
 
     async fn unfinished(&self) -> Result<Vec<Arc<Job>>, StoreError> {
+        if self.read_only() {
+            return self
+                .read(|conn| Ok(unfinished_in(conn)?.into_iter().map(Arc::new).collect()))
+                .await;
+        }
         let mut jobs: Vec<Arc<Job>> = self.cache.read().live.values().cloned().collect();
         jobs.sort_by_key(|job| job.id);
         Ok(jobs)

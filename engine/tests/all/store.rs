@@ -518,3 +518,54 @@ async fn an_engine_on_sqlite_reads_back_every_end_under_a_backlog() {
         assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
     }
 }
+
+/// The CLI's view of a data directory: reads while a server writes, and
+/// after it stopped; changes refused; no file created.
+#[tokio::test]
+async fn sqlite_store_opened_read_only_reads_and_refuses_changes() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("jobs.db");
+    assert!(SqliteStore::open_read_only(&path).is_err());
+    assert!(!path.exists(), "a read-only open created the file");
+
+    let (done, waiting) = (job("t", "a"), job("t", "b"));
+    let writer = SqliteStore::open(&path).unwrap();
+    writer
+        .insert(shared([&done, &waiting]), Commit::Durable)
+        .await
+        .unwrap();
+    let claimed = writer.transition(done.id, claim()).await.unwrap();
+    writer
+        .transition(done.id, finish(claimed.lease_epoch, JobStatus::Succeeded))
+        .await
+        .unwrap();
+
+    let check = |reader: SqliteStore| async move {
+        let got = reader.get(done.id).await.unwrap().unwrap();
+        assert_eq!(got.status, JobStatus::Succeeded);
+        let page = reader.list(&JobQuery::tenant("t")).await.unwrap();
+        assert_eq!(page.jobs.len(), 2);
+        let unfinished: Vec<_> = reader
+            .unfinished()
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(unfinished, [waiting.id]);
+        assert_eq!(
+            reader
+                .insert(shared([&job("t", "a")]), Commit::Durable)
+                .await,
+            Err(StoreError::ReadOnly)
+        );
+        assert_eq!(
+            reader.transition(waiting.id, claim()).await.map(|_| ()),
+            Err(StoreError::ReadOnly)
+        );
+    };
+    // Beside the writer, then after it is gone.
+    check(SqliteStore::open_read_only(&path).unwrap()).await;
+    drop(writer);
+    check(SqliteStore::open_read_only(&path).unwrap()).await;
+}
