@@ -573,7 +573,8 @@ impl Writer {
                     Op::Flush(reply) => answers.push(Answer::Flush(reply)),
                 }
             }
-            let refused = rows.write(&tx, &mut answers)?;
+            rows.write(&tx, &mut answers)?;
+            let refused = std::mem::take(&mut rows.refused);
             tx.commit().map_err(backend)?;
             Ok::<_, StoreError>((answers, changed, refused))
         })();
@@ -612,6 +613,9 @@ impl Writer {
 struct Rows {
     rows: Vec<(Row, Vec<usize>)>,
     at: HashMap<JobId, usize>,
+    /// New jobs whose id turned out to be taken: refused, and to be
+    /// dropped from memory once the group is committed.
+    refused: Vec<JobId>,
 }
 
 impl Rows {
@@ -633,14 +637,12 @@ impl Rows {
     }
 
     /// Writes every row (before anything that reads the table, and at the
-    /// end of the group). Returns the new jobs whose id turned out to be
-    /// taken: they were refused.
+    /// end of the group).
     fn write(
         &mut self,
         tx: &rusqlite::Transaction<'_>,
         answers: &mut [Answer],
-    ) -> Result<Vec<JobId>, StoreError> {
-        let mut refused = Vec::new();
+    ) -> Result<(), StoreError> {
         self.at.clear();
         for (row, asked) in self.rows.drain(..) {
             let job = &row.job;
@@ -655,7 +657,7 @@ impl Rows {
             match insert_row(tx, job, &body) {
                 Ok(()) => {}
                 Err(StoreError::Duplicate(id)) => {
-                    refused.push(id);
+                    self.refused.push(id);
                     for answer in asked {
                         if let Some(Answer::Write(_, result)) = answers.get_mut(answer) {
                             *result = Err(StoreError::Duplicate(id));
@@ -665,7 +667,7 @@ impl Rows {
                 Err(err) => return Err(err),
             }
         }
-        Ok(refused)
+        Ok(())
     }
 }
 
