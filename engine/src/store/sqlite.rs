@@ -274,9 +274,7 @@ impl SqliteStore {
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let conn = connect(&path, true)?;
-        let version: usize = conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(backend)?;
+        let version = schema_version(&conn)?;
         if version != MIGRATIONS.len() {
             return Err(StoreError::Backend(format!(
                 "the database is at schema version {version}; this work-engine reads {} \
@@ -365,10 +363,14 @@ fn connect(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// How many migrations the database has had.
+fn schema_version(conn: &Connection) -> Result<usize, StoreError> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(backend)
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let applied: usize = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(backend)?;
+    let applied = schema_version(conn)?;
     if applied > MIGRATIONS.len() {
         return Err(StoreError::Backend(format!(
             "the database is at schema version {applied}; this work-engine knows {}",
@@ -517,17 +519,7 @@ impl Writer {
     /// Applies `ops` in one transaction, commits once, then answers each.
     fn commit_group(&mut self, ops: Vec<Op>) {
         let cache = Arc::clone(&self.cache);
-        // Jobs first inserted by rows of this group: if it fails, they
-        // were never stored, and must not stay in memory either.
-        let fresh: Vec<JobId> = ops
-            .iter()
-            .flat_map(|op| match op {
-                Op::Write(rows, _) => rows.as_slice(),
-                _ => &[],
-            })
-            .filter(|row| row.new)
-            .map(|row| row.job.id)
-            .collect();
+        let mut rows = Rows::default();
         let outcome = (|| {
             let tx = self
                 .conn
@@ -535,7 +527,6 @@ impl Writer {
                 .map_err(backend)?;
             // Jobs the writer changed in this group, newest version.
             let mut changed: HashMap<JobId, Arc<Job>> = HashMap::new();
-            let mut rows = Rows::default();
             let mut answers = Vec::with_capacity(ops.len());
             for op in ops {
                 match op {
@@ -574,18 +565,17 @@ impl Writer {
                 }
             }
             rows.write(&tx, &mut answers)?;
-            let refused = std::mem::take(&mut rows.refused);
             tx.commit().map_err(backend)?;
-            Ok::<_, StoreError>((answers, changed, refused))
+            Ok::<_, StoreError>((answers, changed))
         })();
         match outcome {
-            Ok((answers, published, refused)) => {
+            Ok((answers, published)) => {
                 {
                     let mut cache = self.cache.write();
                     for job in published.into_values() {
                         cache.put(job);
                     }
-                    for id in &refused {
+                    for id in &rows.refused {
                         cache.remove(id);
                     }
                 }
@@ -598,8 +588,10 @@ impl Writer {
                 // the failed transaction: their callers find their reply
                 // channels closed and report a storage failure.
                 tracing::error!(%err, "sqlite commit failed");
+                // Jobs first inserted by rows of this group were never
+                // stored, and must not stay in memory either.
                 let mut cache = self.cache.write();
-                for id in &fresh {
+                for id in &rows.inserted {
                     cache.remove(id);
                 }
             }
@@ -616,6 +608,8 @@ struct Rows {
     /// New jobs whose id turned out to be taken: refused, and to be
     /// dropped from memory once the group is committed.
     refused: Vec<JobId>,
+    /// Every new job of the group: dropped from memory if it fails.
+    inserted: Vec<JobId>,
 }
 
 impl Rows {
@@ -630,6 +624,9 @@ impl Rows {
                 answers.push(answer);
             }
             None => {
+                if row.new {
+                    self.inserted.push(row.job.id);
+                }
                 self.at.insert(row.job.id, self.rows.len());
                 self.rows.push((row, vec![answer]));
             }
