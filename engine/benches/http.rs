@@ -92,26 +92,24 @@ impl Drop for Server {
     }
 }
 
-/// `n` requests from `clients` concurrent clients, each made by `request`;
+/// `n` requests from `clients` concurrent tasks, each made by `request`;
 /// returns requests per second and the latencies in microseconds.
 async fn load<F, Fut>(clients: usize, n: usize, request: F) -> (f64, Vec<f64>)
 where
-    F: Fn(reqwest::Client) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = reqwest::StatusCode> + Send,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
 {
-    let http = reqwest::Client::new();
     let next = Arc::new(AtomicUsize::new(0));
     let request = Arc::new(request);
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            let (http, next, request) = (http.clone(), Arc::clone(&next), Arc::clone(&request));
+            let (next, request) = (Arc::clone(&next), Arc::clone(&request));
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < n {
                     let sent = Instant::now();
-                    let status = request(http.clone()).await;
-                    assert!(status.is_success(), "{status}");
+                    request().await;
                     latencies.push(sent.elapsed().as_secs_f64() * 1e6);
                 }
                 latencies
@@ -127,42 +125,33 @@ where
     (rate, latencies)
 }
 
-async fn calls(url: &str, clients: usize, n: usize) -> (f64, Vec<f64>) {
-    let url = format!("{url}/v1/tools/calculator/call");
-    load(clients, n, move |http| {
-        let url = url.clone();
+/// [`load`] of POSTs of `body` to `url`, over keep-alive connections.
+async fn posts(url: String, body: serde_json::Value, clients: usize, n: usize) -> (f64, Vec<f64>) {
+    let http = reqwest::Client::new();
+    load(clients, n, move || {
+        let request = http.post(&url).json(&body).send();
         async move {
-            http.post(url)
-                .json(&json!({"args": {"op": "add", "a": 2, "b": 2}}))
-                .send()
-                .await
-                .unwrap()
-                .status()
+            let status = request.await.unwrap().status();
+            assert!(status.is_success(), "{status}");
         }
     })
     .await
 }
 
+async fn calls(url: &str, clients: usize, n: usize) -> (f64, Vec<f64>) {
+    let body = json!({"args": {"op": "add", "a": 2, "b": 2}});
+    posts(format!("{url}/v1/tools/calculator/call"), body, clients, n).await
+}
+
 async fn submissions(url: &str, clients: usize, n: usize) -> (f64, Vec<f64>) {
-    let url = format!("{url}/v1/jobs");
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
-    load(clients, n, move |http| {
-        let url = url.clone();
-        async move {
-            http.post(url)
-                .json(&json!({
-                    "kind": "tool_call",
-                    "tenant_id": "bench",
-                    "payload": {"tool": "calculator", "args": {"op": "add", "a": 2, "b": 2}},
-                    "constraints": {"not_before": later},
-                }))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    })
-    .await
+    let body = json!({
+        "kind": "tool_call",
+        "tenant_id": "bench",
+        "payload": {"tool": "calculator", "args": {"op": "add", "a": 2, "b": 2}},
+        "constraints": {"not_before": later},
+    });
+    posts(format!("{url}/v1/jobs"), body, clients, n).await
 }
 
 async fn register(url: &str) {
@@ -225,31 +214,15 @@ async fn in_process_submissions(kind: &str, n: usize) -> (f64, Vec<f64>) {
         .build()
         .unwrap();
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..32)
-        .map(|_| {
-            let (engine, next) = (engine.clone(), Arc::clone(&next));
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while next.fetch_add(1, Ordering::Relaxed) < n {
-                    let mut job = NewJob::new("sim", "bench", json!({"mock": {}}));
-                    job.constraints.not_before = Some(later);
-                    let sent = Instant::now();
-                    engine.submit(job).await.unwrap();
-                    latencies.push(sent.elapsed().as_secs_f64() * 1e6);
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(n);
-    for task in tasks {
-        latencies.extend(task.await.unwrap());
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
-    (rate, latencies)
+    load(32, n, move || {
+        let engine = engine.clone();
+        async move {
+            let mut job = NewJob::new("sim", "bench", json!({"mock": {}}));
+            job.constraints.not_before = Some(later);
+            engine.submit(job).await.unwrap();
+        }
+    })
+    .await
 }
 
 #[derive(Default)]
