@@ -171,7 +171,8 @@ fn main() {
             .await
             .unwrap();
     });
-    host.prepare("calculator").unwrap();
+    host.prepare(work_engine::registry::ToolScope::Shared, "calculator")
+        .unwrap();
     let bare = Arc::new(Bare::new(
         host.runtime().wasmtime_engine(),
         &wasm,
@@ -268,7 +269,8 @@ fn main() {
 
     // Timeout precision: how late after its deadline a spinning guest stops.
     println!();
-    host.prepare("infinite_loop").unwrap();
+    host.prepare(work_engine::registry::ToolScope::Shared, "infinite_loop")
+        .unwrap();
     println!(
         "| timeout | runs | late p50 (ms) | late p90 (ms) | late max (ms) | p90 (% of deadline) |"
     );

@@ -179,7 +179,8 @@ async fn tool_host() -> (tempfile::TempDir, Arc<ToolHost>) {
     let host = Arc::new(ToolHost::open(data.path(), RuntimeConfig::default()).unwrap());
     let wasm = std::fs::read(work_test_artifacts::CALCULATOR).unwrap();
     host.register(&wasm, Grants::default()).await.unwrap();
-    host.prepare("calculator").unwrap();
+    host.prepare(work_engine::registry::ToolScope::Shared, "calculator")
+        .unwrap();
     (data, host)
 }
 

@@ -258,19 +258,34 @@ impl EventStream {
     }
 }
 
-/// Sends events to `tracing` and to subscribers; builds none when nobody
-/// listens.
-#[derive(Debug)]
+/// Sees every event as it is emitted, on the thread that emits it: unlike
+/// a subscriber it can never fall behind and lose one, so it must be quick
+/// (hand the event on, don't work on it). An audit trail is its use.
+pub type EventObserver = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Sends events to `tracing`, the observer and subscribers; builds none
+/// when nobody listens.
 pub(crate) struct Telemetry {
     sender: broadcast::Sender<Event>,
     listeners: Arc<AtomicUsize>,
+    observer: Option<EventObserver>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("listeners", &self.listeners)
+            .field("observed", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Telemetry {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, observer: Option<EventObserver>) -> Self {
         Self {
             sender: broadcast::Sender::new(capacity.max(1)),
             listeners: Arc::new(AtomicUsize::new(0)),
+            observer,
         }
     }
 
@@ -295,7 +310,7 @@ impl Telemetry {
         make: impl FnOnce() -> EventData,
     ) {
         let traced = tracing::enabled!(target: "work_engine::event", tracing::Level::DEBUG);
-        if !traced && self.listeners.load(Ordering::Acquire) == 0 {
+        if !traced && self.observer.is_none() && self.listeners.load(Ordering::Acquire) == 0 {
             return;
         }
         let event = Event {
@@ -313,6 +328,9 @@ impl Telemetry {
                 tenant_id = event.tenant_id.as_deref(),
                 detail,
             );
+        }
+        if let Some(observe) = &self.observer {
+            observe(&event);
         }
         // No receiver is fine: nobody asked.
         let _ = self.sender.send(event);

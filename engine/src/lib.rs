@@ -41,6 +41,8 @@
 //! Calls are async and need a Tokio runtime with its timer enabled.
 
 mod atomic_file;
+#[cfg(feature = "server")]
+pub mod auth;
 pub mod backends;
 #[cfg(feature = "cli")]
 pub mod commands;
@@ -56,7 +58,7 @@ pub mod store;
 mod tool_host;
 
 pub use error::{Error, Result, Violation};
-pub use events::{Event, EventData, EventStream, EventStreamError};
+pub use events::{Event, EventData, EventObserver, EventStream, EventStreamError};
 pub use scheduler::{
     Batch, Capacity, Engine, EngineBuilder, EngineError, Quota, Stats, TenantConfig,
 };

@@ -2,7 +2,9 @@
 //! tool by name.
 
 use crate::error::{Error, Result, Violation};
-use crate::registry::{Registry, ToolManifest, ToolRef, check_name, check_version, schema};
+use crate::registry::{
+    Registry, ToolManifest, ToolRef, ToolScope, check_name, check_version, schema,
+};
 use crate::runtime::{
     ArtifactSource, CallFailure, CallOptions, CallReport, Grants, LoadedComponent, Runtime,
     RuntimeConfig,
@@ -37,7 +39,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 pub struct ToolHost {
     runtime: Runtime,
     registry: Registry,
-    ready: RwLock<HashMap<String, Arc<ReadyTool>>>,
+    /// Tools loaded, by the tenant that looked them up (`""` for the
+    /// shared scope) and then by `name[@version]`: the same name can mean
+    /// a different tool to each tenant.
+    ready: RwLock<HashMap<String, HashMap<String, Arc<ReadyTool>>>>,
 }
 
 impl std::fmt::Debug for ToolHost {
@@ -138,8 +143,23 @@ impl ToolHost {
     /// Files are written last, each atomically; a dropped future leaves the
     /// registry as it was or fully updated.
     pub async fn register(&self, wasm: &[u8], grants: Grants) -> Result<Registered> {
+        self.register_in(ToolScope::Shared, wasm, grants).await
+    }
+
+    /// [`ToolHost::register`] among `scope`'s own tools: a tenant's tool
+    /// is seen by that tenant only.
+    ///
+    /// # Errors
+    ///
+    /// As [`ToolHost::register`].
+    pub async fn register_in(
+        &self,
+        scope: ToolScope<'_>,
+        wasm: &[u8],
+        grants: Grants,
+    ) -> Result<Registered> {
         let component = self.runtime.load(wasm)?;
-        let registered = self.register_loaded(&component, wasm, grants).await;
+        let registered = self.register_loaded(scope, &component, wasm, grants).await;
         if registered.is_err() {
             // Loading cached a compiled artifact; drop it unless a
             // registered tool uses the same component.
@@ -150,6 +170,7 @@ impl ToolHost {
 
     async fn register_loaded(
         &self,
+        scope: ToolScope<'_>,
         component: &LoadedComponent,
         wasm: &[u8],
         grants: Grants,
@@ -188,9 +209,10 @@ impl ToolHost {
             grants,
             registered_at: humantime::format_rfc3339_millis(std::time::SystemTime::now())
                 .to_string(),
+            tenant: scope.tenant().map(str::to_owned),
         };
         let replaced = self.registry.put(&manifest, wasm)?;
-        self.forget(&manifest.name);
+        self.forget(scope, &manifest.name);
         tracing::info!(tool = %manifest.id(), component = %manifest.component, "registered tool");
         Ok(Registered { manifest, replaced })
     }
@@ -220,22 +242,22 @@ impl ToolHost {
         }
     }
 
-    /// The newest version of every tool.
+    /// The newest version of every tool `scope` sees.
     ///
     /// # Errors
     ///
     /// [`Error::Io`] or [`Error::CorruptRegistry`].
-    pub fn list(&self) -> Result<Vec<ToolManifest>> {
-        self.registry.list()
+    pub fn list(&self, scope: ToolScope<'_>) -> Result<Vec<ToolManifest>> {
+        self.registry.list(scope)
     }
 
-    /// Every version of the tool `name`, oldest first.
+    /// Every version of the tool `name` as `scope` sees it, oldest first.
     ///
     /// # Errors
     ///
     /// [`Error::ToolNotFound`] when none is registered.
-    pub fn versions(&self, name: &str) -> Result<Vec<ToolManifest>> {
-        let versions = self.registry.versions(name)?;
+    pub fn versions(&self, scope: ToolScope<'_>, name: &str) -> Result<Vec<ToolManifest>> {
+        let versions = self.registry.versions(scope, name)?;
         if versions.is_empty() {
             return Err(Error::ToolNotFound {
                 name: name.to_owned(),
@@ -244,30 +266,31 @@ impl ToolHost {
         Ok(versions)
     }
 
-    /// Removes `name@version`, or every version of `name`.
+    /// Removes `name@version`, or every version of `name`, among `scope`'s
+    /// own tools.
     ///
     /// # Errors
     ///
     /// [`Error::ToolNotFound`] when nothing matched.
-    pub fn remove(&self, tool: &str) -> Result<Vec<ToolManifest>> {
+    pub fn remove(&self, scope: ToolScope<'_>, tool: &str) -> Result<Vec<ToolManifest>> {
         let tool: ToolRef = tool.parse()?;
-        let removed = self.registry.remove(&tool)?;
-        self.forget(&tool.name);
+        let removed = self.registry.remove(scope, &tool)?;
+        self.forget(scope, &tool.name);
         Ok(removed)
     }
 
-    /// The tool `tool` (`name` or `name@version`) compiled and ready,
-    /// loading it on first use.
+    /// The tool `tool` (`name` or `name@version`) as `scope` sees it,
+    /// compiled and ready, loading it on first use.
     ///
     /// # Errors
     ///
     /// [`Error::ToolNotFound`]; load errors as in [`ToolHost::register`].
-    pub fn prepare(&self, tool: &str) -> Result<Arc<ReadyTool>> {
-        if let Some(ready) = self.loaded(tool) {
+    pub fn prepare(&self, scope: ToolScope<'_>, tool: &str) -> Result<Arc<ReadyTool>> {
+        if let Some(ready) = self.loaded(scope, tool) {
             return Ok(ready);
         }
         let tool_ref: ToolRef = tool.parse()?;
-        let manifest = self.registry.get(&tool_ref)?;
+        let manifest = self.registry.get(scope, &tool_ref)?;
         let wasm = self.registry.component(&manifest)?;
         let component = self.runtime.load(&wasm)?;
         let validator =
@@ -283,29 +306,36 @@ impl ToolHost {
         self.ready
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+            .entry(scope.tenant().unwrap_or_default().to_owned())
+            .or_default()
             .insert(tool.to_owned(), Arc::clone(&ready));
         Ok(ready)
     }
 
-    /// The tool `tool` if it is already loaded: never compiles, never
-    /// touches the disk.
-    pub fn loaded(&self, tool: &str) -> Option<Arc<ReadyTool>> {
+    /// The tool `tool` as `scope` sees it, if it is already loaded: never
+    /// compiles, never touches the disk.
+    pub fn loaded(&self, scope: ToolScope<'_>, tool: &str) -> Option<Arc<ReadyTool>> {
         self.ready
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .get(scope.tenant().unwrap_or_default())?
             .get(tool)
             .cloned()
     }
 
-    /// Drops every in-memory entry of `name`, pinned or not.
-    fn forget(&self, name: &str) {
-        self.ready
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|key, _| key.split('@').next() != Some(name));
+    /// Drops the in-memory entries of `name`, pinned or not, of every
+    /// tenant that may see `scope`'s tool of that name.
+    fn forget(&self, scope: ToolScope<'_>, name: &str) {
+        let mut ready = self.ready.write().unwrap_or_else(PoisonError::into_inner);
+        for (tenant, tools) in ready.iter_mut() {
+            if scope == ToolScope::Shared || scope.tenant() == Some(tenant) {
+                tools.retain(|key, _| key.split('@').next() != Some(name));
+            }
+        }
     }
 
-    /// Calls `tool` (`name` or `name@version`) with `args` (JSON text).
+    /// Calls the shared tool `tool` (`name` or `name@version`) with `args`
+    /// (JSON text).
     ///
     /// The arguments are checked against the tool's schema before any
     /// instance exists; then the call runs in a fresh sandboxed instance.
@@ -322,7 +352,7 @@ impl ToolHost {
     /// Dropping the future drops the instance mid-call; prefer
     /// [`CallOptions::cancel`] to have the call end as `canceled`.
     pub async fn call(&self, tool: &str, args: &str, options: CallOptions) -> Result<CallReport> {
-        let ready = self.prepare(tool)?;
+        let ready = self.prepare(ToolScope::Shared, tool)?;
         self.call_ready(&ready, args, options).await
     }
 

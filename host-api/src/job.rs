@@ -434,7 +434,9 @@ pub struct JobError {
 pub struct NewJob {
     /// What kind of work.
     pub kind: JobKind,
-    /// Who owns it.
+    /// Who owns it. Over HTTP with an API key it may be left out: the
+    /// key's tenant (an engine refuses it empty).
+    #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub tenant_id: CompactString,
     /// A grouping within the tenant; `"default"` when absent.

@@ -7,6 +7,7 @@ use work_host_api::{
 };
 
 use crate::Error;
+use crate::registry::ToolScope;
 use crate::runtime::{CallEvent, CallOptions, LogLevel};
 use crate::tool_host::{ReadyTool, ToolHost};
 
@@ -38,12 +39,15 @@ impl WasmBackend {
                 "a tool call's payload is {\"tool\": \"name[@version]\", \"args\": {...}}".into(),
             )
         })?;
-        let ready = match self.host.loaded(tool) {
+        // The tool as the job's tenant sees it: its own, or a shared one.
+        let scope = ToolScope::Tenant(&job.tenant_id);
+        let ready = match self.host.loaded(scope, tool) {
             Some(ready) => Ok(ready),
             None => {
                 let host = Arc::clone(&self.host);
                 let name = tool.to_owned();
-                tokio::task::spawn_blocking(move || host.prepare(&name))
+                let tenant = job.tenant_id.clone();
+                tokio::task::spawn_blocking(move || host.prepare(ToolScope::Tenant(&tenant), &name))
                     .await
                     .map_err(|e| {
                         AdmitError::InvalidPayload(format!("loading the tool failed: {e}"))

@@ -2,6 +2,7 @@
 
 use super::remote::Remote;
 use super::{FAILED, errln, open_host, outln, print_json};
+use crate::registry::ToolScope;
 use crate::runtime::{CallEvent, CallOptions, CallReport, RuntimeConfig};
 use anyhow::Context;
 use clap::Args;
@@ -37,13 +38,13 @@ impl CallArgs {
     pub(super) async fn run(
         self,
         data_dir: &Path,
-        server: Option<&str>,
+        server: Option<&Remote>,
     ) -> anyhow::Result<ExitCode> {
-        if let Some(url) = server {
-            return self.through(&Remote::new(url)).await;
+        if let Some(remote) = server {
+            return self.through(remote).await;
         }
         let host = open_host(data_dir, RuntimeConfig::default())?;
-        let ready = match host.prepare(&self.tool) {
+        let ready = match host.prepare(ToolScope::Shared, &self.tool) {
             Ok(ready) => ready,
             Err(err) => return self.refused(&err),
         };

@@ -21,9 +21,9 @@ pub(super) enum Target {
 }
 
 impl Target {
-    pub(super) fn new(server: Option<&str>, data_dir: &Path) -> Self {
+    pub(super) fn new(server: Option<&Remote>, data_dir: &Path) -> Self {
         match server {
-            Some(url) => Self::Server(Remote::new(url)),
+            Some(remote) => Self::Server(remote.clone()),
             None => Self::Local(data_dir.to_path_buf()),
         }
     }
@@ -58,7 +58,11 @@ impl Target {
                     "/v1/jobs"
                 };
                 let parameters = query_string(&[
-                    ("tenant", Some(query.tenant_id.clone())),
+                    // None: the key's own.
+                    (
+                        "tenant",
+                        Some(query.tenant_id.clone()).filter(|t| !t.is_empty()),
+                    ),
                     ("namespace", query.namespace.clone()),
                     ("status", query.status.map(|s| s.as_str().to_owned())),
                     ("kind", query.kind.as_ref().map(|k| k.as_str().to_owned())),
@@ -67,7 +71,13 @@ impl Target {
                 ]);
                 remote.get(&format!("{route}{parameters}")).await
             }
-            Self::Local(dir) => Ok(serde_json::to_value(Self::store(dir)?.list(query).await?)?),
+            Self::Local(dir) => {
+                let mut query = query.clone();
+                if query.tenant_id.is_empty() {
+                    query.tenant_id = "default".into();
+                }
+                Ok(serde_json::to_value(Self::store(dir)?.list(&query).await?)?)
+            }
         }
     }
 }
@@ -86,9 +96,10 @@ pub(super) struct SubmitArgs {
     /// The job's payload, JSON.
     #[arg(long, value_name = "JSON", requires = "kind")]
     payload: Option<String>,
-    /// The tenant it runs for.
-    #[arg(long, env = "WORK_ENGINE_TENANT", default_value = "default")]
-    tenant: String,
+    /// The tenant it runs for. Default: the API key's (`default` on a
+    /// server without keys).
+    #[arg(long, env = "WORK_ENGINE_TENANT")]
+    tenant: Option<String>,
     #[arg(long)]
     namespace: Option<String>,
     /// realtime, interactive, batch or offline.
@@ -132,7 +143,10 @@ impl SubmitArgs {
             }
             (None, None) => anyhow::bail!("say what to run: --tool NAME or --kind KIND"),
         };
-        let mut job = json!({"kind": kind, "tenant_id": self.tenant, "payload": payload});
+        let mut job = json!({"kind": kind, "payload": payload});
+        if let Some(tenant) = &self.tenant {
+            job["tenant_id"] = json!(tenant);
+        }
         let mut set = |key: &str, value: Option<Value>| {
             if let Some(value) = value {
                 job[key] = value;
@@ -188,8 +202,9 @@ enum JobsAction {
 
 #[derive(Debug, Args)]
 struct ListArgs {
-    #[arg(long, env = "WORK_ENGINE_TENANT", default_value = "default")]
-    tenant: String,
+    /// Default: the API key's (`default` on the data directory).
+    #[arg(long, env = "WORK_ENGINE_TENANT")]
+    tenant: Option<String>,
     #[arg(long)]
     namespace: Option<String>,
     /// pending, queued, running, succeeded, failed, canceled or timeout.
@@ -209,7 +224,7 @@ impl JobsArgs {
     pub(super) async fn run(self, target: &Target) -> anyhow::Result<ExitCode> {
         match self.action {
             JobsAction::List(list) => {
-                let mut query = JobQuery::tenant(list.tenant).limit(list.limit);
+                let mut query = JobQuery::tenant(list.tenant.unwrap_or_default()).limit(list.limit);
                 query.namespace = list.namespace;
                 query.status = list.status;
                 query.kind = list.kind.map(Into::into);
@@ -321,8 +336,9 @@ pub(super) struct DlqArgs {
 enum DlqAction {
     /// A tenant's dead-lettered jobs, newest first.
     List {
-        #[arg(long, env = "WORK_ENGINE_TENANT", default_value = "default")]
-        tenant: String,
+        /// Default: the API key's (`default` on the data directory).
+        #[arg(long, env = "WORK_ENGINE_TENANT")]
+        tenant: Option<String>,
     },
     /// Queue a dead-lettered job again with fresh attempts.
     Retry { id: String },
@@ -332,7 +348,7 @@ impl DlqArgs {
     pub(super) async fn run(self, target: &Target) -> anyhow::Result<ExitCode> {
         match self.action {
             DlqAction::List { tenant } => {
-                let query = JobQuery::tenant(tenant).dead_letters();
+                let query = JobQuery::tenant(tenant.unwrap_or_default()).dead_letters();
                 show_page(&target.page(&query).await?, self.json)?;
             }
             DlqAction::Retry { id } => {

@@ -1,6 +1,7 @@
 //! The `work-engine` command line: parsing and dispatch only; the work is
 //! done by the library.
 
+mod access;
 mod call;
 mod jobs;
 mod register;
@@ -33,6 +34,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "WORK_ENGINE_URL", value_name = "URL")]
     server: Option<String>,
 
+    /// The API key to call `--server` with.
+    #[arg(
+        long,
+        global = true,
+        env = "WORK_ENGINE_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +66,10 @@ enum Command {
     Stats(jobs::StatsArgs),
     /// The dead-letter queue: list, retry.
     Dlq(jobs::DlqArgs),
+    /// API keys: create, list, revoke.
+    Keys(access::KeysArgs),
+    /// Show or set a tenant's quota (and weight).
+    Quota(access::QuotaArgs),
 }
 
 /// Exit status of a command that ran but whose work failed (a failed call,
@@ -103,7 +118,11 @@ pub fn main() -> ExitCode {
 
 impl Cli {
     async fn run(self) -> anyhow::Result<ExitCode> {
-        let server = self.server.as_deref();
+        let remote = self
+            .server
+            .as_deref()
+            .map(|url| remote::Remote::new(url, self.api_key.as_deref()));
+        let server = remote.as_ref();
         let target = || jobs::Target::new(server, &self.data_dir);
         match self.command {
             Command::Register(args) => args.run(&self.data_dir, server).await,
@@ -114,6 +133,8 @@ impl Cli {
             Command::Jobs(args) => args.run(&target()).await,
             Command::Stats(args) => args.run(&target()).await,
             Command::Dlq(args) => args.run(&target()).await,
+            Command::Keys(args) => args.run(&self.data_dir, server).await,
+            Command::Quota(args) => args.run(&self.data_dir, server).await,
         }
     }
 }

@@ -30,12 +30,12 @@ impl RegisterArgs {
     pub(super) async fn run(
         self,
         data_dir: &Path,
-        server: Option<&str>,
+        server: Option<&Remote>,
     ) -> anyhow::Result<ExitCode> {
         let wasm = std::fs::read(&self.wasm)
             .with_context(|| format!("cannot read {}", self.wasm.display()))?;
         let (manifest, replaced) = match server {
-            Some(url) => {
+            Some(remote) => {
                 let mut grants: Vec<(&str, Option<String>)> = Vec::new();
                 for dir in &self.allow_dir {
                     grants.push(("allow_dir", Some(dir.to_string())));
@@ -43,7 +43,7 @@ impl RegisterArgs {
                 for name in &self.allow_env {
                     grants.push(("allow_env", Some(name.clone())));
                 }
-                let manifest = Remote::new(url)
+                let manifest = remote
                     .post_bytes(&format!("/v1/tools{}", query_string(&grants)), wasm)
                     .await
                     .with_context(|| format!("cannot register {}", self.wasm.display()))?;

@@ -4,10 +4,12 @@ use anyhow::Context;
 use reqwest::Method;
 use serde_json::Value;
 
-/// A `work-engine serve` at `base`.
+/// A `work-engine serve` at `base`, called with an API key when given one.
+#[derive(Debug, Clone)]
 pub(super) struct Remote {
     base: String,
     http: reqwest::Client,
+    api_key: Option<String>,
 }
 
 /// A refusal from the server: its problem document.
@@ -20,11 +22,16 @@ pub(super) struct Refused {
 }
 
 impl Remote {
-    pub(super) fn new(base: &str) -> Self {
+    pub(super) fn new(base: &str, api_key: Option<&str>) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
+            api_key: api_key.map(str::to_owned),
         }
+    }
+
+    pub(super) async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.put(self.url(path)).json(body)).await
     }
 
     pub(super) async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -54,6 +61,10 @@ impl Remote {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let request = match &self.api_key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        };
         let response = request
             .send()
             .await

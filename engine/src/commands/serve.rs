@@ -16,6 +16,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{errln, open_host};
+use crate::auth::{AuthStore, NewKey};
 use crate::runtime::RuntimeConfig;
 use crate::server::{Server, ServerConfig};
 use crate::store::{Durability, MemoryStore, SqliteStore, Store};
@@ -69,6 +70,10 @@ pub(super) struct ServeArgs {
     /// before the server stops, in milliseconds. Default 30000.
     #[arg(long, env = "WORK_ENGINE_SHUTDOWN_GRACE_MS", value_name = "N")]
     shutdown_grace_ms: Option<u64>,
+    /// Serve without API keys: every caller may act for any tenant. Only
+    /// on a loopback address; for trying things out, never for sharing.
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -150,7 +155,32 @@ impl ServeArgs {
                 file.shutdown_grace_ms,
                 defaults.shutdown_grace,
             ),
+            require_keys: !self.insecure_no_auth,
         };
+        if self.insecure_no_auth && !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "--insecure-no-auth serves without keys, so only on a loopback address \
+                 (127.0.0.1 or ::1), not {addr}"
+            );
+        }
+        let auth = Arc::new(
+            AuthStore::open(data_dir)
+                .with_context(|| format!("cannot open the key store in {}", data_dir.display()))?,
+        );
+        if config.require_keys && !auth.has_keys()? {
+            let created = auth.create_key(NewKey::operator())?;
+            auth.record(
+                "cli",
+                None,
+                "key.created",
+                Some(&created.id),
+                serde_json::json!({ "role": "admin", "operator": true, "bootstrap": true }),
+            );
+            errln!(
+                "created the operator's API key (shown this once; keep it safe):\n\n    {}\n",
+                created.key
+            );
+        }
 
         let host = Arc::new(open_host(data_dir, RuntimeConfig::default())?);
         let store: Arc<dyn Store> = match self.store.or(file.store).unwrap_or(StoreKind::Sqlite) {
@@ -164,11 +194,15 @@ impl ServeArgs {
             }
             StoreKind::Memory => Arc::new(MemoryStore::new()),
         };
-        let engine = Engine::builder()
+        let mut builder = Engine::builder()
             .capacity(capacity)
             .tool_host(Arc::clone(&host))
             .store(store)
-            .build()?;
+            .observer(auth.observer());
+        for (tenant, limits) in auth.all_tenant_limits()? {
+            builder = builder.tenant(tenant, limits.effective());
+        }
+        let engine = builder.build()?;
         engine.recover().await?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -180,7 +214,7 @@ impl ServeArgs {
             "work-engine serving {} on http://{local}",
             data_dir.display()
         );
-        Server::new(engine, host, config)
+        Server::new(engine, host, auth, config)
             .run(listener, shutdown_signal())
             .await?;
         Ok(ExitCode::SUCCESS)

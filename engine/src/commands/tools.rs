@@ -3,7 +3,7 @@
 use super::remote::Remote;
 use super::{open_host, outln, print_json};
 use crate::ToolHost;
-use crate::registry::ToolManifest;
+use crate::registry::{ToolManifest, ToolScope};
 use crate::runtime::RuntimeConfig;
 use clap::{Args, Subcommand};
 use std::path::Path;
@@ -38,10 +38,10 @@ impl ToolsArgs {
     pub(super) async fn run(
         self,
         data_dir: &Path,
-        server: Option<&str>,
+        server: Option<&Remote>,
     ) -> anyhow::Result<ExitCode> {
         let source = match server {
-            Some(url) => Source::Server(Remote::new(url)),
+            Some(remote) => Source::Server(remote.clone()),
             None => Source::Local(Box::new(open_host(data_dir, RuntimeConfig::default())?)),
         };
         match self.action.unwrap_or(Action::List) {
@@ -111,7 +111,7 @@ enum Source {
 impl Source {
     async fn list(&self) -> anyhow::Result<Vec<ToolManifest>> {
         Ok(match self {
-            Self::Local(host) => host.list()?,
+            Self::Local(host) => host.list(ToolScope::Shared)?,
             Self::Server(remote) => serde_json::from_value(remote.get("/v1/tools").await?)?,
         })
     }
@@ -119,7 +119,7 @@ impl Source {
     /// Every version locally; the newest through a server.
     async fn versions(&self, name: &str) -> anyhow::Result<Vec<ToolManifest>> {
         Ok(match self {
-            Self::Local(host) => host.versions(name)?,
+            Self::Local(host) => host.versions(ToolScope::Shared, name)?,
             Self::Server(remote) => {
                 let mut details = remote.get(&format!("/v1/tools/{name}")).await?;
                 if let Some(details) = details.as_object_mut() {
@@ -132,7 +132,7 @@ impl Source {
 
     async fn remove(&self, name: &str) -> anyhow::Result<Vec<ToolManifest>> {
         Ok(match self {
-            Self::Local(host) => host.remove(name)?,
+            Self::Local(host) => host.remove(ToolScope::Shared, name)?,
             Self::Server(remote) => {
                 serde_json::from_value(remote.delete(&format!("/v1/tools/{name}")).await?)?
             }

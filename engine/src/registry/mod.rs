@@ -5,6 +5,10 @@
 //!   components/<sha256>.wasm          each component once, by content
 //!   cache/<sha256>-<engine>.cwasm     compiled artifacts (see runtime)
 //!   tools/<name>/<version>.json       one manifest per registered version
+//!                                     of a shared tool (every tenant's)
+//!   tenants/<hex>/tools/<name>/<version>.json
+//!                                     a tenant's own tools; <hex> is the
+//!                                     tenant id's bytes in hex
 //! ```
 //!
 //! Every file is written to a temporary name and renamed into place, so a
@@ -45,9 +49,21 @@ pub struct ToolManifest {
     pub grants: Grants,
     /// When this version was registered (RFC 3339).
     pub registered_at: String,
+    /// The tenant that owns it; absent for a shared tool, which every
+    /// tenant sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl ToolManifest {
+    /// Whose tools it is among.
+    pub fn scope(&self) -> ToolScope<'_> {
+        match &self.tenant {
+            Some(tenant) => ToolScope::Tenant(tenant),
+            None => ToolScope::Shared,
+        }
+    }
+
     /// `name@version`.
     pub fn id(&self) -> String {
         format!("{}@{}", self.name, self.version)
@@ -67,6 +83,29 @@ impl ToolManifest {
             DeclarationFormat::Mcp => serde_json::json!({
                 "name": name, "description": description, "inputSchema": parameters,
             }),
+        }
+    }
+}
+
+/// Whose tools an operation sees.
+///
+/// A tenant sees its own tools and the shared ones; where both have a tool
+/// of the same name, its own. Registering and removing act on the scope's
+/// own tools only: a tenant never changes a shared tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ToolScope<'a> {
+    /// The operator's tools, visible to every tenant.
+    Shared,
+    /// One tenant's tools (and, for lookups, the shared ones).
+    Tenant(&'a str),
+}
+
+impl<'a> ToolScope<'a> {
+    /// The tenant, if any.
+    pub fn tenant(self) -> Option<&'a str> {
+        match self {
+            Self::Shared => None,
+            Self::Tenant(tenant) => Some(tenant),
         }
     }
 }
@@ -190,20 +229,34 @@ impl Registry {
         self.root.join("cache")
     }
 
-    fn tool_dir(&self, name: &str) -> PathBuf {
-        self.root.join("tools").join(name)
+    /// The `tools` directory of `scope`'s own tools. A tenant id may hold
+    /// any printable character, so its directory is named by its bytes in
+    /// hex: no id can reach outside it.
+    fn tools_dir(&self, scope: ToolScope<'_>) -> PathBuf {
+        match scope {
+            ToolScope::Shared => self.root.join("tools"),
+            ToolScope::Tenant(tenant) => {
+                let hex: String = tenant.bytes().map(|b| format!("{b:02x}")).collect();
+                self.root.join("tenants").join(hex).join("tools")
+            }
+        }
     }
 
-    fn manifest_path(&self, name: &str, version: &str) -> PathBuf {
-        self.tool_dir(name).join(format!("{version}.json"))
+    fn tool_dir(&self, scope: ToolScope<'_>, name: &str) -> PathBuf {
+        self.tools_dir(scope).join(name)
+    }
+
+    fn manifest_path(&self, scope: ToolScope<'_>, name: &str, version: &str) -> PathBuf {
+        self.tool_dir(scope, name).join(format!("{version}.json"))
     }
 
     fn component_path(&self, hash: &str) -> PathBuf {
         self.root.join("components").join(format!("{hash}.wasm"))
     }
 
-    /// Stores a component and its manifest; returns the manifest it
-    /// replaced, if that name and version existed.
+    /// Stores a component and its manifest (in its tenant's tools, or the
+    /// shared ones); returns the manifest it replaced, if that name and
+    /// version existed there.
     ///
     /// # Errors
     ///
@@ -217,48 +270,70 @@ impl Registry {
                 component,
             )?;
         }
-        let path = self.manifest_path(&manifest.name, &manifest.version);
+        let scope = manifest.scope();
+        let path = self.manifest_path(scope, &manifest.name, &manifest.version);
         let previous = self.read_manifest(&path).ok();
         let json = serde_json::to_vec_pretty(manifest).map_err(std::io::Error::other)?;
-        crate::atomic_file::write_atomically(&self.tool_dir(&manifest.name), &path, &json)?;
+        crate::atomic_file::write_atomically(&self.tool_dir(scope, &manifest.name), &path, &json)?;
         if let Some(previous) = &previous {
             self.collect_component(&previous.component)?;
         }
         Ok(previous)
     }
 
-    /// The manifest of `tool`: its pinned version, or the newest.
+    /// The manifest of `tool` as `scope` sees it: its pinned version, or
+    /// the newest; a tenant's own tool before a shared one of that name.
     ///
     /// # Errors
     ///
     /// [`Error::ToolNotFound`]; [`Error::CorruptRegistry`] for an unreadable
     /// manifest.
-    pub fn get(&self, tool: &ToolRef) -> Result<ToolManifest> {
+    pub fn get(&self, scope: ToolScope<'_>, tool: &ToolRef) -> Result<ToolManifest> {
         let not_found = || Error::ToolNotFound {
             name: tool.to_string(),
         };
+        let scope = self.owner_of(scope, &tool.name)?;
         match &tool.version {
             Some(version) => {
-                let path = self.manifest_path(&tool.name, version);
+                let path = self.manifest_path(scope, &tool.name, version);
                 if !path.exists() {
                     return Err(not_found());
                 }
                 self.read_manifest(&path)
             }
-            None => self.versions(&tool.name)?.pop().ok_or_else(not_found),
+            None => self
+                .own_versions(scope, &tool.name)?
+                .pop()
+                .ok_or_else(not_found),
         }
     }
 
-    /// Every registered version of `name`, oldest version first.
+    /// Whose tool `name` is, as `scope` sees it: the tenant's when it has
+    /// one of that name, else the shared one.
+    fn owner_of<'a>(&self, scope: ToolScope<'a>, name: &str) -> Result<ToolScope<'a>> {
+        if scope != ToolScope::Shared && self.own_versions(scope, name)?.is_empty() {
+            return Ok(ToolScope::Shared);
+        }
+        Ok(scope)
+    }
+
+    /// Every registered version of `name` as `scope` sees it, oldest
+    /// version first.
     ///
     /// # Errors
     ///
     /// [`Error::Io`] or [`Error::CorruptRegistry`].
-    pub fn versions(&self, name: &str) -> Result<Vec<ToolManifest>> {
+    pub fn versions(&self, scope: ToolScope<'_>, name: &str) -> Result<Vec<ToolManifest>> {
+        let scope = self.owner_of(scope, name)?;
+        self.own_versions(scope, name)
+    }
+
+    /// Every version of `name` among `scope`'s own tools.
+    fn own_versions(&self, scope: ToolScope<'_>, name: &str) -> Result<Vec<ToolManifest>> {
         if check_name(name).is_err() {
             return Ok(Vec::new());
         }
-        let dir = self.tool_dir(name);
+        let dir = self.tool_dir(scope, name);
         if !dir.exists() {
             return Ok(Vec::new());
         }
@@ -273,50 +348,67 @@ impl Registry {
         Ok(manifests)
     }
 
-    /// The newest version of every tool, by name.
+    /// The newest version of every tool `scope` sees, by name.
     ///
     /// # Errors
     ///
     /// [`Error::Io`] or [`Error::CorruptRegistry`].
-    pub fn list(&self) -> Result<Vec<ToolManifest>> {
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(self.root.join("tools"))? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                names.push(entry.file_name().to_string_lossy().into_owned());
-            }
+    pub fn list(&self, scope: ToolScope<'_>) -> Result<Vec<ToolManifest>> {
+        let mut names = self.own_names(ToolScope::Shared)?;
+        if scope != ToolScope::Shared {
+            names.extend(self.own_names(scope)?);
+            names.sort();
+            names.dedup();
         }
-        names.sort();
         let mut newest = Vec::new();
         for name in names {
-            if let Some(manifest) = self.versions(&name)?.pop() {
+            if let Some(manifest) = self.versions(scope, &name)?.pop() {
                 newest.push(manifest);
             }
         }
         Ok(newest)
     }
 
-    /// Removes one version (`name@version`) or every version (`name`), and
-    /// the component and artifacts no other version uses.
+    /// The names of `scope`'s own tools, sorted.
+    fn own_names(&self, scope: ToolScope<'_>) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let entries = match std::fs::read_dir(self.tools_dir(scope)) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+            Err(err) => return Err(err.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Removes one version (`name@version`) or every version (`name`) of
+    /// `scope`'s own tool, and the component and artifacts no other
+    /// version uses.
     ///
     /// # Errors
     ///
-    /// [`Error::ToolNotFound`] when nothing matched.
-    pub fn remove(&self, tool: &ToolRef) -> Result<Vec<ToolManifest>> {
-        let removed = match &tool.version {
-            Some(_) => vec![self.get(tool)?],
-            None => self.versions(&tool.name)?,
-        };
+    /// [`Error::ToolNotFound`] when nothing of `scope`'s own matched.
+    pub fn remove(&self, scope: ToolScope<'_>, tool: &ToolRef) -> Result<Vec<ToolManifest>> {
+        let mut removed = self.own_versions(scope, &tool.name)?;
+        if let Some(version) = &tool.version {
+            removed.retain(|manifest| &manifest.version == version);
+        }
         if removed.is_empty() {
             return Err(Error::ToolNotFound {
                 name: tool.to_string(),
             });
         }
         for manifest in &removed {
-            std::fs::remove_file(self.manifest_path(&manifest.name, &manifest.version))?;
+            std::fs::remove_file(self.manifest_path(scope, &manifest.name, &manifest.version))?;
         }
-        if tool.version.is_none() || self.versions(&tool.name)?.is_empty() {
-            let _ = std::fs::remove_dir(self.tool_dir(&tool.name));
+        if tool.version.is_none() || self.own_versions(scope, &tool.name)?.is_empty() {
+            let _ = std::fs::remove_dir(self.tool_dir(scope, &tool.name));
         }
         for manifest in &removed {
             self.collect_component(&manifest.component)?;
@@ -368,11 +460,31 @@ impl Registry {
         Ok(())
     }
 
+    /// Every version of every tool, shared or a tenant's.
     fn list_all(&self) -> Result<Vec<ToolManifest>> {
+        let mut dirs = vec![self.tools_dir(ToolScope::Shared)];
+        if let Ok(tenants) = std::fs::read_dir(self.root.join("tenants")) {
+            for tenant in tenants {
+                dirs.push(tenant?.path().join("tools"));
+            }
+        }
         let mut all = Vec::new();
-        for entry in std::fs::read_dir(self.root.join("tools"))? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            all.extend(self.versions(&name)?);
+        for dir in dirs {
+            let Ok(tools) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for tool in tools {
+                let tool = tool?.path();
+                if !tool.is_dir() {
+                    continue;
+                }
+                for version in std::fs::read_dir(&tool)? {
+                    let path = version?.path();
+                    if path.extension().is_some_and(|ext| ext == "json") {
+                        all.push(self.read_manifest(&path)?);
+                    }
+                }
+            }
         }
         Ok(all)
     }

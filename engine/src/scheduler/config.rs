@@ -123,6 +123,27 @@ pub struct Quota {
     pub max_gpus: Option<u32>,
 }
 
+impl Quota {
+    /// Field by field, the tighter of `self` and `other` (a limit beats
+    /// none; of two limits, the lower).
+    pub fn tighter(&self, other: &Self) -> Self {
+        fn min<T: PartialOrd + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(if b < a { b } else { a }),
+                (a, b) => a.or(b),
+            }
+        }
+        Self {
+            max_queued: min(self.max_queued, other.max_queued),
+            max_running: min(self.max_running, other.max_running),
+            submits_per_second: min(self.submits_per_second, other.submits_per_second),
+            max_cpu: min(self.max_cpu, other.max_cpu),
+            max_memory_mb: min(self.max_memory_mb, other.max_memory_mb),
+            max_gpus: min(self.max_gpus, other.max_gpus),
+        }
+    }
+}
+
 /// Every scheduler setting; [`EngineBuilder`](super::EngineBuilder) fills it.
 #[derive(Debug, Clone)]
 pub(crate) struct SchedulerConfig {

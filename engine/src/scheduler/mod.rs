@@ -104,6 +104,7 @@ pub struct EngineBuilder {
     backends: Vec<Arc<dyn Backend>>,
     store: Option<Arc<dyn Store>>,
     runners: Option<usize>,
+    observer: Option<crate::events::EventObserver>,
 }
 
 impl EngineBuilder {
@@ -220,6 +221,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Calls `observer` with every event, as it is emitted (see
+    /// [`EventObserver`](crate::events::EventObserver)): the lossless
+    /// counterpart of [`Engine::subscribe`].
+    pub fn observer(mut self, observer: crate::events::EventObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// How many runner tasks claim dispatched jobs and run their attempts.
     /// An attempt that does not finish at once continues in a task of its
     /// own, so this bounds batching, not how many jobs run at once.
@@ -272,7 +281,7 @@ impl EngineBuilder {
         let inner = Arc::new(Inner {
             store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
             backends: self.backends,
-            telemetry: Telemetry::new(event_capacity),
+            telemetry: Telemetry::new(event_capacity, self.observer),
             timer: Arc::new(Notify::new()),
             runner_wake: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
@@ -350,6 +359,7 @@ impl Engine {
             backends: Vec::new(),
             store: None,
             runners: None,
+            observer: None,
         }
     }
 

@@ -16,8 +16,10 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 use work_host_api::{Job, JobId, JobStatus, NewJob};
 
+use super::caller::{Caller, Submitter};
 use super::problem::{ApiError, JsonBody, PathParams, QueryParams, Refused};
-use super::{AppState, Caller, located};
+use super::{AppState, located};
+use crate::auth::acting_as;
 use crate::events::{EventStream, EventStreamError};
 use crate::scheduler::Batch;
 use crate::scheduler::StatusCounts;
@@ -48,12 +50,13 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 )]
 async fn submit(
     State(state): State<AppState>,
-    caller: Caller,
-    JsonBody(job): JsonBody<NewJob>,
+    Submitter(caller): Submitter,
+    JsonBody(mut job): JsonBody<NewJob>,
 ) -> Result<Response, ApiError> {
-    caller.may_act_for(&job.tenant_id)?;
+    caller.own_job(&mut job)?;
+    caller.spend(&state.rates, 1)?;
     let asked_at = chrono::Utc::now();
-    let job = state.engine.submit(job).await?;
+    let job = acting_as(caller.actor().to_owned(), state.engine.submit(job)).await?;
     let status = if job.created_at < asked_at {
         StatusCode::OK
     } else {
@@ -81,13 +84,18 @@ pub(super) struct BatchRequest {
 )]
 async fn submit_batch(
     State(state): State<AppState>,
-    caller: Caller,
-    JsonBody(request): JsonBody<BatchRequest>,
+    Submitter(caller): Submitter,
+    JsonBody(mut request): JsonBody<BatchRequest>,
 ) -> Result<Response, ApiError> {
-    for job in &request.jobs {
-        caller.may_act_for(&job.tenant_id)?;
+    for job in &mut request.jobs {
+        caller.own_job(job)?;
     }
-    let batch = state.engine.submit_batch(request.jobs).await?;
+    caller.spend(&state.rates, request.jobs.len())?;
+    let batch = acting_as(
+        caller.actor().to_owned(),
+        state.engine.submit_batch(request.jobs),
+    )
+    .await?;
     Ok(located(
         StatusCode::CREATED,
         format!("/v1/batches/{}", batch.id),
@@ -105,7 +113,7 @@ async fn submit_batch(
 )]
 async fn get_job(
     State(state): State<AppState>,
-    caller: Caller,
+    Submitter(caller): Submitter,
     PathParams(id): PathParams<JobId>,
 ) -> Result<axum::Json<Arc<Job>>, ApiError> {
     let job = state.engine.get(id).await?;
@@ -133,7 +141,7 @@ pub(super) struct ListParams {
 
 impl ListParams {
     fn query(self, caller: &Caller) -> Result<JobQuery, ApiError> {
-        let mut query = JobQuery::tenant(caller.tenant(self.tenant)?);
+        let mut query = JobQuery::tenant(caller.tenant(self.tenant.as_deref())?);
         query.namespace = self.namespace;
         query.status = self.status;
         query.kind = self.kind.map(Into::into);
@@ -165,7 +173,7 @@ pub(super) fn page_limit(limit: Option<usize>) -> Result<Option<usize>, ApiError
 )]
 async fn list(
     State(state): State<AppState>,
-    caller: Caller,
+    Submitter(caller): Submitter,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<axum::Json<JobPage>, ApiError> {
     let query = params.query(&caller)?;
@@ -190,11 +198,11 @@ pub(super) struct TenantParam {
 )]
 async fn by_external_id(
     State(state): State<AppState>,
-    caller: Caller,
+    Submitter(caller): Submitter,
     PathParams(external_id): PathParams<String>,
     QueryParams(params): QueryParams<TenantParam>,
 ) -> Result<axum::Json<Arc<Job>>, ApiError> {
-    let tenant = caller.tenant(params.tenant)?;
+    let tenant = caller.tenant(params.tenant.as_deref())?;
     state
         .engine
         .get_by_external_id(&tenant, &external_id)
@@ -217,11 +225,21 @@ async fn by_external_id(
 )]
 async fn cancel(
     State(state): State<AppState>,
-    caller: Caller,
+    Submitter(caller): Submitter,
     PathParams(id): PathParams<JobId>,
 ) -> Result<axum::Json<Arc<Job>>, ApiError> {
-    caller.may_see(&*state.engine.get(id).await?)?;
-    Ok(axum::Json(state.engine.cancel(id).await?))
+    let job = state.engine.get(id).await?;
+    caller.may_see(&job)?;
+    state.auth.record(
+        caller.actor(),
+        Some(&job.tenant_id),
+        "job.cancel_requested",
+        Some(&id.to_string()),
+        serde_json::Value::Null,
+    );
+    Ok(axum::Json(
+        acting_as(caller.actor().to_owned(), state.engine.cancel(id)).await?,
+    ))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -244,7 +262,7 @@ pub(super) struct WaitParams {
 )]
 async fn wait(
     State(state): State<AppState>,
-    caller: Caller,
+    Submitter(caller): Submitter,
     PathParams(id): PathParams<JobId>,
     QueryParams(params): QueryParams<WaitParams>,
 ) -> Result<axum::Json<Arc<Job>>, ApiError> {
@@ -269,7 +287,7 @@ async fn wait(
 )]
 async fn events(
     State(state): State<AppState>,
-    caller: Caller,
+    Submitter(caller): Submitter,
     PathParams(id): PathParams<JobId>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     // Subscribe before reading the job, so no event falls between the two.
@@ -359,11 +377,11 @@ pub(super) struct BatchSummary {
 )]
 async fn batch(
     State(state): State<AppState>,
-    caller: Caller,
+    Submitter(caller): Submitter,
     PathParams(id): PathParams<Uuid>,
     QueryParams(params): QueryParams<TenantParam>,
 ) -> Result<axum::Json<BatchSummary>, ApiError> {
-    let mut query = JobQuery::tenant(caller.tenant(params.tenant)?)
+    let mut query = JobQuery::tenant(caller.tenant(params.tenant.as_deref())?)
         .batch(id)
         .limit(JobQuery::MAX_LIMIT);
     let mut counts = StatusCounts::default();

@@ -7,15 +7,22 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::AppState;
+use super::caller::Operator;
 use crate::scheduler::{Histogram, LevelStats};
 use work_host_api::JobStatus;
 
 /// `text/plain; version=0.0.4`.
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        super::problem::Refused,
+    )
 )]
-pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(super) async fn metrics(
+    State(state): State<AppState>,
+    _: Operator,
+) -> Result<impl IntoResponse, super::ApiError> {
     let stats = state.engine.stats();
     let wasm = state.host.runtime().totals();
     let mut out = Text::default();
@@ -138,13 +145,13 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     )
     .histogram(&[], &wasm.peak_memory_bytes);
 
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         out.0,
-    )
+    ))
 }
 
 /// The exposition text being written.

@@ -3,22 +3,24 @@
 //! problem documents ([`ApiError`]).
 //!
 //! ```no_run
-//! # async fn demo(engine: work_engine::Engine, host: std::sync::Arc<work_engine::ToolHost>)
-//! # -> std::io::Result<()> {
+//! # async fn demo(engine: work_engine::Engine, host: std::sync::Arc<work_engine::ToolHost>,
+//! #     auth: std::sync::Arc<work_engine::auth::AuthStore>) -> std::io::Result<()> {
 //! use work_engine::server::{Server, ServerConfig};
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! let server = Server::new(engine, host, ServerConfig::default());
+//! let server = Server::new(engine, host, auth, ServerConfig::default());
 //! server.run(listener, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```
 //!
-//! Routes by concern: [`jobs`](self) (`/v1/jobs`, `/v1/batches`),
-//! tools (`/v1/tools`), operations (`/v1/stats`, `/v1/dead-letters`,
-//! `/healthz`). Who the caller is comes from [`Caller`], the seam where
-//! authentication decides it; until API keys exist every caller may act
-//! for any tenant, named in the body or the query.
+//! Routes by concern: jobs (`/v1/jobs`, `/v1/batches`), tools
+//! (`/v1/tools`), access (`/v1/keys`, `/v1/tenants`, `/v1/audit`),
+//! operations (`/v1/stats`, `/v1/dead-letters`, `/metrics`, `/healthz`).
+//! Who the caller is, and so which tenant it acts for and what it may do,
+//! comes from its API key through [`Caller`]: every route decides there.
 
+mod access;
+mod caller;
 mod jobs;
 mod metrics;
 mod ops;
@@ -30,17 +32,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use caller::Caller;
 pub use problem::{ApiError, Problem};
 
+use crate::auth::AuthStore;
 use crate::{Engine, ToolHost};
 
 /// Limits and timings of the HTTP layer.
@@ -54,6 +57,9 @@ pub struct ServerConfig {
     pub max_wait: Duration,
     /// How long a shutdown lets running jobs finish before it stops.
     pub shutdown_grace: Duration,
+    /// Whether every `/v1` route needs an API key (`false` only for
+    /// `--insecure-no-auth`: every caller acts for any tenant).
+    pub require_keys: bool,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +69,7 @@ impl Default for ServerConfig {
             max_upload_bytes: 64 << 20,
             max_wait: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            require_keys: true,
         }
     }
 }
@@ -80,6 +87,8 @@ pub(crate) struct AppState(Arc<Shared>);
 pub(crate) struct Shared {
     engine: Engine,
     host: Arc<ToolHost>,
+    auth: Arc<AuthStore>,
+    rates: caller::KeyRates,
     config: ServerConfig,
     draining: AtomicBool,
     /// The OpenAPI document, from the annotations the router is built from.
@@ -105,6 +114,7 @@ impl std::ops::Deref for AppState {
     tags(
         (name = "jobs", description = "Submit, read, list, cancel, wait for and watch jobs"),
         (name = "tools", description = "Register, inspect, remove and call tools"),
+        (name = "access", description = "API keys, tenants' quotas, the audit trail"),
         (name = "operations", description = "Stats, dead letters, health, metrics, this document"),
     ),
     // Named only in query parameters and in the problem document every
@@ -118,46 +128,6 @@ impl std::ops::Deref for AppState {
 )]
 struct ApiDoc;
 
-/// Who is calling. Until API keys exist every caller is [`Caller::Anyone`]
-/// and names the tenant it acts for; authentication will decide it here,
-/// in one place, for every route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    /// Unauthenticated: may act for any tenant.
-    Anyone,
-}
-
-impl Caller {
-    /// The tenant this caller acts for when it asks for `requested`.
-    fn tenant(&self, requested: Option<String>) -> Result<String, ApiError> {
-        match self {
-            Self::Anyone => requested.ok_or_else(|| {
-                ApiError::bad_request("missing_tenant", "name the tenant: `?tenant=NAME`")
-            }),
-        }
-    }
-
-    /// Whether this caller may submit work for `tenant`.
-    fn may_act_for(&self, _tenant: &str) -> Result<(), ApiError> {
-        match self {
-            Self::Anyone => Ok(()),
-        }
-    }
-
-    /// Whether this caller may see (and so cancel or wait for) `job`.
-    fn may_see(&self, job: &work_host_api::Job) -> Result<(), ApiError> {
-        self.may_act_for(&job.tenant_id)
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        Ok(Self::Anyone)
-    }
-}
-
 /// The HTTP server: an [`Engine`] and its [`ToolHost`] behind the `/v1`
 /// routes.
 pub struct Server {
@@ -165,13 +135,22 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server over `engine`, whose `tool_call` jobs run on `host`.
-    pub fn new(engine: Engine, host: Arc<ToolHost>, config: ServerConfig) -> Self {
+    /// A server over `engine`, whose `tool_call` jobs run on `host`, with
+    /// keys and the audit trail in `auth`. The engine should be built with
+    /// [`AuthStore::observer`] so its steps reach the audit trail.
+    pub fn new(
+        engine: Engine,
+        host: Arc<ToolHost>,
+        auth: Arc<AuthStore>,
+        config: ServerConfig,
+    ) -> Self {
         let openapi = Arc::new(Self::routes(&config).into_openapi());
         Self {
             state: AppState(Arc::new(Shared {
                 engine,
                 host,
+                auth,
+                rates: caller::KeyRates::default(),
                 config,
                 draining: AtomicBool::new(false),
                 openapi,
@@ -206,6 +185,7 @@ impl Server {
         OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
             .merge(jobs::routes())
             .merge(tools::routes(config))
+            .merge(access::routes())
             .merge(ops::routes())
             .routes(routes!(openapi_json))
     }

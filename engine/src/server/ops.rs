@@ -10,8 +10,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use work_host_api::{Job, JobId};
 
+use super::AppState;
+use super::caller::{Operator, Submitter};
 use super::problem::{ApiError, PathParams, QueryParams, Refused};
-use super::{AppState, Caller};
+use crate::auth::acting_as;
 use crate::scheduler::Stats;
 use crate::store::{JobPage, JobQuery};
 
@@ -27,9 +29,12 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 /// Counts by level and tenant, resources, throughput, wait and run times.
 #[utoipa::path(
     get, path = "/v1/stats", tag = "operations",
-    responses((status = 200, description = "Counts, resources, throughput, wait and run times", body = Stats))
+    responses(
+        (status = 200, description = "Counts, resources, throughput, wait and run times", body = Stats),
+        Refused,
+    )
 )]
-async fn stats(State(state): State<AppState>) -> axum::Json<Stats> {
+async fn stats(State(state): State<AppState>, _: Operator) -> axum::Json<Stats> {
     axum::Json(state.engine.stats())
 }
 
@@ -56,10 +61,10 @@ pub(super) struct DeadLetterParams {
 )]
 async fn dead_letters(
     State(state): State<AppState>,
-    caller: Caller,
+    Submitter(caller): Submitter,
     QueryParams(params): QueryParams<DeadLetterParams>,
 ) -> Result<axum::Json<JobPage>, ApiError> {
-    let mut query = JobQuery::tenant(caller.tenant(params.tenant)?);
+    let mut query = JobQuery::tenant(caller.tenant(params.tenant.as_deref())?);
     query.cursor = params.cursor;
     query.limit = super::jobs::page_limit(params.limit)?;
     Ok(axum::Json(state.engine.dead_letters(&query).await?))
@@ -76,11 +81,25 @@ async fn dead_letters(
 )]
 async fn retry_dead_letter(
     State(state): State<AppState>,
-    caller: Caller,
+    Submitter(caller): Submitter,
     PathParams(id): PathParams<JobId>,
 ) -> Result<axum::Json<Arc<Job>>, ApiError> {
-    caller.may_see(&*state.engine.get(id).await?)?;
-    Ok(axum::Json(state.engine.retry_dead_letter(id).await?))
+    let job = state.engine.get(id).await?;
+    caller.may_see(&job)?;
+    state.auth.record(
+        caller.actor(),
+        Some(&job.tenant_id),
+        "job.dead_letter_retried",
+        Some(&id.to_string()),
+        serde_json::Value::Null,
+    );
+    Ok(axum::Json(
+        acting_as(
+            caller.actor().to_owned(),
+            state.engine.retry_dead_letter(id),
+        )
+        .await?,
+    ))
 }
 
 /// `200 {"status": "ok"}`, or `503 {"status": "shutting_down"}`.

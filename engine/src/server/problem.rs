@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Violation;
+use crate::auth::AuthError;
 use crate::scheduler::EngineError;
 use crate::store::StoreError;
 
@@ -93,7 +94,7 @@ impl ApiError {
         self
     }
 
-    fn retry_after(mut self, secs: u64) -> Self {
+    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs.max(1));
         self
     }
@@ -128,7 +129,35 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        let unauthorized = |code| Self::new(StatusCode::UNAUTHORIZED, code, err.to_string());
+        match &err {
+            AuthError::Malformed => unauthorized("malformed_key"),
+            AuthError::Unknown => unauthorized("unknown_key"),
+            AuthError::Revoked => unauthorized("revoked_key"),
+            AuthError::Expired => unauthorized("expired_key"),
+            AuthError::NotFound(_) => Self::not_found(err.to_string()),
+            AuthError::Invalid(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", err.to_string())
+            }
+            _ => {
+                tracing::error!(%err, "auth store failed");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "auth_unavailable",
+                    "the key store could not be read; try again",
+                )
+                .retry_after(1)
+            }
+        }
     }
 }
 

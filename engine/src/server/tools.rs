@@ -11,8 +11,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use work_host_api::{CompactString, Job, NewJob, Priority, Resources};
 
+use super::caller::{Admin, Submitter};
 use super::problem::{ApiError, JsonBody, PathParams, QueryParams, Refused, body_rejection};
-use super::{AppState, Caller, ServerConfig, located};
+use super::{AppState, ServerConfig, located};
+use crate::auth::acting_as;
 use crate::registry::{DeclarationFormat, ToolManifest};
 use crate::runtime::{DirGrant, Grants};
 
@@ -62,13 +64,32 @@ async fn blocking<T: Send + 'static>(
 )]
 async fn register(
     State(state): State<AppState>,
-    _caller: Caller,
+    Admin(caller): Admin,
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
     let grants = grants(query.as_deref().unwrap_or(""))?;
+    if !caller.is_operator() && grants != Grants::default() {
+        // A grant opens the host to the guest: only the operator does that.
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "grant_forbidden",
+            "only the operator's key may grant a tool directories or environment variables",
+        ));
+    }
     let wasm = component(request, &state).await?;
-    let manifest = state.host.register(&wasm, grants).await?.manifest;
+    let manifest = state
+        .host
+        .register_in(caller.tool_scope(), &wasm, grants)
+        .await?
+        .manifest;
+    state.auth.record(
+        caller.actor(),
+        manifest.tenant.as_deref(),
+        "tool.registered",
+        Some(&manifest.name),
+        serde_json::json!({ "version": manifest.version, "component": manifest.component }),
+    );
     Ok(located(
         StatusCode::CREATED,
         format!("/v1/tools/{}", manifest.name),
@@ -130,17 +151,23 @@ async fn component(request: Request, state: &AppState) -> Result<Bytes, ApiError
     }
 }
 
-/// The newest version of every tool.
+/// The newest version of every tool the caller sees: its tenant's own and
+/// the shared ones.
 #[utoipa::path(
     get, path = "/v1/tools", tag = "tools",
     responses(
-        (status = 200, description = "The newest version of every tool", body = Vec<ToolManifest>),
+        (status = 200, description = "The newest version of every tool the caller sees", body = Vec<ToolManifest>),
         Refused,
     )
 )]
-async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<ToolManifest>>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    Submitter(caller): Submitter,
+) -> Result<axum::Json<Vec<ToolManifest>>, ApiError> {
     let host = Arc::clone(&state.host);
-    Ok(axum::Json(blocking(move || host.list()).await?))
+    Ok(axum::Json(
+        blocking(move || host.list(caller.tool_scope())).await?,
+    ))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -171,12 +198,13 @@ pub(super) struct ToolDetails {
 )]
 async fn show(
     State(state): State<AppState>,
+    Submitter(caller): Submitter,
     PathParams(name): PathParams<String>,
     QueryParams(params): QueryParams<ShowParams>,
 ) -> Result<Response, ApiError> {
     let host = Arc::clone(&state.host);
     let lookup = name.clone();
-    let mut versions = blocking(move || host.versions(&lookup)).await?;
+    let mut versions = blocking(move || host.versions(caller.tool_scope(), &lookup)).await?;
     let Some(latest) = versions.pop() else {
         return Err(ApiError::not_found(format!("unknown tool `{name}`")));
     };
@@ -204,18 +232,31 @@ async fn show(
 )]
 async fn remove(
     State(state): State<AppState>,
-    _caller: Caller,
+    Admin(caller): Admin,
     PathParams(name): PathParams<String>,
 ) -> Result<axum::Json<Vec<ToolManifest>>, ApiError> {
     let host = Arc::clone(&state.host);
-    Ok(axum::Json(blocking(move || host.remove(&name)).await?))
+    let actor = caller.clone();
+    let tool = name.clone();
+    let removed = blocking(move || host.remove(actor.tool_scope(), &tool)).await?;
+    state.auth.record(
+        caller.actor(),
+        caller.own_tenant(),
+        "tool.removed",
+        Some(&name),
+        serde_json::json!({
+            "versions": removed.iter().map(|m| m.version.as_str()).collect::<Vec<_>>(),
+        }),
+    );
+    Ok(axum::Json(removed))
 }
 
 /// A synchronous call.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CallRequest {
-    /// The tenant the call runs for (default `default`).
+    /// The tenant the call runs for: the key's own (without
+    /// authentication, default `default`).
     #[schema(value_type = Option<String>)]
     tenant_id: Option<CompactString>,
     /// The tool's arguments.
@@ -246,12 +287,12 @@ pub(super) struct CallRequest {
 )]
 async fn call(
     State(state): State<AppState>,
-    caller: Caller,
+    Submitter(caller): Submitter,
     PathParams(name): PathParams<String>,
     JsonBody(request): JsonBody<CallRequest>,
 ) -> Result<Response, ApiError> {
-    let tenant = request.tenant_id.unwrap_or_else(|| "default".into());
-    caller.may_act_for(&tenant)?;
+    let tenant = caller.tenant(request.tenant_id.as_deref())?;
+    caller.spend(&state.rates, 1)?;
     let mut job = NewJob::tool_call(tenant, &name, request.args)
         .with_priority(Priority::Realtime)
         .with_resources(request.resources);
@@ -259,7 +300,11 @@ async fn call(
         job = job.with_namespace(namespace);
     }
     job.metadata = request.metadata;
-    let job: Arc<Job> = state.engine.call(job, state.config.max_wait).await?;
+    let job: Arc<Job> = acting_as(
+        caller.actor().to_owned(),
+        state.engine.call(job, state.config.max_wait),
+    )
+    .await?;
     let status = if job.status.is_terminal() {
         StatusCode::OK
     } else {

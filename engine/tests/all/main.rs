@@ -9,6 +9,7 @@
     reason = "test helpers fail the test loudly"
 )]
 
+mod auth;
 mod calls;
 mod cli;
 mod examples;

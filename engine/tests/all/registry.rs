@@ -5,7 +5,7 @@ use crate::support::{host, host_with, wasm};
 use serde_json::json;
 use tempfile::TempDir;
 use work_engine::Error;
-use work_engine::registry::ToolManifest;
+use work_engine::registry::{ToolManifest, ToolScope};
 use work_engine::runtime::{ArtifactSource, CallOptions, Grants};
 use work_test_artifacts as guests;
 
@@ -37,7 +37,10 @@ async fn register_stores_the_described_spec() {
             .join(format!("components/{}.wasm", manifest.component))
             .exists()
     );
-    assert_eq!(host.list().unwrap(), vec![manifest.clone()]);
+    assert_eq!(
+        host.list(ToolScope::Shared).unwrap(),
+        vec![manifest.clone()]
+    );
 
     // The same bytes again replace the same version.
     let again = host
@@ -76,7 +79,7 @@ async fn not_a_tool_is_refused_with_the_reason() {
         err.to_string().contains("no export `call`"),
         "names the missing export: {err}"
     );
-    assert!(host.list().unwrap().is_empty());
+    assert!(host.list(ToolScope::Shared).unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -103,21 +106,28 @@ async fn unusable_grants_are_refused() {
 async fn versions_live_side_by_side_and_remove_cleans_up() {
     let (dir, host) = host_with(&[guests::CALCULATOR, guests::TEXT_STATS]).await;
     // A second version of calculator, as a newer build would register it.
-    let mut newer: ToolManifest = host.versions("calculator").unwrap().pop().unwrap();
+    let mut newer: ToolManifest = host
+        .versions(ToolScope::Shared, "calculator")
+        .unwrap()
+        .pop()
+        .unwrap();
     newer.version = "0.10.0".into();
     host.registry()
         .put(&newer, &wasm(guests::CALCULATOR))
         .unwrap();
 
     let versions: Vec<String> = host
-        .versions("calculator")
+        .versions(ToolScope::Shared, "calculator")
         .unwrap()
         .into_iter()
         .map(|m| m.version)
         .collect();
     assert_eq!(versions, ["0.1.0", "0.10.0"]);
     assert_eq!(
-        host.prepare("calculator").unwrap().manifest().version,
+        host.prepare(ToolScope::Shared, "calculator")
+            .unwrap()
+            .manifest()
+            .version,
         "0.10.0"
     );
     for name in ["calculator@0.1.0", "calculator@0.10.0"] {
@@ -132,10 +142,13 @@ async fn versions_live_side_by_side_and_remove_cleans_up() {
         assert_eq!(report.outcome.unwrap(), json!(2.0), "{name}");
     }
 
-    let removed = host.remove("calculator@0.10.0").unwrap();
+    let removed = host.remove(ToolScope::Shared, "calculator@0.10.0").unwrap();
     assert_eq!(removed.len(), 1);
     assert_eq!(
-        host.prepare("calculator").unwrap().manifest().version,
+        host.prepare(ToolScope::Shared, "calculator")
+            .unwrap()
+            .manifest()
+            .version,
         "0.1.0"
     );
     // Both versions share one component: still there.
@@ -144,7 +157,7 @@ async fn versions_live_side_by_side_and_remove_cleans_up() {
         .join(format!("components/{}.wasm", newer.component));
     assert!(component.exists());
 
-    host.remove("calculator").unwrap();
+    host.remove(ToolScope::Shared, "calculator").unwrap();
     assert!(!component.exists(), "an unused component is deleted");
     let cached = std::fs::read_dir(dir.path().join("cache"))
         .unwrap()
@@ -162,10 +175,14 @@ async fn versions_live_side_by_side_and_remove_cleans_up() {
         Err(Error::ToolNotFound { .. })
     ));
     assert!(matches!(
-        host.remove("calculator"),
+        host.remove(ToolScope::Shared, "calculator"),
         Err(Error::ToolNotFound { .. })
     ));
-    assert_eq!(host.list().unwrap().len(), 1, "text_stats stays");
+    assert_eq!(
+        host.list(ToolScope::Shared).unwrap().len(),
+        1,
+        "text_stats stays"
+    );
 }
 
 #[tokio::test]
@@ -179,7 +196,7 @@ async fn a_restart_loads_the_cached_artifact() {
     }
     // A new process (a new engine) on the same data directory.
     let host = host(&dir);
-    let ready = host.prepare("calculator").unwrap();
+    let ready = host.prepare(ToolScope::Shared, "calculator").unwrap();
     assert_eq!(ready.source(), ArtifactSource::Cached);
 
     // Without the artifact it compiles once and caches again.
@@ -188,14 +205,14 @@ async fn a_restart_loads_the_cached_artifact() {
     }
     assert_eq!(
         crate::support::host(&dir)
-            .prepare("calculator")
+            .prepare(ToolScope::Shared, "calculator")
             .unwrap()
             .source(),
         ArtifactSource::Compiled
     );
     assert_eq!(
         crate::support::host(&dir)
-            .prepare("calculator")
+            .prepare(ToolScope::Shared, "calculator")
             .unwrap()
             .source(),
         ArtifactSource::Cached
@@ -207,7 +224,9 @@ async fn a_restart_loads_the_cached_artifact() {
     }
     let host = crate::support::host(&dir);
     assert_eq!(
-        host.prepare("calculator").unwrap().source(),
+        host.prepare(ToolScope::Shared, "calculator")
+            .unwrap()
+            .source(),
         ArtifactSource::Compiled
     );
     let report = host

@@ -1,0 +1,267 @@
+//! The audit trail: who (a key id, `engine`, `cli` or `anonymous`) did
+//! what, to what, when.
+//!
+//! Recording never waits: entries go to a writer thread that commits them
+//! in batches, in the order they were recorded. A read first waits for
+//! every entry recorded before it to be written.
+
+use std::sync::mpsc;
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use super::{AuthError, AuthStore, now_text};
+
+/// One entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct AuditEntry {
+    /// Its place in the trail: later entries have larger numbers.
+    pub seq: i64,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Who: a key id, `engine` (the scheduler's own steps), `cli` (a
+    /// command on the data directory) or `anonymous` (no authentication).
+    pub actor: String,
+    /// The tenant it concerns; absent for the operator's own changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// What happened: `job.submitted`, `job.started`, `job.completed`,
+    /// `key.created`, `tool.registered`, `quota.set`, …
+    pub action: String,
+    /// What it happened to: a job id, a key id, a tool, a tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Anything else worth keeping.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+/// Which entries to read, oldest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditQuery {
+    /// Only this tenant's.
+    pub tenant: Option<String>,
+    /// Only those about this target.
+    pub target: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// A page of entries, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct AuditPage {
+    /// The entries.
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+pub(super) enum Op {
+    Record(AuditEntry),
+    Used(String, String),
+    Flush(mpsc::Sender<()>),
+    Stop,
+}
+
+/// The most entries one transaction writes.
+const BATCH: usize = 4096;
+
+/// The writer thread: a batch of what is queued per transaction.
+pub(super) fn write(conn: &Connection, ops: &mpsc::Receiver<Op>) {
+    while let Ok(first) = ops.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut flushed = Vec::new();
+        let mut stop = false;
+        if let Err(err) = write_batch(conn, batch, &mut flushed, &mut stop) {
+            tracing::error!(%err, "could not write audit entries");
+        }
+        for reply in flushed {
+            let _ = reply.send(());
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn write_batch(
+    conn: &Connection,
+    batch: Vec<Op>,
+    flushed: &mut Vec<mpsc::Sender<()>>,
+    stop: &mut bool,
+) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO audit (at, actor, tenant, action, target, detail) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut used = tx.prepare_cached("UPDATE keys SET last_used_at = ?2 WHERE id = ?1")?;
+        for op in batch {
+            match op {
+                Op::Record(entry) => {
+                    let detail = (!entry.detail.is_null()).then(|| entry.detail.to_string());
+                    insert.execute(params![
+                        entry.at,
+                        entry.actor,
+                        entry.tenant,
+                        entry.action,
+                        entry.target,
+                        detail,
+                    ])?;
+                }
+                Op::Used(id, at) => {
+                    used.execute(params![id, at])?;
+                }
+                Op::Flush(reply) => flushed.push(reply),
+                Op::Stop => *stop = true,
+            }
+        }
+    }
+    tx.commit()
+}
+
+impl AuthStore {
+    /// Records that `actor` did `action` to `target` of `tenant`. Never
+    /// waits: the entry is written with the next batch.
+    pub fn record(
+        &self,
+        actor: &str,
+        tenant: Option<&str>,
+        action: &str,
+        target: Option<&str>,
+        detail: serde_json::Value,
+    ) {
+        let _ = self.audit.send(Op::Record(AuditEntry {
+            seq: 0,
+            at: now_text(),
+            actor: actor.to_owned(),
+            tenant: tenant.map(str::to_owned),
+            action: action.to_owned(),
+            target: target.map(str::to_owned),
+            detail,
+        }));
+    }
+
+    /// Waits until every entry recorded so far is written.
+    fn flush_audit(&self) {
+        let (reply, written) = mpsc::channel();
+        if self.audit.send(Op::Flush(reply)).is_ok() {
+            let _ = written.recv();
+        }
+    }
+
+    /// A page of the trail, oldest first, with every entry recorded before
+    /// this call.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Invalid`] for a bad cursor; [`AuthError::Sqlite`].
+    pub fn audit(&self, query: &AuditQuery) -> Result<AuditPage, AuthError> {
+        let after: i64 = match &query.cursor {
+            Some(cursor) => cursor
+                .parse()
+                .map_err(|_| AuthError::Invalid(format!("invalid cursor `{cursor}`")))?,
+            None => 0,
+        };
+        let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+        self.flush_audit();
+        let conn = self.conn.lock();
+        let mut statement = conn.prepare_cached(
+            "SELECT seq, at, actor, tenant, action, target, detail FROM audit \
+             WHERE seq > ?1 AND (?2 IS NULL OR tenant = ?2) AND (?3 IS NULL OR target = ?3) \
+             ORDER BY seq LIMIT ?4",
+        )?;
+        let rows = statement.query_map(
+            params![after, query.tenant, query.target, limit as i64 + 1],
+            |row| {
+                let detail: Option<String> = row.get(6)?;
+                Ok(AuditEntry {
+                    seq: row.get(0)?,
+                    at: row.get(1)?,
+                    actor: row.get(2)?,
+                    tenant: row.get(3)?,
+                    action: row.get(4)?,
+                    target: row.get(5)?,
+                    detail: detail
+                        .and_then(|text| serde_json::from_str(&text).ok())
+                        .unwrap_or_default(),
+                })
+            },
+        )?;
+        let mut entries: Vec<AuditEntry> = rows.collect::<Result<_, _>>()?;
+        let next_cursor = if entries.len() > limit {
+            entries.truncate(limit);
+            entries.last().map(|entry| entry.seq.to_string())
+        } else {
+            None
+        };
+        Ok(AuditPage {
+            entries,
+            next_cursor,
+        })
+    }
+}
+
+tokio::task_local! {
+    /// The key whose request the current task serves, for the engine's
+    /// steps taken within it.
+    static ACTOR: String;
+}
+
+/// Runs `work` with `actor` named as the actor of every job state change
+/// it causes at once (a submission, the cancellation of a queued job);
+/// what happens later, in the engine's own tasks, is the `engine`'s.
+pub async fn acting_as<F: Future>(actor: String, work: F) -> F::Output {
+    ACTOR.scope(actor, work).await
+}
+
+impl AuthStore {
+    /// An [`EventObserver`](crate::events::EventObserver) that records
+    /// every job state change (submitted, started, retry, completed,
+    /// failed, timeout, canceled) in the audit trail.
+    pub fn observer(self: &std::sync::Arc<Self>) -> crate::events::EventObserver {
+        let store = std::sync::Arc::clone(self);
+        std::sync::Arc::new(move |event: &crate::events::Event| {
+            use crate::events::EventData;
+            if !matches!(
+                event.data,
+                EventData::Submitted { .. }
+                    | EventData::Started { .. }
+                    | EventData::Retry { .. }
+                    | EventData::Completed { .. }
+                    | EventData::Failed { .. }
+                    | EventData::TimedOut { .. }
+                    | EventData::Canceled { .. }
+            ) {
+                return;
+            }
+            let mut detail = serde_json::to_value(&event.data).unwrap_or_default();
+            if let Some(fields) = detail.as_object_mut() {
+                fields.remove("type");
+            }
+            let actor = ACTOR
+                .try_with(Clone::clone)
+                .unwrap_or_else(|_| "engine".to_owned());
+            let job = event.job_id.map(|id| id.to_string());
+            store.record(
+                &actor,
+                event.tenant_id.as_deref(),
+                event.data.name(),
+                job.as_deref(),
+                detail,
+            );
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! Tenants' weights and quotas, as admins set them, kept across restarts.
+//!
+//! Two hands set a tenant's quota: the operator sets its `limit`, and the
+//! tenant's own admins may set `own`, a quota of their own choosing. The
+//! scheduler enforces the tighter of the two, field by field, so a tenant
+//! can hold itself back but never raise what the operator allows it.
+
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::{AuthError, AuthStore};
+use crate::scheduler::{Quota, TenantConfig};
+
+/// What is set for one tenant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct TenantLimits {
+    /// Its share within a level (the operator's to set; default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// The operator's quota for it.
+    #[serde(default)]
+    #[cfg_attr(feature = "server", schema(value_type = Object))]
+    pub limit: Quota,
+    /// The quota its own admins chose.
+    #[serde(default)]
+    #[cfg_attr(feature = "server", schema(value_type = Object))]
+    pub own: Quota,
+}
+
+impl TenantLimits {
+    /// What the scheduler enforces: the weight, and the tighter of the two
+    /// quotas.
+    pub fn effective(&self) -> TenantConfig {
+        TenantConfig {
+            weight: self.weight.unwrap_or(1),
+            quota: self.limit.tighter(&self.own),
+        }
+    }
+}
+
+impl AuthStore {
+    /// What is set for `tenant` (nothing: the defaults).
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Sqlite`].
+    pub fn tenant_limits(&self, tenant: &str) -> Result<TenantLimits, AuthError> {
+        let text: Option<String> = self
+            .conn
+            .lock()
+            .query_row(
+                "SELECT limits FROM tenants WHERE tenant = ?1",
+                [tenant],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(text
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default())
+    }
+
+    /// Every tenant with something set.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Sqlite`].
+    pub fn all_tenant_limits(&self) -> Result<Vec<(String, TenantLimits)>, AuthError> {
+        let conn = self.conn.lock();
+        let mut statement = conn.prepare("SELECT tenant, limits FROM tenants ORDER BY tenant")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut all = Vec::new();
+        for row in rows {
+            let (tenant, text) = row?;
+            all.push((tenant, serde_json::from_str(&text).unwrap_or_default()));
+        }
+        Ok(all)
+    }
+
+    /// Keeps `limits` for `tenant`.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Sqlite`].
+    pub fn set_tenant_limits(&self, tenant: &str, limits: &TenantLimits) -> Result<(), AuthError> {
+        let text = serde_json::to_string(limits).map_err(std::io::Error::other)?;
+        self.conn.lock().execute(
+            "INSERT INTO tenants (tenant, limits) VALUES (?1, ?2) \
+             ON CONFLICT (tenant) DO UPDATE SET limits = excluded.limits",
+            params![tenant, text],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,312 @@
+//! `work-engine keys` and `work-engine quota`: API keys and tenants'
+//! quotas, on the data directory or through a server.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::remote::{Remote, query_string};
+use super::{outln, print_json};
+use crate::auth::{AuthStore, NewKey, Role};
+use crate::scheduler::Quota;
+
+/// On the command line, the audit trail names this actor.
+const CLI_ACTOR: &str = "cli";
+
+fn open_auth(data_dir: &Path) -> anyhow::Result<AuthStore> {
+    AuthStore::open(data_dir)
+        .with_context(|| format!("cannot open the key store in {}", data_dir.display()))
+}
+
+#[derive(Debug, Args)]
+pub(super) struct KeysArgs {
+    #[command(subcommand)]
+    action: KeysAction,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Create a key and print it (shown this once).
+    Create {
+        /// The tenant it acts for.
+        #[arg(long, required_unless_present = "operator")]
+        tenant: Option<String>,
+        /// What it may do.
+        #[arg(long, value_enum, default_value_t = Role::Submitter)]
+        role: Role,
+        /// An operator's key: an admin of every tenant and of the shared
+        /// tools (no --tenant).
+        #[arg(long, conflicts_with = "tenant")]
+        operator: bool,
+        /// How long it works (`30d`, `12h`); forever without.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<humantime::Duration>,
+        /// Its own limit on submissions per second.
+        #[arg(long, value_name = "N")]
+        rate: Option<f64>,
+    },
+    /// List keys: ids, prefixes, tenants, roles, last use; never a secret.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key: its next request is refused.
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
+}
+
+impl KeysArgs {
+    pub(super) async fn run(
+        self,
+        data_dir: &Path,
+        server: Option<&Remote>,
+    ) -> anyhow::Result<ExitCode> {
+        let value = match self.action {
+            KeysAction::Create {
+                tenant,
+                role,
+                operator,
+                expires_in,
+                rate,
+            } => {
+                let role = if operator { Role::Admin } else { role };
+                let created = match server {
+                    Some(remote) => {
+                        let body = json!({
+                            "tenant": tenant,
+                            "role": role,
+                            "operator": operator,
+                            "expires_in_secs": expires_in.map(|d| d.as_secs()),
+                            "rate_per_second": rate,
+                        });
+                        remote.post("/v1/keys", &body).await?
+                    }
+                    None => {
+                        let auth = open_auth(data_dir)?;
+                        let expires_at = expires_in
+                            .map(|d| chrono::Duration::from_std(*d))
+                            .transpose()
+                            .context("--expires-in is too long")?
+                            .map(|ttl| chrono::Utc::now() + ttl);
+                        let created = auth.create_key(NewKey {
+                            tenant,
+                            role,
+                            expires_at,
+                            created_by: None,
+                            rate_per_second: rate,
+                        })?;
+                        auth.record(
+                            CLI_ACTOR,
+                            created.info.tenant.as_deref(),
+                            "key.created",
+                            Some(&created.id),
+                            json!({ "role": role, "operator": created.info.operator }),
+                        );
+                        serde_json::to_value(created)?
+                    }
+                };
+                if !self.json {
+                    outln!(
+                        "created key {} ({}, {}); it is shown this once:",
+                        created["id"].as_str().unwrap_or_default(),
+                        created["tenant"].as_str().unwrap_or("operator"),
+                        created["role"].as_str().unwrap_or_default(),
+                    );
+                    outln!("{}", created["key"].as_str().unwrap_or_default());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                created
+            }
+            KeysAction::List { tenant } => {
+                let keys = match server {
+                    Some(remote) => {
+                        let query = query_string(&[("tenant", tenant)]);
+                        remote.get(&format!("/v1/keys{query}")).await?
+                    }
+                    None => {
+                        serde_json::to_value(open_auth(data_dir)?.list_keys(tenant.as_deref())?)?
+                    }
+                };
+                if !self.json {
+                    print_keys(&keys)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                keys
+            }
+            KeysAction::Revoke { id } => {
+                let revoked = match server {
+                    Some(remote) => remote.delete(&format!("/v1/keys/{id}")).await?,
+                    None => {
+                        let auth = open_auth(data_dir)?;
+                        let revoked = auth.revoke_key(&id, None)?;
+                        auth.record(
+                            CLI_ACTOR,
+                            revoked.tenant.as_deref(),
+                            "key.revoked",
+                            Some(&id),
+                            Value::Null,
+                        );
+                        serde_json::to_value(revoked)?
+                    }
+                };
+                if !self.json {
+                    outln!("revoked key {id}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                revoked
+            }
+        };
+        print_json(&value)?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn print_keys(keys: &Value) -> anyhow::Result<()> {
+    let text = |key: &Value, field: &str| key[field].as_str().unwrap_or("-").to_owned();
+    outln!(
+        "{:<16}  {:<24}  {:<16}  {:<9}  {:<24}  STATE",
+        "ID",
+        "PREFIX",
+        "TENANT",
+        "ROLE",
+        "LAST USED"
+    );
+    for key in keys.as_array().into_iter().flatten() {
+        let tenant = if key["operator"] == Value::Bool(true) {
+            "(operator)".to_owned()
+        } else {
+            text(key, "tenant")
+        };
+        let state = if key["revoked_at"].is_string() {
+            "revoked"
+        } else {
+            "active"
+        };
+        outln!(
+            "{:<16}  {:<24}  {:<16}  {:<9}  {:<24}  {state}",
+            text(key, "id"),
+            text(key, "prefix"),
+            tenant,
+            text(key, "role"),
+            text(key, "last_used_at"),
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub(super) struct QuotaArgs {
+    /// The tenant.
+    tenant: String,
+    /// Set its quota (and with the operator's key, or on the data
+    /// directory, its weight); without any of these, show it.
+    #[command(flatten)]
+    quota: QuotaFlags,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct QuotaFlags {
+    /// Its share within a level (the operator's).
+    #[arg(long)]
+    weight: Option<u32>,
+    /// Jobs waiting at once.
+    #[arg(long)]
+    max_queued: Option<u64>,
+    /// Jobs running at once.
+    #[arg(long)]
+    max_running: Option<u32>,
+    /// Submissions per second.
+    #[arg(long)]
+    submits_per_second: Option<f64>,
+    /// CPU cores in use at once.
+    #[arg(long)]
+    max_cpu: Option<f64>,
+    /// Memory in use at once, MiB.
+    #[arg(long)]
+    max_memory_mb: Option<u64>,
+    /// GPUs in use at once.
+    #[arg(long)]
+    max_gpus: Option<u32>,
+}
+
+impl QuotaFlags {
+    fn quota(&self) -> Option<Quota> {
+        let quota = Quota {
+            max_queued: self.max_queued,
+            max_running: self.max_running,
+            submits_per_second: self.submits_per_second,
+            max_cpu: self.max_cpu,
+            max_memory_mb: self.max_memory_mb,
+            max_gpus: self.max_gpus,
+        };
+        (quota != Quota::default() || self.weight.is_some()).then_some(quota)
+    }
+}
+
+impl QuotaArgs {
+    pub(super) async fn run(
+        self,
+        data_dir: &Path,
+        server: Option<&Remote>,
+    ) -> anyhow::Result<ExitCode> {
+        let path = format!("/v1/tenants/{}/quota", urlencode(&self.tenant));
+        let quota = self.quota.quota();
+        let value = match (server, quota) {
+            (Some(remote), None) => remote.get(&path).await?,
+            (Some(remote), Some(quota)) => {
+                let body = json!({ "weight": self.quota.weight, "quota": quota });
+                remote.put(&path, &body).await?
+            }
+            (None, quota) => {
+                // On the data directory: the operator's limit, applied by
+                // `serve` when it next starts.
+                let auth = open_auth(data_dir)?;
+                let mut limits = auth.tenant_limits(&self.tenant)?;
+                if let Some(quota) = quota {
+                    limits.limit = quota;
+                    if self.quota.weight.is_some() {
+                        limits.weight = self.quota.weight;
+                    }
+                    auth.set_tenant_limits(&self.tenant, &limits)?;
+                    auth.record(
+                        CLI_ACTOR,
+                        Some(&self.tenant),
+                        "quota.set",
+                        Some(&self.tenant),
+                        serde_json::to_value(&limits)?,
+                    );
+                }
+                let mut value = serde_json::to_value(&limits)?;
+                value["tenant"] = json!(self.tenant);
+                value["effective"] = serde_json::to_value(limits.effective())?;
+                value
+            }
+        };
+        if self.json {
+            print_json(&value)?;
+        } else {
+            outln!("tenant {}", self.tenant);
+            outln!("  weight:    {}", value["effective"]["weight"]);
+            outln!("  limit:     {}", value["limit"]);
+            outln!("  own:       {}", value["own"]);
+            outln!("  enforced:  {}", value["effective"]["quota"]);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
