@@ -13,15 +13,22 @@
 //!   from 32 tasks in this process into the same kind of store: what the
 //!   store takes without HTTP in front of it.
 //!
-//! Each runs against three servers: SQLite with `--durability fsync` (the
-//! default), SQLite with `--durability process`, and the in-memory store.
+//! - **(c) the cost of authentication**: synchronous calls from 1 and
+//!   from 32 clients against two in-memory servers side by side, one
+//!   checking an API key on every request and one `--insecure-no-auth`:
+//!   the difference of their p50 latencies, as a share of the open one's.
+//!
+//! (a) and (b) run against three servers: SQLite with `--durability fsync`
+//! (the default), SQLite with `--durability process`, and the in-memory
+//! store, each called with an API key.
 //!
 //! The server is the real `work-engine serve` process; the load generator
 //! is this process (reqwest over keep-alive connections, on its own two
 //! threads). Both share this machine's cores. `BENCH_REQUESTS` sets the
 //! submissions per case (default 20000; calls from 32 clients are half as
 //! many, from one client a tenth), `BENCH_ROUNDS` the rounds (default 3;
-//! medians are printed).
+//! medians are printed), `BENCH_SECTIONS` which sections run (default
+//! `abc`).
 
 #![allow(
     clippy::unwrap_used,
@@ -50,16 +57,36 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// A `work-engine serve` process on a fresh data directory.
+/// A `work-engine serve` process on a fresh data directory, and a client
+/// that calls it with the operator's key (none with `--insecure-no-auth`).
 struct Server {
     child: Child,
     url: String,
+    http: reqwest::Client,
     _data: tempfile::TempDir,
 }
 
 impl Server {
     fn start(flags: &[&str]) -> Self {
         let data = tempfile::TempDir::new().unwrap();
+        let mut headers = reqwest::header::HeaderMap::new();
+        if !flags.contains(&"--insecure-no-auth") {
+            let output = Command::new(env!("CARGO_BIN_EXE_work-engine"))
+                .args(["keys", "create", "--operator", "--json"])
+                .env("WORK_ENGINE_DATA_DIR", data.path())
+                .output()
+                .unwrap();
+            let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            let key = created["key"].as_str().unwrap();
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {key}").parse().unwrap(),
+            );
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_work-engine"))
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(flags)
@@ -80,6 +107,7 @@ impl Server {
         Self {
             child,
             url,
+            http,
             _data: data,
         }
     }
@@ -125,9 +153,15 @@ where
     (rate, latencies)
 }
 
-/// [`load`] of POSTs of `body` to `url`, over keep-alive connections.
-async fn posts(url: String, body: serde_json::Value, clients: usize, n: usize) -> (f64, Vec<f64>) {
-    let http = reqwest::Client::new();
+/// [`load`] of POSTs of `body` to `url` by `http`, over keep-alive
+/// connections.
+async fn posts(
+    http: reqwest::Client,
+    url: String,
+    body: serde_json::Value,
+    clients: usize,
+    n: usize,
+) -> (f64, Vec<f64>) {
     load(clients, n, move || {
         let request = http.post(&url).json(&body).send();
         async move {
@@ -138,12 +172,13 @@ async fn posts(url: String, body: serde_json::Value, clients: usize, n: usize) -
     .await
 }
 
-async fn calls(url: &str, clients: usize, n: usize) -> (f64, Vec<f64>) {
+async fn calls(server: &Server, clients: usize, n: usize) -> (f64, Vec<f64>) {
     let body = json!({"args": {"op": "add", "a": 2, "b": 2}});
-    posts(format!("{url}/v1/tools/calculator/call"), body, clients, n).await
+    let url = format!("{}/v1/tools/calculator/call", server.url);
+    posts(server.http.clone(), url, body, clients, n).await
 }
 
-async fn submissions(url: &str, clients: usize, n: usize) -> (f64, Vec<f64>) {
+async fn submissions(server: &Server, clients: usize, n: usize) -> (f64, Vec<f64>) {
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
     let body = json!({
         "kind": "tool_call",
@@ -151,13 +186,15 @@ async fn submissions(url: &str, clients: usize, n: usize) -> (f64, Vec<f64>) {
         "payload": {"tool": "calculator", "args": {"op": "add", "a": 2, "b": 2}},
         "constraints": {"not_before": later},
     });
-    posts(format!("{url}/v1/jobs"), body, clients, n).await
+    let url = format!("{}/v1/jobs", server.url);
+    posts(server.http.clone(), url, body, clients, n).await
 }
 
-async fn register(url: &str) {
+async fn register(server: &Server) {
     let wasm = std::fs::read(work_test_artifacts::CALCULATOR).unwrap();
-    let status = reqwest::Client::new()
-        .post(format!("{url}/v1/tools"))
+    let status = server
+        .http
+        .post(format!("{}/v1/tools", server.url))
         .header("content-type", "application/wasm")
         .body(wasm)
         .send()
@@ -253,6 +290,7 @@ impl Case {
 fn main() {
     let n = env("BENCH_REQUESTS", 20_000);
     let rounds = env("BENCH_ROUNDS", 3);
+    let sections = std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "abc".to_owned());
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -262,8 +300,9 @@ fn main() {
         let sqlite = Server::start(&["--store", "sqlite", "--durability", "fsync"]);
         let process = Server::start(&["--store", "sqlite", "--durability", "process"]);
         let memory = Server::start(&["--store", "memory"]);
-        for server in [&sqlite, &process, &memory] {
-            register(&server.url).await;
+        let open = Server::start(&["--store", "memory", "--insecure-no-auth"]);
+        for server in [&sqlite, &process, &memory, &open] {
+            register(server).await;
         }
         let data = tempfile::TempDir::new().unwrap();
         let host = Arc::new(ToolHost::open(data.path(), RuntimeConfig::default()).unwrap());
@@ -275,9 +314,9 @@ fn main() {
         .unwrap();
         // Warm up every path.
         in_process(&host, 2_000).await;
-        for server in [&sqlite, &process, &memory] {
-            calls(&server.url, 32, 2_000).await;
-            submissions(&server.url, 32, 2_000).await;
+        for server in [&sqlite, &process, &memory, &open] {
+            calls(server, 32, 2_000).await;
+            submissions(server, 32, 2_000).await;
         }
 
         let mut direct = Case::default();
@@ -290,32 +329,72 @@ fn main() {
         let mut many: Vec<Case> = servers.iter().map(|_| Case::default()).collect();
         let mut submitted: Vec<Case> = servers.iter().map(|_| Case::default()).collect();
         let mut embedded: Vec<Case> = servers.iter().map(|_| Case::default()).collect();
+        // (c): keys and no keys, one client then 32, taken in turn.
+        let mut keyed = [Case::default(), Case::default()];
+        let mut unkeyed = [Case::default(), Case::default()];
         for _ in 0..rounds {
-            direct.add(in_process(&host, n).await);
+            if sections.contains('a') {
+                direct.add(in_process(&host, n).await);
+            }
             for (i, (name, server)) in servers.iter().enumerate() {
-                one[i].add(calls(&server.url, 1, n / 10).await);
-                many[i].add(calls(&server.url, 32, n / 2).await);
-                submitted[i].add(submissions(&server.url, 32, n).await);
-                embedded[i].add(in_process_submissions(name, n).await);
+                if sections.contains('a') {
+                    one[i].add(calls(server, 1, n / 10).await);
+                    many[i].add(calls(server, 32, n / 2).await);
+                }
+                if sections.contains('b') {
+                    submitted[i].add(submissions(server, 32, n).await);
+                    embedded[i].add(in_process_submissions(name, n).await);
+                }
+            }
+            for (i, clients) in [1, 32].into_iter().enumerate() {
+                if !sections.contains('c') {
+                    break;
+                }
+                let requests = if clients == 1 { n / 10 } else { n / 2 };
+                keyed[i].add(calls(&memory, clients, requests).await);
+                unkeyed[i].add(calls(&open, clients, requests).await);
             }
         }
-        println!("(a) calculator calls, median of {rounds} rounds");
-        let direct = direct.print("in-process ToolHost::call (2 tasks)");
-        for (i, (name, _)) in servers.iter().enumerate() {
-            let single = std::mem::take(&mut one[i]).print(&format!("call, 1 client, {name}"));
-            let parallel = std::mem::take(&mut many[i]).print(&format!("call, 32 clients, {name}"));
-            println!(
-                "    in-process / HTTP: {:.1}x at 32 clients, {:.1}x at 1 client",
-                direct / parallel,
-                direct / single
-            );
+        if sections.contains('a') {
+            println!("(a) calculator calls, median of {rounds} rounds");
+            let direct = direct.print("in-process ToolHost::call (2 tasks)");
+            for (i, (name, _)) in servers.iter().enumerate() {
+                let single = std::mem::take(&mut one[i]).print(&format!("call, 1 client, {name}"));
+                let parallel =
+                    std::mem::take(&mut many[i]).print(&format!("call, 32 clients, {name}"));
+                println!(
+                    "    in-process / HTTP: {:.1}x at 32 clients, {:.1}x at 1 client",
+                    direct / parallel,
+                    direct / single
+                );
+            }
         }
-        println!("(b) POST /v1/jobs from 32 clients, median of {rounds} rounds");
-        for (i, (name, _)) in servers.iter().enumerate() {
-            let http = std::mem::take(&mut submitted[i]).print(name);
-            let embedded =
-                std::mem::take(&mut embedded[i]).print(&format!("  in-process, 32 tasks, {name}"));
-            println!("    in-process / HTTP: {:.1}x", embedded / http);
+        if sections.contains('b') {
+            println!("(b) POST /v1/jobs from 32 clients, median of {rounds} rounds");
+            for (i, (name, _)) in servers.iter().enumerate() {
+                let http = std::mem::take(&mut submitted[i]).print(name);
+                let embedded = std::mem::take(&mut embedded[i])
+                    .print(&format!("  in-process, 32 tasks, {name}"));
+                println!("    in-process / HTTP: {:.1}x", embedded / http);
+            }
+        }
+        if sections.contains('c') {
+            println!(
+                "(c) calls with and without an API key (in-memory store), median of {rounds} rounds"
+            );
+            for (i, clients) in [1, 32].into_iter().enumerate() {
+                let with = median(keyed[i].p50.clone());
+                let without = median(unkeyed[i].p50.clone());
+                std::mem::take(&mut keyed[i])
+                    .print(&format!("call, {clients} client(s), with a key"));
+                std::mem::take(&mut unkeyed[i])
+                    .print(&format!("call, {clients} client(s), no keys"));
+                println!(
+                    "    authentication: {:+.1} us at p50, {:+.1}% of the request",
+                    with - without,
+                    (with - without) / without * 100.0
+                );
+            }
         }
     });
 }

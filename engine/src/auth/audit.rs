@@ -71,8 +71,9 @@ pub(super) enum Op {
 /// The most entries one transaction writes.
 const BATCH: usize = 4096;
 
-/// The writer thread: a batch of what is queued per transaction.
-pub(super) fn write(conn: &Connection, ops: &mpsc::Receiver<Op>) {
+/// The writer thread: a batch of what is queued per transaction of
+/// `audit` (and of `keys`, for the keys' times of last use).
+pub(super) fn write(audit: &Connection, keys: &Connection, ops: &mpsc::Receiver<Op>) {
     while let Ok(first) = ops.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -83,7 +84,7 @@ pub(super) fn write(conn: &Connection, ops: &mpsc::Receiver<Op>) {
         }
         let mut flushed = Vec::new();
         let mut stop = false;
-        if let Err(err) = write_batch(conn, batch, &mut flushed, &mut stop) {
+        if let Err(err) = write_batch(audit, keys, batch, &mut flushed, &mut stop) {
             tracing::error!(%err, "could not write audit entries");
         }
         for reply in flushed {
@@ -96,18 +97,19 @@ pub(super) fn write(conn: &Connection, ops: &mpsc::Receiver<Op>) {
 }
 
 fn write_batch(
-    conn: &Connection,
+    audit: &Connection,
+    keys: &Connection,
     batch: Vec<Op>,
     flushed: &mut Vec<mpsc::Sender<()>>,
     stop: &mut bool,
 ) -> rusqlite::Result<()> {
-    let tx = conn.unchecked_transaction()?;
+    let tx = audit.unchecked_transaction()?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO audit (at, actor, tenant, action, target, detail) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut used = tx.prepare_cached("UPDATE keys SET last_used_at = ?2 WHERE id = ?1")?;
+        let mut used = keys.prepare_cached("UPDATE keys SET last_used_at = ?2 WHERE id = ?1")?;
         for op in batch {
             match op {
                 Op::Record(entry) => {
@@ -154,8 +156,9 @@ impl AuthStore {
         }));
     }
 
-    /// Waits until every entry recorded so far is written.
-    fn flush_audit(&self) {
+    /// Waits until every entry recorded so far is written (`serve` does
+    /// before it exits).
+    pub fn flush(&self) {
         let (reply, written) = mpsc::channel();
         if self.audit.send(Op::Flush(reply)).is_ok() {
             let _ = written.recv();
@@ -176,8 +179,8 @@ impl AuthStore {
             None => 0,
         };
         let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-        self.flush_audit();
-        let conn = self.conn.lock();
+        self.flush();
+        let conn = self.audit_reader.lock();
         let mut statement = conn.prepare_cached(
             "SELECT seq, at, actor, tenant, action, target, detail FROM audit \
              WHERE seq > ?1 AND (?2 IS NULL OR tenant = ?2) AND (?3 IS NULL OR target = ?3) \

@@ -2,7 +2,9 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
@@ -218,7 +220,7 @@ impl AuthStore {
             last_used_at: None,
             rate_per_second: new.rate_per_second,
         };
-        self.conn.lock().execute(
+        self.conn()?.execute(
             "INSERT INTO keys (id, hash, tenant, role, created_at, created_by, expires_at, \
              rate_per_second) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
@@ -242,8 +244,7 @@ impl AuthStore {
     /// [`AuthError::Sqlite`].
     pub fn has_keys(&self) -> Result<bool, AuthError> {
         Ok(self
-            .conn
-            .lock()
+            .conn()?
             .query_row("SELECT EXISTS (SELECT 1 FROM keys)", [], |row| row.get(0))?)
     }
 
@@ -253,7 +254,7 @@ impl AuthStore {
     ///
     /// [`AuthError::Sqlite`].
     pub fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<KeyInfo>, AuthError> {
-        let conn = self.conn.lock();
+        let conn = self.conn()?;
         let mut statement = conn.prepare_cached(
             "SELECT id, tenant, role, created_at, created_by, expires_at, revoked_at, \
              last_used_at, rate_per_second FROM keys \
@@ -269,7 +270,7 @@ impl AuthStore {
     ///
     /// [`AuthError::Sqlite`].
     pub fn key(&self, id: &str, tenant: Option<&str>) -> Result<Option<KeyInfo>, AuthError> {
-        let conn = self.conn.lock();
+        let conn = self.conn()?;
         let mut statement = conn.prepare_cached(
             "SELECT id, tenant, role, created_at, created_by, expires_at, revoked_at, \
              last_used_at, rate_per_second FROM keys \
@@ -287,11 +288,12 @@ impl AuthStore {
     ///
     /// [`AuthError::NotFound`] when there is no such key for `tenant`.
     pub fn revoke_key(&self, id: &str, tenant: Option<&str>) -> Result<KeyInfo, AuthError> {
-        self.conn.lock().execute(
+        self.conn()?.execute(
             "UPDATE keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL \
              AND (?3 IS NULL OR tenant = ?3)",
             params![id, now_text(), tenant],
         )?;
+        self.checked.write().remove(id);
         self.key(id, tenant)?
             .ok_or_else(|| AuthError::NotFound(id.to_owned()))
     }
@@ -303,10 +305,34 @@ impl AuthStore {
     /// [`AuthError::Malformed`], [`AuthError::Unknown`] (no such key, or a
     /// wrong secret: the two are not told apart), [`AuthError::Revoked`],
     /// [`AuthError::Expired`], [`AuthError::Sqlite`].
-    pub fn authenticate(&self, key: &str) -> Result<Identity, AuthError> {
+    pub fn authenticate(&self, key: &str) -> Result<Arc<Identity>, AuthError> {
         let id = parse(key).ok_or(AuthError::Malformed)?;
+        self.look_for_changes()?;
+        let cached = self.checked.read().get(id).cloned();
+        let checked = match cached {
+            Some(checked) if same(checked.key.as_bytes(), key.as_bytes()) => checked,
+            _ => {
+                let checked = Arc::new(self.check(id, key)?);
+                self.checked
+                    .write()
+                    .insert(id.to_owned(), Arc::clone(&checked));
+                checked
+            }
+        };
+        if checked.revoked {
+            return Err(AuthError::Revoked);
+        }
+        if checked.expires_at.is_some_and(|at| at <= Utc::now()) {
+            return Err(AuthError::Expired);
+        }
+        self.note_use(&checked);
+        Ok(Arc::clone(&checked.identity))
+    }
+
+    /// Reads the key `id` and checks `key` against its hash.
+    fn check(&self, id: &str, key: &str) -> Result<Checked, AuthError> {
         let row = {
-            let conn = self.conn.lock();
+            let conn = self.conn()?;
             let mut statement = conn.prepare_cached(
                 "SELECT hash, tenant, role, expires_at, revoked_at, rate_per_second \
                  FROM keys WHERE id = ?1",
@@ -331,38 +357,56 @@ impl AuthStore {
         let mut mac = self.mac();
         mac.update(key.as_bytes());
         mac.verify_slice(&hash).map_err(|_| AuthError::Unknown)?;
-        if revoked_at.is_some() {
-            return Err(AuthError::Revoked);
-        }
-        let expired = expires_at
-            .and_then(|at| DateTime::parse_from_rfc3339(&at).ok())
-            .is_some_and(|at| at <= Utc::now());
-        if expired {
-            return Err(AuthError::Expired);
-        }
         let role = Role::parse(&role).ok_or(AuthError::Unknown)?;
-        self.note_use(id);
-        Ok(Identity {
-            key_id: id.to_owned(),
-            tenant,
-            role,
-            rate_per_second,
+        Ok(Checked {
+            key: key.to_owned(),
+            identity: Arc::new(Identity {
+                key_id: id.to_owned(),
+                tenant,
+                role,
+                rate_per_second,
+            }),
+            expires_at: expires_at
+                .and_then(|at| DateTime::parse_from_rfc3339(&at).ok())
+                .map(|at| at.with_timezone(&Utc)),
+            revoked: revoked_at.is_some(),
+            noted: AtomicU64::new(u64::MAX),
         })
     }
 
     /// Records the key's use, at most once a minute per key.
-    fn note_use(&self, id: &str) {
-        let now = Instant::now();
-        let mut last_used = self.last_used.lock();
-        if last_used
-            .get(id)
-            .is_some_and(|at| now.duration_since(*at) < LAST_USED_EVERY)
+    fn note_use(&self, checked: &Checked) {
+        let now = self.millis();
+        let noted = checked.noted.load(Ordering::Relaxed);
+        let due =
+            noted == u64::MAX || now.saturating_sub(noted) >= LAST_USED_EVERY.as_millis() as u64;
+        if due
+            && checked
+                .noted
+                .compare_exchange(noted, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
-            return;
+            let id = checked.identity.key_id.clone();
+            let _ = self.audit.send(audit::Op::Used(id, now_text()));
         }
-        last_used.insert(id.to_owned(), now);
-        let _ = self.audit.send(audit::Op::Used(id.to_owned(), now_text()));
     }
+}
+
+/// A key whose secret matched its hash, as the file had it then.
+pub(super) struct Checked {
+    /// The key as presented: the next presentation is compared with it.
+    key: String,
+    identity: Arc<Identity>,
+    expires_at: Option<DateTime<Utc>>,
+    revoked: bool,
+    /// When its use was last written, in the store's milliseconds
+    /// (`u64::MAX`: not yet).
+    noted: AtomicU64,
+}
+
+/// `a == b` in time that depends on their lengths only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 fn key_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {

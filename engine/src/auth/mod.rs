@@ -1,5 +1,6 @@
-//! Who may do what (SPEC §10): API keys with a tenant and a role, the
-//! tenants' limits, and the audit trail, kept in `DATA_DIR/auth.db`.
+//! Who may do what (SPEC §10): API keys with a tenant and a role and the
+//! tenants' limits, kept in `DATA_DIR/auth.db`, and the audit trail, in
+//! `DATA_DIR/audit.db`.
 //!
 //! A key is `wk_live_<id>_<secret>`: a 16-hex-digit public id, by which
 //! it is listed and revoked, and 256 random bits. The store keeps only an
@@ -129,17 +130,52 @@ pub enum AuthError {
 
 /// Keys, tenants' limits and the audit trail of one data directory.
 ///
-/// Every read goes to the file, so a key revoked by another process on the
-/// same directory (`work-engine keys revoke`) is refused on its next use.
-/// Audit entries are written by a thread of their own, in batches.
+/// A key checked once is kept in memory: a request with it reads no file.
+/// A key revoked through this store is dropped from memory at once, so its
+/// next request is refused. A change by another process on the same
+/// directory (`work-engine keys revoke`) is noticed within
+/// [`CHANGES_SEEN_WITHIN`]: at most that often, a request asks SQLite
+/// whether `auth.db` changed (`PRAGMA data_version`), and if it did, every
+/// key is checked again. Audit entries are written by a thread of their
+/// own, in batches, to a file of their own, so that their commits do not
+/// look like changes to the keys.
 pub struct AuthStore {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    /// A few connections, so that concurrent requests do not queue on one.
+    conns: Vec<Mutex<Conn>>,
     secret: [u8; 32],
+    checked: parking_lot::RwLock<std::collections::HashMap<String, std::sync::Arc<keys::Checked>>>,
+    audit_reader: Mutex<Connection>,
     audit: mpsc::Sender<audit::Op>,
     writer: Option<JoinHandle<()>>,
-    last_used: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// When this store was opened: the epoch of `looked`.
+    opened: std::time::Instant,
+    /// When a request last asked whether `auth.db` changed, in
+    /// milliseconds since `opened`.
+    looked: std::sync::atomic::AtomicU64,
 }
+
+/// How soon a key revoked by another process on the same data directory
+/// is refused (one revoked through the store, or its server's API: at
+/// once).
+pub const CHANGES_SEEN_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A connection to `auth.db`, and the `data_version` it last saw.
+struct Conn {
+    sqlite: Connection,
+    version: i64,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.sqlite
+    }
+}
+
+/// How many connections to `auth.db`.
+const CONNECTIONS: usize = 4;
 
 impl std::fmt::Debug for AuthStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,6 +202,9 @@ CREATE TABLE IF NOT EXISTS tenants (
     tenant TEXT PRIMARY KEY,
     limits TEXT NOT NULL
 );
+";
+
+const AUDIT_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     at TEXT NOT NULL,
@@ -180,8 +219,8 @@ CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit(tenant, seq);
 ";
 
 impl AuthStore {
-    /// Opens (creating when needed) `data_dir/auth.db` and the server
-    /// secret `data_dir/auth.secret`.
+    /// Opens (creating when needed) `data_dir/auth.db`, `data_dir/audit.db`
+    /// and the server secret `data_dir/auth.secret`.
     ///
     /// # Errors
     ///
@@ -192,27 +231,86 @@ impl AuthStore {
         std::fs::create_dir_all(data_dir)?;
         let secret = keys::server_secret(&data_dir.join("auth.secret"))?;
         let path = data_dir.join("auth.db");
-        let conn = connect(&path)?;
-        conn.execute_batch(SCHEMA)?;
+        let audit_path = data_dir.join("audit.db");
+        let mut conns = Vec::with_capacity(CONNECTIONS);
+        for _ in 0..CONNECTIONS {
+            let sqlite = connect(&path)?;
+            if conns.is_empty() {
+                sqlite.execute_batch(SCHEMA)?;
+            }
+            let version = data_version(&sqlite)?;
+            conns.push(Mutex::new(Conn { sqlite, version }));
+        }
+        let audit_reader = connect(&audit_path)?;
+        audit_reader.execute_batch(AUDIT_SCHEMA)?;
         let (audit, ops) = mpsc::channel();
-        let writer_conn = connect(&path)?;
+        let writers = (connect(&audit_path)?, connect(&path)?);
         let writer = std::thread::Builder::new()
             .name("work-engine-audit".into())
-            .spawn(move || audit::write(&writer_conn, &ops))?;
+            .spawn(move || audit::write(&writers.0, &writers.1, &ops))?;
         Ok(Self {
             path,
-            conn: Mutex::new(conn),
+            conns,
             secret,
+            checked: parking_lot::RwLock::default(),
+            audit_reader: Mutex::new(audit_reader),
             audit,
             writer: Some(writer),
-            last_used: Mutex::default(),
+            opened: std::time::Instant::now(),
+            looked: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
-    /// The SQLite file.
+    /// The SQLite file of keys and tenants.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Asks whether `auth.db` changed, if nobody did in the last
+    /// [`CHANGES_SEEN_WITHIN`].
+    fn look_for_changes(&self) -> Result<(), AuthError> {
+        use std::sync::atomic::Ordering;
+        let now = self.millis();
+        let looked = self.looked.load(Ordering::Relaxed);
+        let due = now.saturating_sub(looked) >= CHANGES_SEEN_WITHIN.as_millis() as u64;
+        if due
+            && self
+                .looked
+                .compare_exchange(looked, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            drop(self.conn()?);
+        }
+        Ok(())
+    }
+
+    /// Milliseconds since this store was opened.
+    fn millis(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    /// A connection to `auth.db`: a free one, else the first. Forgets the
+    /// keys checked so far when the file changed since this connection
+    /// last looked (another connection or process committed).
+    fn conn(&self) -> Result<parking_lot::MutexGuard<'_, Conn>, AuthError> {
+        let mut conn = self
+            .conns
+            .iter()
+            .find_map(Mutex::try_lock)
+            .unwrap_or_else(|| self.conns[0].lock());
+        let version = data_version(&conn)?;
+        if version != conn.version {
+            conn.version = version;
+            self.checked.write().clear();
+        }
+        Ok(conn)
+    }
+}
+
+/// Changes when another connection commits to the file.
+fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("PRAGMA data_version")?
+        .query_row([], |row| row.get(0))
 }
 
 impl Drop for AuthStore {

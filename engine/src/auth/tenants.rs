@@ -48,8 +48,7 @@ impl AuthStore {
     /// [`AuthError::Sqlite`].
     pub fn tenant_limits(&self, tenant: &str) -> Result<TenantLimits, AuthError> {
         let text: Option<String> = self
-            .conn
-            .lock()
+            .conn()?
             .query_row(
                 "SELECT limits FROM tenants WHERE tenant = ?1",
                 [tenant],
@@ -67,7 +66,7 @@ impl AuthStore {
     ///
     /// [`AuthError::Sqlite`].
     pub fn all_tenant_limits(&self) -> Result<Vec<(String, TenantLimits)>, AuthError> {
-        let conn = self.conn.lock();
+        let conn = self.conn()?;
         let mut statement = conn.prepare("SELECT tenant, limits FROM tenants ORDER BY tenant")?;
         let rows = statement.query_map([], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
@@ -87,7 +86,7 @@ impl AuthStore {
     /// [`AuthError::Sqlite`].
     pub fn set_tenant_limits(&self, tenant: &str, limits: &TenantLimits) -> Result<(), AuthError> {
         let text = serde_json::to_string(limits).map_err(std::io::Error::other)?;
-        self.conn.lock().execute(
+        self.conn()?.execute(
             "INSERT INTO tenants (tenant, limits) VALUES (?1, ?2) \
              ON CONFLICT (tenant) DO UPDATE SET limits = excluded.limits",
             params![tenant, text],

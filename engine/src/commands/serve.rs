@@ -214,9 +214,10 @@ impl ServeArgs {
             "work-engine serving {} on http://{local}",
             data_dir.display()
         );
-        Server::new(engine, host, auth, config)
+        Server::new(engine, host, Arc::clone(&auth), config)
             .run(listener, shutdown_signal())
             .await?;
+        auth.flush();
         Ok(ExitCode::SUCCESS)
     }
 }

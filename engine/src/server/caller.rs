@@ -24,7 +24,7 @@ pub enum Caller {
     /// tenant, named in the body or the query.
     Open,
     /// The holder of a valid key.
-    Key(Identity),
+    Key(std::sync::Arc<Identity>),
 }
 
 /// What a route needs of the caller's role.

@@ -117,6 +117,9 @@ impl std::ops::Deref for AppState {
         (name = "access", description = "API keys, tenants' quotas, the audit trail"),
         (name = "operations", description = "Stats, dead letters, health, metrics, this document"),
     ),
+    // Every route needs a key unless its own `security(())` says not.
+    modifiers(&BearerKeys),
+    security(("api_key" = [])),
     // Named only in query parameters and in the problem document every
     // route inlines, which do not carry their schemas along.
     components(schemas(
@@ -127,6 +130,27 @@ impl std::ops::Deref for AppState {
     ))
 )]
 struct ApiDoc;
+
+/// The `api_key` scheme: `Authorization: Bearer wk_live_…`.
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "api_key",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("An API key: `wk_live_<id>_<secret>`"))
+                        .build(),
+                ),
+            );
+    }
+}
 
 /// The HTTP server: an [`Engine`] and its [`ToolHost`] behind the `/v1`
 /// routes.
@@ -243,7 +267,7 @@ impl Server {
 
 /// This document.
 #[utoipa::path(
-    get, path = "/openapi.json", tag = "operations",
+    get, path = "/openapi.json", tag = "operations", security(()),
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = serde_json::Value))
 )]
 async fn openapi_json(State(state): State<AppState>) -> axum::Json<Arc<utoipa::openapi::OpenApi>> {

@@ -104,7 +104,7 @@ async fn retry_dead_letter(
 
 /// `200 {"status": "ok"}`, or `503 {"status": "shutting_down"}`.
 #[utoipa::path(
-    get, path = "/healthz", tag = "operations",
+    get, path = "/healthz", tag = "operations", security(()),
     responses(
         (status = 200, description = "`{\"status\": \"ok\"}`", body = serde_json::Value),
         (status = 503, description = "`{\"status\": \"shutting_down\"}`", body = serde_json::Value),

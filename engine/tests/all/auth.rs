@@ -455,6 +455,32 @@ async fn revocation_is_immediate_under_concurrent_use() {
     }
     assert!(before > 0 && after > 0, "{before} before, {after} after");
     assert!(revoked["revoked_at"].is_string(), "{revoked}");
+
+    // Revoked by another process, on the data directory: refused within
+    // the store's CHANGES_SEEN_WITHIN (0.1 s).
+    let other = create_key(data.path(), &["--tenant", "busy"]);
+    let http = client_with(Some(other["key"].as_str().unwrap()));
+    let status = http
+        .get(served.at("/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    let (code, _, err) = work_engine(
+        data.path(),
+        &["keys", "revoke", other["id"].as_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    tokio::time::sleep(work_engine::auth::CHANGES_SEEN_WITHIN + Duration::from_millis(50)).await;
+    let status = http
+        .get(served.at("/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 async fn submit_status(http: &reqwest::Client, served: &Served) -> (StatusCode, Option<u64>) {
