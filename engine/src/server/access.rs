@@ -323,8 +323,7 @@ async fn job_audit(
     PathParams(id): PathParams<JobId>,
     QueryParams(params): QueryParams<PageParams>,
 ) -> Result<axum::Json<AuditPage>, ApiError> {
-    let job = state.engine.get(id).await?;
-    caller.may_see(&job)?;
+    let job = caller.job(&state, id).await?;
     let query = AuditQuery {
         tenant: Some(job.tenant_id.to_string()),
         target: Some(id.to_string()),

@@ -9,7 +9,9 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use parking_lot::Mutex;
-use work_host_api::{Job, NewJob};
+use std::sync::Arc;
+
+use work_host_api::{Job, JobId, NewJob};
 
 use super::AppState;
 use super::problem::ApiError;
@@ -24,7 +26,7 @@ pub enum Caller {
     /// tenant, named in the body or the query.
     Open,
     /// The holder of a valid key.
-    Key(std::sync::Arc<Identity>),
+    Key(Arc<Identity>),
 }
 
 /// What a route needs of the caller's role.
@@ -111,15 +113,26 @@ impl Caller {
         Ok(())
     }
 
-    /// The job, if the caller may see it; another tenant's job is "not
-    /// found", exactly as one that does not exist.
-    pub(super) fn may_see(&self, job: &Job) -> Result<(), ApiError> {
+    /// The job `id`, if the caller may see it; another tenant's job is
+    /// "not found", exactly as one that does not exist.
+    pub(super) async fn job(&self, state: &AppState, id: JobId) -> Result<Arc<Job>, ApiError> {
+        let job = state.engine.get(id).await?;
         match self.own_tenant() {
-            Some(own) if own != job.tenant_id.as_str() => {
-                Err(EngineError::NotFound { id: job.id }.into())
-            }
-            _ => Ok(()),
+            Some(own) if own != job.tenant_id.as_str() => Err(EngineError::NotFound { id }.into()),
+            _ => Ok(job),
         }
+    }
+
+    /// Records in the audit trail that the caller asked for `action` on
+    /// `job` (the change itself, when it comes, is recorded too).
+    pub(super) fn asked(&self, state: &AppState, job: &Job, action: &str) {
+        state.auth.record(
+            self.actor(),
+            Some(&job.tenant_id),
+            action,
+            Some(&job.id.to_string()),
+            serde_json::Value::Null,
+        );
     }
 
     /// Whose tools the caller sees and changes: its tenant's (and the

@@ -116,8 +116,7 @@ async fn get_job(
     Submitter(caller): Submitter,
     PathParams(id): PathParams<JobId>,
 ) -> Result<axum::Json<Arc<Job>>, ApiError> {
-    let job = state.engine.get(id).await?;
-    caller.may_see(&job)?;
+    let job = caller.job(&state, id).await?;
     Ok(axum::Json(job))
 }
 
@@ -228,15 +227,8 @@ async fn cancel(
     Submitter(caller): Submitter,
     PathParams(id): PathParams<JobId>,
 ) -> Result<axum::Json<Arc<Job>>, ApiError> {
-    let job = state.engine.get(id).await?;
-    caller.may_see(&job)?;
-    state.auth.record(
-        caller.actor(),
-        Some(&job.tenant_id),
-        "job.cancel_requested",
-        Some(&id.to_string()),
-        serde_json::Value::Null,
-    );
+    let job = caller.job(&state, id).await?;
+    caller.asked(&state, &job, "job.cancel_requested");
     Ok(axum::Json(
         acting_as(caller.actor().to_owned(), state.engine.cancel(id)).await?,
     ))
@@ -266,7 +258,7 @@ async fn wait(
     PathParams(id): PathParams<JobId>,
     QueryParams(params): QueryParams<WaitParams>,
 ) -> Result<axum::Json<Arc<Job>>, ApiError> {
-    caller.may_see(&*state.engine.get(id).await?)?;
+    caller.job(&state, id).await?;
     let timeout = params
         .timeout_ms
         .map_or(state.config.max_wait, Duration::from_millis)
@@ -292,8 +284,7 @@ async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     // Subscribe before reading the job, so no event falls between the two.
     let events = state.engine.subscribe();
-    let job = state.engine.get(id).await?;
-    caller.may_see(&job)?;
+    let job = caller.job(&state, id).await?;
     let watch = Watch {
         id,
         state,

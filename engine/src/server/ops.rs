@@ -84,15 +84,8 @@ async fn retry_dead_letter(
     Submitter(caller): Submitter,
     PathParams(id): PathParams<JobId>,
 ) -> Result<axum::Json<Arc<Job>>, ApiError> {
-    let job = state.engine.get(id).await?;
-    caller.may_see(&job)?;
-    state.auth.record(
-        caller.actor(),
-        Some(&job.tenant_id),
-        "job.dead_letter_retried",
-        Some(&id.to_string()),
-        serde_json::Value::Null,
-    );
+    let job = caller.job(&state, id).await?;
+    caller.asked(&state, &job, "job.dead_letter_retried");
     Ok(axum::Json(
         acting_as(
             caller.actor().to_owned(),
