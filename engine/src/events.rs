@@ -258,10 +258,35 @@ impl EventStream {
     }
 }
 
-/// Sees every event as it is emitted, on the thread that emits it: unlike
-/// a subscriber it can never fall behind and lose one, so it must be quick
-/// (hand the event on, don't work on it). An audit trail is its use.
-pub type EventObserver = Arc<dyn Fn(&Event) + Send + Sync>;
+/// Sees the events it wants as they are emitted, on the thread that emits
+/// them: unlike a subscriber it can never fall behind and lose one, so it
+/// must be quick (hand the event on, don't work on it). An audit trail is
+/// its use.
+#[derive(Clone)]
+pub struct EventObserver {
+    wants: fn(&EventData) -> bool,
+    observe: Arc<dyn Fn(&Event) + Send + Sync>,
+}
+
+impl EventObserver {
+    /// Calls `observe` with every event for which `wants` is true; the
+    /// others are not even built for it.
+    pub fn new(
+        wants: fn(&EventData) -> bool,
+        observe: impl Fn(&Event) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            wants,
+            observe: Arc::new(observe),
+        }
+    }
+}
+
+impl std::fmt::Debug for EventObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventObserver").finish_non_exhaustive()
+    }
+}
 
 /// Sends events to `tracing`, the observer and subscribers; builds none
 /// when nobody listens.
@@ -310,14 +335,20 @@ impl Telemetry {
         make: impl FnOnce() -> EventData,
     ) {
         let traced = tracing::enabled!(target: "work_engine::event", tracing::Level::DEBUG);
-        if !traced && self.observer.is_none() && self.listeners.load(Ordering::Acquire) == 0 {
+        let listened = traced || self.listeners.load(Ordering::Acquire) > 0;
+        if !listened && self.observer.is_none() {
+            return;
+        }
+        let data = make();
+        let observer = self.observer.as_ref().filter(|o| (o.wants)(&data));
+        if !listened && observer.is_none() {
             return;
         }
         let event = Event {
             at: Utc::now(),
             job_id: job,
             tenant_id: tenant.map(str::to_owned),
-            data: make(),
+            data,
         };
         if traced {
             let detail = serde_json::to_string(&event.data).unwrap_or_default();
@@ -329,8 +360,8 @@ impl Telemetry {
                 detail,
             );
         }
-        if let Some(observe) = &self.observer {
-            observe(&event);
+        if let Some(observer) = observer {
+            (observer.observe)(&event);
         }
         // No receiver is fine: nobody asked.
         let _ = self.sender.send(event);

@@ -48,6 +48,8 @@ pub mod backends;
 pub mod commands;
 mod error;
 pub mod events;
+#[cfg(any(feature = "sqlite", feature = "server"))]
+mod group_queue;
 mod id_map;
 pub mod registry;
 pub mod runtime;

@@ -10,7 +10,8 @@ use std::sync::mpsc;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use super::{AuthError, AuthStore, now_text};
+use super::{AuthError, AuthStore};
+use crate::group_queue::GroupQueue;
 
 /// One entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -62,46 +63,50 @@ pub struct AuditPage {
 }
 
 pub(super) enum Op {
-    Record(AuditEntry),
+    Record(Record),
     Used(String, String),
     Flush(mpsc::Sender<()>),
-    Stop,
+}
+
+/// An entry as recorded: what the writer turns into a row.
+pub(super) struct Record {
+    /// Microseconds since the Unix epoch.
+    at: i64,
+    actor: String,
+    tenant: Option<String>,
+    action: &'static str,
+    target: Option<String>,
+    /// JSON text.
+    detail: Option<String>,
 }
 
 /// The most entries one transaction writes.
-const BATCH: usize = 4096;
+pub(super) const MAX_GROUP: usize = 4096;
 
-/// The writer thread: a batch of what is queued per transaction of
+/// How long an entry waits for company before the writer commits it: the
+/// trail is written in few, large transactions, and a read (which waits
+/// for what was recorded before it) wakes the writer at once.
+pub(super) const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The writer thread: a group of what is queued per transaction of
 /// `audit` (and of `keys`, for the keys' times of last use).
-pub(super) fn write(audit: &Connection, keys: &Connection, ops: &mpsc::Receiver<Op>) {
-    while let Ok(first) = ops.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match ops.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
+pub(super) fn write(audit: &Connection, keys: &Connection, ops: &GroupQueue<Op>) {
+    while let Some(group) = ops.next_group() {
         let mut flushed = Vec::new();
-        let mut stop = false;
-        if let Err(err) = write_batch(audit, keys, batch, &mut flushed, &mut stop) {
+        if let Err(err) = write_group(audit, keys, group, &mut flushed) {
             tracing::error!(%err, "could not write audit entries");
         }
         for reply in flushed {
             let _ = reply.send(());
         }
-        if stop {
-            return;
-        }
     }
 }
 
-fn write_batch(
+fn write_group(
     audit: &Connection,
     keys: &Connection,
-    batch: Vec<Op>,
+    group: Vec<Op>,
     flushed: &mut Vec<mpsc::Sender<()>>,
-    stop: &mut bool,
 ) -> rusqlite::Result<()> {
     let tx = audit.unchecked_transaction()?;
     {
@@ -110,24 +115,22 @@ fn write_batch(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         let mut used = keys.prepare_cached("UPDATE keys SET last_used_at = ?2 WHERE id = ?1")?;
-        for op in batch {
+        for op in group {
             match op {
                 Op::Record(entry) => {
-                    let detail = (!entry.detail.is_null()).then(|| entry.detail.to_string());
                     insert.execute(params![
                         entry.at,
                         entry.actor,
                         entry.tenant,
                         entry.action,
                         entry.target,
-                        detail,
+                        entry.detail,
                     ])?;
                 }
                 Op::Used(id, at) => {
                     used.execute(params![id, at])?;
                 }
                 Op::Flush(reply) => flushed.push(reply),
-                Op::Stop => *stop = true,
             }
         }
     }
@@ -136,33 +139,44 @@ fn write_batch(
 
 impl AuthStore {
     /// Records that `actor` did `action` to `target` of `tenant`. Never
-    /// waits: the entry is written with the next batch.
+    /// waits: the entry is written with the next group.
     pub fn record(
         &self,
         actor: &str,
         tenant: Option<&str>,
-        action: &str,
+        action: &'static str,
         target: Option<&str>,
         detail: serde_json::Value,
     ) {
-        let _ = self.audit.send(Op::Record(AuditEntry {
-            seq: 0,
-            at: now_text(),
-            actor: actor.to_owned(),
+        let detail = (!detail.is_null()).then(|| detail.to_string());
+        self.push_record(actor.to_owned(), tenant, action, target, detail);
+    }
+
+    fn push_record(
+        &self,
+        actor: String,
+        tenant: Option<&str>,
+        action: &'static str,
+        target: Option<&str>,
+        detail: Option<String>,
+    ) {
+        let record = Record {
+            at: chrono::Utc::now().timestamp_micros(),
+            actor,
             tenant: tenant.map(str::to_owned),
-            action: action.to_owned(),
+            action,
             target: target.map(str::to_owned),
             detail,
-        }));
+        };
+        self.audit.push(Op::Record(record), false);
     }
 
     /// Waits until every entry recorded so far is written (`serve` does
     /// before it exits).
     pub fn flush(&self) {
         let (reply, written) = mpsc::channel();
-        if self.audit.send(Op::Flush(reply)).is_ok() {
-            let _ = written.recv();
-        }
+        self.audit.push(Op::Flush(reply), true);
+        let _ = written.recv();
     }
 
     /// A page of the trail, oldest first, with every entry recorded before
@@ -190,9 +204,12 @@ impl AuthStore {
             params![after, query.tenant, query.target, limit as i64 + 1],
             |row| {
                 let detail: Option<String> = row.get(6)?;
+                let at: i64 = row.get(1)?;
                 Ok(AuditEntry {
                     seq: row.get(0)?,
-                    at: row.get(1)?,
+                    at: chrono::DateTime::from_timestamp_micros(at)
+                        .unwrap_or_default()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                     actor: row.get(2)?,
                     tenant: row.get(3)?,
                     action: row.get(4)?,
@@ -236,30 +253,15 @@ impl AuthStore {
     /// failed, timeout, canceled) in the audit trail.
     pub fn observer(self: &std::sync::Arc<Self>) -> crate::events::EventObserver {
         let store = std::sync::Arc::clone(self);
-        std::sync::Arc::new(move |event: &crate::events::Event| {
-            use crate::events::EventData;
-            if !matches!(
-                event.data,
-                EventData::Submitted { .. }
-                    | EventData::Started { .. }
-                    | EventData::Retry { .. }
-                    | EventData::Completed { .. }
-                    | EventData::Failed { .. }
-                    | EventData::TimedOut { .. }
-                    | EventData::Canceled { .. }
-            ) {
-                return;
-            }
-            let mut detail = serde_json::to_value(&event.data).unwrap_or_default();
-            if let Some(fields) = detail.as_object_mut() {
-                fields.remove("type");
-            }
+        crate::events::EventObserver::new(is_state_change, move |event| {
+            // As the event's JSON, `type` and all: one serialization.
+            let detail = serde_json::to_string(&event.data).ok();
             let actor = ACTOR
                 .try_with(Clone::clone)
                 .unwrap_or_else(|_| "engine".to_owned());
             let job = event.job_id.map(|id| id.to_string());
-            store.record(
-                &actor,
+            store.push_record(
+                actor,
                 event.tenant_id.as_deref(),
                 event.data.name(),
                 job.as_deref(),
@@ -267,4 +269,19 @@ impl AuthStore {
             );
         })
     }
+}
+
+/// The events that change a job's state.
+fn is_state_change(data: &crate::events::EventData) -> bool {
+    use crate::events::EventData;
+    matches!(
+        data,
+        EventData::Submitted { .. }
+            | EventData::Started { .. }
+            | EventData::Retry { .. }
+            | EventData::Completed { .. }
+            | EventData::Failed { .. }
+            | EventData::TimedOut { .. }
+            | EventData::Canceled { .. }
+    )
 }

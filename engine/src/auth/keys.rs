@@ -387,7 +387,7 @@ impl AuthStore {
                 .is_ok()
         {
             let id = checked.identity.key_id.clone();
-            let _ = self.audit.send(audit::Op::Used(id, now_text()));
+            self.audit.push(audit::Op::Used(id, now_text()), false);
         }
     }
 }

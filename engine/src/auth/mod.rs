@@ -26,12 +26,13 @@ mod keys;
 mod tenants;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
+
+use crate::group_queue::GroupQueue;
 
 pub use audit::{AuditEntry, AuditPage, AuditQuery, acting_as};
 pub use keys::{CreatedKey, KeyInfo, NewKey};
@@ -146,7 +147,7 @@ pub struct AuthStore {
     secret: [u8; 32],
     checked: parking_lot::RwLock<std::collections::HashMap<String, std::sync::Arc<keys::Checked>>>,
     audit_reader: Mutex<Connection>,
-    audit: mpsc::Sender<audit::Op>,
+    audit: std::sync::Arc<GroupQueue<audit::Op>>,
     writer: Option<JoinHandle<()>>,
     /// When this store was opened: the epoch of `looked`.
     opened: std::time::Instant,
@@ -207,7 +208,7 @@ CREATE TABLE IF NOT EXISTS tenants (
 const AUDIT_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
+    at INTEGER NOT NULL,
     actor TEXT NOT NULL,
     tenant TEXT,
     action TEXT NOT NULL,
@@ -243,8 +244,9 @@ impl AuthStore {
         }
         let audit_reader = connect(&audit_path)?;
         audit_reader.execute_batch(AUDIT_SCHEMA)?;
-        let (audit, ops) = mpsc::channel();
+        let audit = std::sync::Arc::new(GroupQueue::new(audit::LINGER, audit::MAX_GROUP));
         let writers = (connect(&audit_path)?, connect(&path)?);
+        let ops = std::sync::Arc::clone(&audit);
         let writer = std::thread::Builder::new()
             .name("work-engine-audit".into())
             .spawn(move || audit::write(&writers.0, &writers.1, &ops))?;
@@ -315,7 +317,7 @@ fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
 
 impl Drop for AuthStore {
     fn drop(&mut self) {
-        let _ = self.audit.send(audit::Op::Stop);
+        self.audit.close();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }

@@ -125,7 +125,7 @@ impl Caller {
 
     /// Records in the audit trail that the caller asked for `action` on
     /// `job` (the change itself, when it comes, is recorded too).
-    pub(super) fn asked(&self, state: &AppState, job: &Job, action: &str) {
+    pub(super) fn asked(&self, state: &AppState, job: &Job, action: &'static str) {
         state.auth.record(
             self.actor(),
             Some(&job.tenant_id),

@@ -3,15 +3,16 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 use work_host_api::{Job, JobId};
 
 use super::{Commit, Inserted, JobPage, JobQuery, Store, StoreError, Transition};
+use crate::group_queue::GroupQueue;
 use crate::id_map::IdMap;
 
 /// The schema, one step per version; `PRAGMA user_version` records how
@@ -105,7 +106,7 @@ impl std::str::FromStr for Durability {
 pub struct SqliteStore {
     path: PathBuf,
     /// The writer's work.
-    queue: Arc<Queue>,
+    queue: Arc<GroupQueue<Op>>,
     /// The writer, joined on drop once it has committed what is queued.
     thread: Option<std::thread::JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
@@ -240,7 +241,7 @@ impl SqliteStore {
             cache.put(Arc::new(job));
         }
         let cache = Arc::new(RwLock::new(cache));
-        let queue = Arc::new(Queue::default());
+        let queue = Arc::new(GroupQueue::new(LINGER, MAX_GROUP));
         let writer = Writer {
             conn,
             cache: Arc::clone(&cache),
@@ -284,7 +285,7 @@ impl SqliteStore {
         }
         Ok(Self {
             path,
-            queue: Arc::new(Queue::default()),
+            queue: Arc::new(GroupQueue::new(LINGER, MAX_GROUP)),
             thread: None,
             readers: Mutex::new(vec![conn]),
             cache: Arc::default(),
@@ -427,81 +428,9 @@ impl Drop for SqliteStore {
 }
 
 /// How long a change no one waits for may wait for company before the
-/// writer commits it anyway.
+/// writer commits it anyway: a job inserted, claimed and finished in quick
+/// succession ([`Commit::Ordered`]) costs one commit and one row written.
 const LINGER: Duration = Duration::from_millis(20);
-
-/// The writer's work, in order. Only a change someone waits for wakes the
-/// writer at once: the others ([`Commit::Ordered`]) wait for the next one
-/// (at most [`LINGER`]), so that a job inserted, claimed and finished in
-/// quick succession costs one commit and one row written.
-#[derive(Default)]
-struct Queue {
-    state: Mutex<QueueState>,
-    ready: Condvar,
-}
-
-#[derive(Default)]
-struct QueueState {
-    ops: Vec<Op>,
-    /// Someone waits for an op in `ops`.
-    urgent: bool,
-    /// The store is gone: commit what is left, then stop.
-    closed: bool,
-}
-
-impl Queue {
-    fn push(&self, op: Op, urgent: bool) {
-        let mut state = self.state.lock();
-        let was_empty = state.ops.is_empty();
-        state.ops.push(op);
-        if urgent && !state.urgent {
-            state.urgent = true;
-            self.ready.notify_one();
-        } else if was_empty {
-            // The writer sleeps without a deadline while there is nothing.
-            self.ready.notify_one();
-        }
-    }
-
-    fn close(&self) {
-        self.state.lock().closed = true;
-        self.ready.notify_one();
-    }
-
-    /// The next group: waits until someone waits for a queued op, an op
-    /// has waited [`LINGER`], or the store closes. `None`: closed and done.
-    fn next_group(&self) -> Option<Vec<Op>> {
-        let mut state = self.state.lock();
-        let mut deadline = None;
-        loop {
-            if state.ops.is_empty() {
-                if state.closed {
-                    return None;
-                }
-                deadline = None;
-                self.ready.wait(&mut state);
-                continue;
-            }
-            let due = *deadline.get_or_insert_with(|| Instant::now() + LINGER);
-            if state.urgent
-                || state.closed
-                || state.ops.len() >= MAX_GROUP
-                || self.ready.wait_until(&mut state, due).timed_out()
-            {
-                break;
-            }
-        }
-        state.urgent = false;
-        let split = state.ops.len().min(MAX_GROUP);
-        let rest = state.ops.split_off(split);
-        let group = std::mem::replace(&mut state.ops, rest);
-        if !state.ops.is_empty() {
-            // More than one group's worth: the next follows at once.
-            state.urgent = true;
-        }
-        Some(group)
-    }
-}
 
 /// The writer thread: owns the write connection.
 struct Writer {
@@ -510,7 +439,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, queue: &Queue) {
+    fn run(mut self, queue: &GroupQueue<Op>) {
         while let Some(group) = queue.next_group() {
             self.commit_group(group);
         }
