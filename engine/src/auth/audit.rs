@@ -88,12 +88,11 @@ pub(super) const MAX_GROUP: usize = 4096;
 /// for what was recorded before it) wakes the writer at once.
 pub(super) const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// The writer thread: a group of what is queued per transaction of
-/// `audit` (and of `keys`, for the keys' times of last use).
-pub(super) fn write(audit: &Connection, keys: &Connection, ops: &GroupQueue<Op>) {
+/// The writer thread: a group of what is queued per transaction.
+pub(super) fn write(audit: &Connection, ops: &GroupQueue<Op>) {
     while let Some(group) = ops.next_group() {
         let mut flushed = Vec::new();
-        if let Err(err) = write_group(audit, keys, group, &mut flushed) {
+        if let Err(err) = write_group(audit, group, &mut flushed) {
             tracing::error!(%err, "could not write audit entries");
         }
         for reply in flushed {
@@ -104,7 +103,6 @@ pub(super) fn write(audit: &Connection, keys: &Connection, ops: &GroupQueue<Op>)
 
 fn write_group(
     audit: &Connection,
-    keys: &Connection,
     group: Vec<Op>,
     flushed: &mut Vec<mpsc::Sender<()>>,
 ) -> rusqlite::Result<()> {
@@ -114,7 +112,10 @@ fn write_group(
             "INSERT INTO audit (at, actor, tenant, action, target, detail) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut used = keys.prepare_cached("UPDATE keys SET last_used_at = ?2 WHERE id = ?1")?;
+        let mut used = tx.prepare_cached(
+            "INSERT INTO key_use (id, at) VALUES (?1, ?2) \
+             ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+        )?;
         for op in group {
             match op {
                 Op::Record(entry) => {

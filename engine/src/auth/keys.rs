@@ -35,6 +35,9 @@ pub struct NewKey {
     pub created_by: Option<String>,
     /// Its own limit on submissions per second.
     pub rate_per_second: Option<f64>,
+    /// For a worker key: the capabilities (job kinds, backends) it may
+    /// claim work for; empty for any.
+    pub capabilities: Vec<String>,
 }
 
 impl NewKey {
@@ -46,6 +49,7 @@ impl NewKey {
             expires_at: None,
             created_by: None,
             rate_per_second: None,
+            capabilities: Vec::new(),
         }
     }
 
@@ -57,6 +61,7 @@ impl NewKey {
             expires_at: None,
             created_by: None,
             rate_per_second: None,
+            capabilities: Vec::new(),
         }
     }
 }
@@ -93,6 +98,9 @@ pub struct KeyInfo {
     /// Its own limit on submissions per second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_per_second: Option<f64>,
+    /// What a worker key may claim work for; absent: anything.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 /// A key just made: the only time its secret exists outside the caller.
@@ -198,6 +206,13 @@ impl AuthStore {
                 "rate_per_second must be a number above 0".into(),
             ));
         }
+        if new.capabilities.iter().any(|c| {
+            c.is_empty() || c.len() > 128 || c.contains(',') || c.chars().any(char::is_control)
+        }) {
+            return Err(AuthError::Invalid(
+                "a capability is 1 to 128 printable characters, without commas".into(),
+            ));
+        }
         let mut id = [0; ID_BYTES];
         let mut secret = [0; SECRET_BYTES];
         random(&mut id)?;
@@ -219,10 +234,11 @@ impl AuthStore {
             revoked_at: None,
             last_used_at: None,
             rate_per_second: new.rate_per_second,
+            capabilities: new.capabilities,
         };
         self.conn()?.execute(
             "INSERT INTO keys (id, hash, tenant, role, created_at, created_by, expires_at, \
-             rate_per_second) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             rate_per_second, capabilities) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 info.id,
                 self.hash(&key),
@@ -232,6 +248,7 @@ impl AuthStore {
                 info.created_by,
                 info.expires_at,
                 info.rate_per_second,
+                info.capabilities.join(","),
             ],
         )?;
         Ok(CreatedKey { id, key, info })
@@ -257,11 +274,27 @@ impl AuthStore {
         let conn = self.conn()?;
         let mut statement = conn.prepare_cached(
             "SELECT id, tenant, role, created_at, created_by, expires_at, revoked_at, \
-             last_used_at, rate_per_second FROM keys \
+             rate_per_second, capabilities FROM keys \
              WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_at, id",
         )?;
         let rows = statement.query_map([tenant], key_info)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut keys: Vec<KeyInfo> = rows.collect::<Result<_, _>>()?;
+        drop(statement);
+        drop(conn);
+        self.fill_last_use(&mut keys)?;
+        Ok(keys)
+    }
+
+    /// Fills in when each key was last used (kept in `audit.db`).
+    fn fill_last_use(&self, keys: &mut [KeyInfo]) -> Result<(), AuthError> {
+        let conn = self.audit_reader.lock();
+        let mut statement = conn.prepare_cached("SELECT at FROM key_use WHERE id = ?1")?;
+        for key in keys {
+            key.last_used_at = statement
+                .query_row([&key.id], |row| row.get(0))
+                .optional()?;
+        }
+        Ok(())
     }
 
     /// The key `id`, if it exists and is `tenant`'s (any key for `None`).
@@ -273,12 +306,17 @@ impl AuthStore {
         let conn = self.conn()?;
         let mut statement = conn.prepare_cached(
             "SELECT id, tenant, role, created_at, created_by, expires_at, revoked_at, \
-             last_used_at, rate_per_second FROM keys \
+             rate_per_second, capabilities FROM keys \
              WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)",
         )?;
-        Ok(statement
+        let key = statement
             .query_row(params![id, tenant], key_info)
-            .optional()?)
+            .optional()?;
+        drop(statement);
+        drop(conn);
+        let mut keys: Vec<KeyInfo> = key.into_iter().collect();
+        self.fill_last_use(&mut keys)?;
+        Ok(keys.pop())
     }
 
     /// Revokes the key `id` of `tenant` (any key for `None`): its next use
@@ -293,7 +331,7 @@ impl AuthStore {
              AND (?3 IS NULL OR tenant = ?3)",
             params![id, now_text(), tenant],
         )?;
-        self.checked.write().remove(id);
+        self.forget(Some(id));
         self.key(id, tenant)?
             .ok_or_else(|| AuthError::NotFound(id.to_owned()))
     }
@@ -312,10 +350,14 @@ impl AuthStore {
         let checked = match cached {
             Some(checked) if same(checked.key.as_bytes(), key.as_bytes()) => checked,
             _ => {
+                let generation = self.generation.load(Ordering::Relaxed);
                 let checked = Arc::new(self.check(id, key)?);
-                self.checked
-                    .write()
-                    .insert(id.to_owned(), Arc::clone(&checked));
+                let mut all = self.checked.write();
+                // Kept only if nothing was forgotten since the check began:
+                // it may have read the key before a revocation.
+                if self.generation.load(Ordering::Relaxed) == generation {
+                    all.insert(id.to_owned(), Arc::clone(&checked));
+                }
                 checked
             }
         };
@@ -334,8 +376,8 @@ impl AuthStore {
         let row = {
             let conn = self.conn()?;
             let mut statement = conn.prepare_cached(
-                "SELECT hash, tenant, role, expires_at, revoked_at, rate_per_second \
-                 FROM keys WHERE id = ?1",
+                "SELECT hash, tenant, role, expires_at, revoked_at, rate_per_second, \
+                 capabilities FROM keys WHERE id = ?1",
             )?;
             statement
                 .query_row([id], |row| {
@@ -346,11 +388,13 @@ impl AuthStore {
                         row.get::<_, Option<String>>(3)?,
                         row.get::<_, Option<String>>(4)?,
                         row.get::<_, Option<f64>>(5)?,
+                        row.get::<_, String>(6)?,
                     ))
                 })
                 .optional()?
         };
-        let Some((hash, tenant, role, expires_at, revoked_at, rate_per_second)) = row else {
+        let Some((hash, tenant, role, expires_at, revoked_at, rate_per_second, capabilities)) = row
+        else {
             return Err(AuthError::Unknown);
         };
         // Constant time: the comparison leaks nothing of the stored hash.
@@ -365,6 +409,7 @@ impl AuthStore {
                 tenant,
                 role,
                 rate_per_second,
+                capabilities: split_list(&capabilities),
             }),
             expires_at: expires_at
                 .and_then(|at| DateTime::parse_from_rfc3339(&at).ok())
@@ -423,9 +468,18 @@ fn key_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {
         created_by: row.get(4)?,
         expires_at: row.get(5)?,
         revoked_at: row.get(6)?,
-        last_used_at: row.get(7)?,
-        rate_per_second: row.get(8)?,
+        last_used_at: None,
+        rate_per_second: row.get(7)?,
+        capabilities: split_list(&row.get::<_, String>(8)?),
     })
+}
+
+/// `a,b` as `["a", "b"]`; `""` as none.
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]

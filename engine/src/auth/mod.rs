@@ -90,6 +90,8 @@ pub struct Identity {
     pub role: Role,
     /// Its own limit on submissions per second, if any.
     pub rate_per_second: Option<f64>,
+    /// For a worker key, what it may claim work for (empty: anything).
+    pub capabilities: Vec<String>,
 }
 
 impl Identity {
@@ -146,6 +148,9 @@ pub struct AuthStore {
     conns: Vec<Mutex<Conn>>,
     secret: [u8; 32],
     checked: parking_lot::RwLock<std::collections::HashMap<String, std::sync::Arc<keys::Checked>>>,
+    /// Grows each time `checked` loses entries: a check that began before
+    /// is not kept, since it may have read the key before the change.
+    generation: std::sync::atomic::AtomicU64,
     audit_reader: Mutex<Connection>,
     audit: std::sync::Arc<GroupQueue<audit::Op>>,
     writer: Option<JoinHandle<()>>,
@@ -196,8 +201,9 @@ CREATE TABLE IF NOT EXISTS keys (
     created_by TEXT,
     expires_at TEXT,
     revoked_at TEXT,
-    last_used_at TEXT,
-    rate_per_second REAL
+    rate_per_second REAL,
+    -- A worker key's capabilities, comma-separated; empty for any.
+    capabilities TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS tenants (
     tenant TEXT PRIMARY KEY,
@@ -217,6 +223,12 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_by_target ON audit(target, seq);
 CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit(tenant, seq);
+-- When each key was last used (to the minute): kept here, not in
+-- auth.db, so that its writes do not look like changes to the keys.
+CREATE TABLE IF NOT EXISTS key_use (
+    id TEXT PRIMARY KEY,
+    at TEXT NOT NULL
+);
 ";
 
 impl AuthStore {
@@ -245,16 +257,17 @@ impl AuthStore {
         let audit_reader = connect(&audit_path)?;
         audit_reader.execute_batch(AUDIT_SCHEMA)?;
         let audit = std::sync::Arc::new(GroupQueue::new(audit::LINGER, audit::MAX_GROUP));
-        let writers = (connect(&audit_path)?, connect(&path)?);
+        let writer_conn = connect(&audit_path)?;
         let ops = std::sync::Arc::clone(&audit);
         let writer = std::thread::Builder::new()
             .name("work-engine-audit".into())
-            .spawn(move || audit::write(&writers.0, &writers.1, &ops))?;
+            .spawn(move || audit::write(&writer_conn, &ops))?;
         Ok(Self {
             path,
             conns,
             secret,
             checked: parking_lot::RwLock::default(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             audit_reader: Mutex::new(audit_reader),
             audit,
             writer: Some(writer),
@@ -303,9 +316,22 @@ impl AuthStore {
         let version = data_version(&conn)?;
         if version != conn.version {
             conn.version = version;
-            self.checked.write().clear();
+            self.forget(None);
         }
         Ok(conn)
+    }
+
+    /// Forgets the checked key `id`, or every one.
+    fn forget(&self, id: Option<&str>) {
+        let mut checked = self.checked.write();
+        match id {
+            Some(id) => {
+                checked.remove(id);
+            }
+            None => checked.clear(),
+        }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -50,6 +50,10 @@ enum KeysAction {
         /// Its own limit on submissions per second.
         #[arg(long, value_name = "N")]
         rate: Option<f64>,
+        /// For a worker key: the job kinds or backends it may claim work
+        /// for (`tool_call,training`); any without.
+        #[arg(long, value_delimiter = ',', value_name = "LIST")]
+        capabilities: Vec<String>,
     },
     /// List keys: ids, prefixes, tenants, roles, last use; never a secret.
     List {
@@ -77,6 +81,7 @@ impl KeysArgs {
                 operator,
                 expires_in,
                 rate,
+                capabilities,
             } => {
                 let role = if operator { Role::Admin } else { role };
                 let created = match server {
@@ -87,6 +92,7 @@ impl KeysArgs {
                             "operator": operator,
                             "expires_in_secs": expires_in.map(|d| d.as_secs()),
                             "rate_per_second": rate,
+                            "capabilities": capabilities,
                         });
                         remote.post("/v1/keys", &body).await?
                     }
@@ -103,6 +109,7 @@ impl KeysArgs {
                             expires_at,
                             created_by: None,
                             rate_per_second: rate,
+                            capabilities,
                         })?;
                         auth.record(
                             CLI_ACTOR,

@@ -41,6 +41,9 @@ pub(super) struct KeyRequest {
     expires_in_secs: Option<u64>,
     /// Its own limit on submissions per second.
     rate_per_second: Option<f64>,
+    /// For a worker key: the job kinds or backends it may claim work for.
+    #[serde(default)]
+    capabilities: Vec<String>,
 }
 
 /// `201 Created` with the key: its secret is in this answer only.
@@ -85,6 +88,7 @@ async fn create_key(
         expires_at,
         created_by: Some(caller.actor().to_owned()),
         rate_per_second: request.rate_per_second,
+        capabilities: request.capabilities,
     })?;
     state.auth.record(
         caller.actor(),

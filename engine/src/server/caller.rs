@@ -3,14 +3,13 @@
 //! boundary is drawn in one place.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use parking_lot::Mutex;
-use std::sync::Arc;
-
 use work_host_api::{Job, JobId, NewJob};
 
 use super::AppState;

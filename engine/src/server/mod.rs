@@ -192,6 +192,7 @@ impl Server {
                 state.clone(),
                 refuse_while_draining,
             ))
+            .layer(middleware::from_fn(close_after_unread_body))
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
             .with_state(state)
@@ -289,6 +290,33 @@ async fn refuse_while_draining(
         .into_response();
     }
     next.run(request).await
+}
+
+/// A refusal that did not read the request's body (a missing key, a role
+/// too small, a body too large) closes the connection, and says so: the
+/// unread rest of the body is still on its way, so the connection cannot
+/// carry another request, and a client that saw no `Connection: close`
+/// might send its next request on it and lose it.
+async fn close_after_unread_body(request: Request, next: Next) -> Response {
+    let has_body = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .is_some_and(|length| length != "0")
+        || request
+            .headers()
+            .contains_key(axum::http::header::TRANSFER_ENCODING);
+    let mut response = next.run(request).await;
+    let refused_unread = matches!(
+        response.status(),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::PAYLOAD_TOO_LARGE
+    );
+    if has_body && refused_unread {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 async fn unknown_route(request: Request) -> ApiError {

@@ -880,6 +880,8 @@ async fn the_cli_calls_a_server_with_its_api_key() {
             "create",
             "--role",
             "worker",
+            "--capabilities",
+            "tool_call,training",
             "--json",
             "--tenant",
             "cli",
@@ -891,6 +893,8 @@ async fn the_cli_calls_a_server_with_its_api_key() {
     assert_eq!(code, 0, "{err}");
     let made: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(made["tenant"], "cli");
+    assert_eq!(made["role"], "worker");
+    assert_eq!(made["capabilities"], json!(["tool_call", "training"]));
     let (code, out, err) = work_engine(
         elsewhere.path(),
         &["keys", "list", "--server", &served.url],
