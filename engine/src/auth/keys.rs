@@ -163,7 +163,9 @@ fn parse(key: &str) -> Option<&str> {
     (hex_of(id, ID_BYTES) && hex_of(secret, SECRET_BYTES)).then_some(id)
 }
 
-fn check_tenant(tenant: &str) -> Result<(), AuthError> {
+/// A tenant's name, as the engine takes it: 1 to 128 printable
+/// characters.
+pub(crate) fn check_tenant(tenant: &str) -> Result<(), AuthError> {
     if tenant.is_empty() || tenant.len() > 128 || tenant.chars().any(char::is_control) {
         return Err(AuthError::Invalid(
             "a tenant is 1 to 128 printable characters".into(),

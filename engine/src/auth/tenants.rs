@@ -83,8 +83,13 @@ impl AuthStore {
     ///
     /// # Errors
     ///
-    /// [`AuthError::Sqlite`].
+    /// [`AuthError::Invalid`] for a bad tenant name or a quota that means
+    /// nothing ([`Quota::check`]); [`AuthError::Sqlite`].
     pub fn set_tenant_limits(&self, tenant: &str, limits: &TenantLimits) -> Result<(), AuthError> {
+        super::keys::check_tenant(tenant)?;
+        for quota in [&limits.limit, &limits.own] {
+            quota.check().map_err(AuthError::Invalid)?;
+        }
         let text = serde_json::to_string(limits).map_err(std::io::Error::other)?;
         self.conn()?.execute(
             "INSERT INTO tenants (tenant, limits) VALUES (?1, ?2) \

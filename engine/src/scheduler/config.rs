@@ -124,6 +124,28 @@ pub struct Quota {
 }
 
 impl Quota {
+    /// Refuses limits that mean nothing: a negative or non-finite number
+    /// of cores, a rate of 0 or less.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong, to show the one who set it.
+    pub fn check(&self) -> Result<(), String> {
+        if self
+            .max_cpu
+            .is_some_and(|cpu| !cpu.is_finite() || cpu < 0.0)
+        {
+            return Err("max_cpu must be a number of cores >= 0".into());
+        }
+        if self
+            .submits_per_second
+            .is_some_and(|rate| !rate.is_finite() || rate <= 0.0)
+        {
+            return Err("submits_per_second must be a number above 0".into());
+        }
+        Ok(())
+    }
+
     /// Field by field, the tighter of `self` and `other` (a limit beats
     /// none; of two limits, the lower).
     pub fn tighter(&self, other: &Self) -> Self {

@@ -595,6 +595,17 @@ async fn quotas_are_the_tighter_of_the_operators_and_the_tenants_own() {
             "submits_per_second": null, "max_cpu": null, "max_memory_mb": null, "max_gpus": null}}),
         "{own}"
     );
+    // A quota that means nothing is refused, and changes nothing.
+    let (status, refused) = answer(
+        admin
+            .put(served.at("/v1/tenants/q/quota"))
+            .json(&json!({"quota": {"submits_per_second": -1}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     // A tenant admin cannot set its weight, nor anyone else's quota.
     let (status, _) = answer(
         admin
