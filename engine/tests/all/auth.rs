@@ -12,6 +12,11 @@ use work_test_artifacts as guests;
 
 use crate::http::{Served, answer, client_with, create_key, work_engine};
 
+/// Sends `request` and reads its answer.
+async fn ask(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    answer(request.send().await.unwrap()).await
+}
+
 /// What a route needs of a key, as the server's docs promise it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Need {
@@ -150,41 +155,24 @@ async fn every_route_refuses_whoever_may_not_use_it_and_reveals_nothing() {
     // Tenant A: its own tool, a job, a batch, a key.
     let admin_a = key(data.path(), &["--tenant", "tenant-a", "--role", "admin"]);
     let a_http = client_with(Some(&admin_a));
-    let (status, tool) = answer(
-        a_http
-            .post(served.at("/v1/tools"))
-            .header("content-type", "application/wasm")
-            .body(std::fs::read(guests::CALCULATOR).unwrap())
-            .send()
-            .await
-            .unwrap(),
-    )
+    let (status, tool) = ask(a_http
+        .post(served.at("/v1/tools"))
+        .header("content-type", "application/wasm")
+        .body(std::fs::read(guests::CALCULATOR).unwrap()))
     .await;
     assert_eq!(status, StatusCode::CREATED, "{tool}");
     assert_eq!(tool["tenant"], "tenant-a", "{tool}");
-    let (status, job) = answer(
-        a_http
-            .post(served.at("/v1/jobs"))
-            .json(&json!({
-                "kind": "tool_call", "external_id": "a-secret-order",
-                "payload": {"tool": "calculator", "args": {"op": "add", "a": 1, "b": 1}},
-            }))
-            .send()
-            .await
-            .unwrap(),
-    )
+    let (status, job) = ask(a_http.post(served.at("/v1/jobs")).json(&json!({
+        "kind": "tool_call", "external_id": "a-secret-order",
+        "payload": {"tool": "calculator", "args": {"op": "add", "a": 1, "b": 1}},
+    })))
     .await;
     assert_eq!(status, StatusCode::CREATED, "{job}");
     assert_eq!(job["tenant_id"], "tenant-a", "the key's tenant");
-    let (status, batch) = answer(
-        a_http
-            .post(served.at("/v1/jobs/batch"))
-            .json(&json!({"jobs": [{"kind": "tool_call",
-                "payload": {"tool": "calculator", "args": {"op": "add", "a": 2, "b": 2}}}]}))
-            .send()
-            .await
-            .unwrap(),
-    )
+    let (status, batch) = ask(a_http
+        .post(served.at("/v1/jobs/batch"))
+        .json(&json!({"jobs": [{"kind": "tool_call",
+                "payload": {"tool": "calculator", "args": {"op": "add", "a": 2, "b": 2}}}]})))
     .await;
     assert_eq!(status, StatusCode::CREATED, "{batch}");
     let a = TenantA {
@@ -326,14 +314,7 @@ async fn every_route_refuses_whoever_may_not_use_it_and_reveals_nothing() {
     }
 
     // A itself still sees all of it, and B none of it in its own lists.
-    let (status, job) = answer(
-        a_http
-            .get(served.at(&format!("/v1/jobs/{}", a.job)))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, job) = ask(a_http.get(served.at(&format!("/v1/jobs/{}", a.job)))).await;
     assert_eq!(status, StatusCode::OK, "{job}");
     let b_http = client_with(Some(&other_admin));
     for path in [
@@ -425,15 +406,7 @@ async fn revocation_is_immediate_under_concurrent_use() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, revoked) = answer(
-        served
-            .http
-            .delete(served.at(&format!("/v1/keys/{id}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, revoked) = ask(served.http.delete(served.at(&format!("/v1/keys/{id}")))).await;
     assert_eq!(status, StatusCode::OK, "{revoked}");
     let at = Instant::now();
     *revoked_at.lock().unwrap() = Some(at);
@@ -460,12 +433,7 @@ async fn revocation_is_immediate_under_concurrent_use() {
     // the store's CHANGES_SEEN_WITHIN (0.1 s).
     let other = create_key(data.path(), &["--tenant", "busy"]);
     let http = client_with(Some(other["key"].as_str().unwrap()));
-    let status = http
-        .get(served.at("/v1/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let (status, _) = ask(http.get(served.at("/v1/jobs"))).await;
     assert_eq!(status, StatusCode::OK);
     let (code, _, err) = work_engine(
         data.path(),
@@ -474,12 +442,7 @@ async fn revocation_is_immediate_under_concurrent_use() {
     );
     assert_eq!(code, 0, "{err}");
     tokio::time::sleep(work_engine::auth::CHANGES_SEEN_WITHIN + Duration::from_millis(50)).await;
-    let status = http
-        .get(served.at("/v1/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let (status, _) = ask(http.get(served.at("/v1/jobs"))).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
@@ -568,25 +531,15 @@ async fn quotas_are_the_tighter_of_the_operators_and_the_tenants_own() {
         &["--tenant", "q", "--role", "admin"],
     )));
 
-    let (status, set) = answer(
-        served
-            .http
-            .put(served.at("/v1/tenants/q/quota"))
-            .json(&json!({"weight": 3, "quota": {"max_queued": 10, "max_running": 4}}))
-            .send()
-            .await
-            .unwrap(),
-    )
+    let (status, set) = ask(served
+        .http
+        .put(served.at("/v1/tenants/q/quota"))
+        .json(&json!({"weight": 3, "quota": {"max_queued": 10, "max_running": 4}})))
     .await;
     assert_eq!(status, StatusCode::OK, "{set}");
-    let (status, own) = answer(
-        admin
-            .put(served.at("/v1/tenants/q/quota"))
-            .json(&json!({"quota": {"max_queued": 50, "max_running": 2}}))
-            .send()
-            .await
-            .unwrap(),
-    )
+    let (status, own) = ask(admin
+        .put(served.at("/v1/tenants/q/quota"))
+        .json(&json!({"quota": {"max_queued": 50, "max_running": 2}})))
     .await;
     assert_eq!(status, StatusCode::OK, "{own}");
     assert_eq!(
@@ -596,35 +549,18 @@ async fn quotas_are_the_tighter_of_the_operators_and_the_tenants_own() {
         "{own}"
     );
     // A quota that means nothing is refused, and changes nothing.
-    let (status, refused) = answer(
-        admin
-            .put(served.at("/v1/tenants/q/quota"))
-            .json(&json!({"quota": {"submits_per_second": -1}}))
-            .send()
-            .await
-            .unwrap(),
-    )
+    let (status, refused) = ask(admin
+        .put(served.at("/v1/tenants/q/quota"))
+        .json(&json!({"quota": {"submits_per_second": -1}})))
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     // A tenant admin cannot set its weight, nor anyone else's quota.
-    let (status, _) = answer(
-        admin
-            .put(served.at("/v1/tenants/q/quota"))
-            .json(&json!({"weight": 100, "quota": {}}))
-            .send()
-            .await
-            .unwrap(),
-    )
+    let (status, _) = ask(admin
+        .put(served.at("/v1/tenants/q/quota"))
+        .json(&json!({"weight": 100, "quota": {}})))
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = answer(
-        admin
-            .get(served.at("/v1/tenants/other/quota"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = ask(admin.get(served.at("/v1/tenants/other/quota"))).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // Kept across a restart, and enforced: the 11th waiting job is refused.
@@ -673,27 +609,17 @@ async fn tools_are_seen_by_their_tenant_and_shared_ones_by_all() {
     let submit_b = client_with(Some(&key(data.path(), &["--tenant", "b"])));
     let calculator = || std::fs::read(guests::CALCULATOR).unwrap();
     // A tenant may not grant its tool anything of the host.
-    let (status, refused) = answer(
-        admin_a
-            .post(served.at(&format!("/v1/tools?allow_dir={}", grant.display())))
-            .header("content-type", "application/wasm")
-            .body(calculator())
-            .send()
-            .await
-            .unwrap(),
-    )
+    let (status, refused) = ask(admin_a
+        .post(served.at(&format!("/v1/tools?allow_dir={}", grant.display())))
+        .header("content-type", "application/wasm")
+        .body(calculator()))
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
     assert_eq!(refused["code"], "grant_forbidden");
-    let (status, _) = answer(
-        admin_a
-            .post(served.at("/v1/tools"))
-            .header("content-type", "application/wasm")
-            .body(calculator())
-            .send()
-            .await
-            .unwrap(),
-    )
+    let (status, _) = ask(admin_a
+        .post(served.at("/v1/tools"))
+        .header("content-type", "application/wasm")
+        .body(calculator()))
     .await;
     assert_eq!(status, StatusCode::CREATED);
 
@@ -705,9 +631,9 @@ async fn tools_are_seen_by_their_tenant_and_shared_ones_by_all() {
             .map(|t| t["name"].as_str().unwrap().to_owned())
             .collect()
     };
-    let (_, tools) = answer(admin_a.get(served.at("/v1/tools")).send().await.unwrap()).await;
+    let (_, tools) = ask(admin_a.get(served.at("/v1/tools"))).await;
     assert_eq!(names(tools), ["calculator", "text_stats"]);
-    let (_, tools) = answer(submit_b.get(served.at("/v1/tools")).send().await.unwrap()).await;
+    let (_, tools) = ask(submit_b.get(served.at("/v1/tools"))).await;
     assert_eq!(names(tools), ["text_stats"]);
 
     let call = |http: &reqwest::Client| {
@@ -722,16 +648,11 @@ async fn tools_are_seen_by_their_tenant_and_shared_ones_by_all() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     assert_eq!(refused["code"], "unknown_tool");
     // B cannot remove A's tool, nor the shared one.
-    let (status, _) = answer(
-        client_with(Some(&key(
-            data.path(),
-            &["--tenant", "b", "--role", "admin"],
-        )))
-        .delete(served.at("/v1/tools/text_stats"))
-        .send()
-        .await
-        .unwrap(),
-    )
+    let (status, _) = ask(client_with(Some(&key(
+        data.path(),
+        &["--tenant", "b", "--role", "admin"],
+    )))
+    .delete(served.at("/v1/tools/text_stats")))
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
@@ -744,26 +665,14 @@ async fn the_audit_trail_names_who_changed_what() {
     let created = create_key(data.path(), &["--tenant", "audited", "--role", "admin"]);
     let admin = client_with(Some(created["key"].as_str().unwrap()));
     let key_id = created["id"].as_str().unwrap();
-    let (status, job) = answer(
-        admin
-            .post(served.at("/v1/tools/calculator/call"))
-            .json(&json!({"args": {"op": "add", "a": 1, "b": 1}}))
-            .send()
-            .await
-            .unwrap(),
-    )
+    let (status, job) = ask(admin
+        .post(served.at("/v1/tools/calculator/call"))
+        .json(&json!({"args": {"op": "add", "a": 1, "b": 1}})))
     .await;
     assert_eq!(status, StatusCode::OK, "{job}");
     let id = job["id"].as_str().unwrap();
 
-    let (status, trail) = answer(
-        admin
-            .get(served.at(&format!("/v1/jobs/{id}/audit")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, trail) = ask(admin.get(served.at(&format!("/v1/jobs/{id}/audit")))).await;
     assert_eq!(status, StatusCode::OK, "{trail}");
     let steps: Vec<(&str, &str)> = trail["entries"]
         .as_array()
@@ -782,7 +691,7 @@ async fn the_audit_trail_names_who_changed_what() {
 
     // The tenant's trail: its key's creation (on the command line) and its
     // job; the operator's own registration is not the tenant's.
-    let (_, trail) = answer(admin.get(served.at("/v1/audit")).send().await.unwrap()).await;
+    let (_, trail) = ask(admin.get(served.at("/v1/audit"))).await;
     let actions: Vec<&str> = trail["entries"]
         .as_array()
         .unwrap()
