@@ -314,6 +314,11 @@ impl QuotaArgs {
     }
 }
 
+/// `text` as one segment of a URL's path.
 fn urlencode(text: &str) -> String {
-    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+    // Form encoding, but a space is `%20` in a path (form encoding writes
+    // `+`, and writes a real `+` as `%2B`).
+    form_urlencoded::byte_serialize(text.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }

@@ -583,6 +583,28 @@ async fn quotas_are_the_tighter_of_the_operators_and_the_tenants_own() {
     }
     assert_eq!(statuses[..10], [StatusCode::CREATED; 10]);
     assert_eq!(statuses[10], StatusCode::TOO_MANY_REQUESTS);
+
+    // The CLI, through the server, for a tenant whose name has a space.
+    let (code, out, err) = work_engine(
+        data.path(),
+        &[
+            "quota",
+            "q two",
+            "--max-queued",
+            "3",
+            "--json",
+            "--server",
+            &served.url,
+        ],
+        &[(
+            "WORK_ENGINE_API_KEY",
+            served.operator_key.as_deref().unwrap(),
+        )],
+    );
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["tenant"], "q two", "{shown}");
+    assert_eq!(shown["effective"]["quota"]["max_queued"], 3, "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
