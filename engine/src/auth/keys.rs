@@ -14,6 +14,9 @@ use sha2::Sha256;
 
 use super::{AuthError, AuthStore, Identity, Role, audit, now_text};
 
+/// The audit trail's actor for a command on the data directory.
+pub const CLI_ACTOR: &str = "cli";
+
 /// What every key starts with: a scanner can find leaked keys by it.
 pub const KEY_PREFIX: &str = "wk_live_";
 const ID_BYTES: usize = 8;
@@ -31,7 +34,8 @@ pub struct NewKey {
     pub role: Role,
     /// When it stops working, if ever.
     pub expires_at: Option<DateTime<Utc>>,
-    /// The key id that created it (`None`: the command line).
+    /// The key id that created it (`None`: the command line; the audit
+    /// trail names `cli`).
     pub created_by: Option<String>,
     /// Its own limit on submissions per second.
     pub rate_per_second: Option<f64>,
@@ -51,6 +55,20 @@ impl NewKey {
             rate_per_second: None,
             capabilities: Vec::new(),
         }
+    }
+
+    /// This key, expiring `ttl` from now.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Invalid`] when that is past the last time there is.
+    pub fn expiring_in(mut self, ttl: Duration) -> Result<Self, AuthError> {
+        let expires_at = chrono::Duration::from_std(ttl)
+            .ok()
+            .and_then(|ttl| Utc::now().checked_add_signed(ttl))
+            .ok_or_else(|| AuthError::Invalid(format!("an expiry {ttl:?} away is too far")))?;
+        self.expires_at = Some(expires_at);
+        Ok(self)
     }
 
     /// The operator's key: an admin of every tenant.
@@ -187,7 +205,8 @@ impl AuthStore {
         mac.finalize().into_bytes().to_vec()
     }
 
-    /// Makes a key. Its secret is in the answer and nowhere else.
+    /// Makes a key, and records it in the audit trail. Its secret is in
+    /// the answer and nowhere else.
     ///
     /// # Errors
     ///
@@ -253,6 +272,13 @@ impl AuthStore {
                 info.capabilities.join(","),
             ],
         )?;
+        self.record(
+            info.created_by.as_deref().unwrap_or(CLI_ACTOR),
+            info.tenant.as_deref(),
+            "key.created",
+            Some(&id),
+            serde_json::json!({ "role": info.role, "operator": info.operator }),
+        );
         Ok(CreatedKey { id, key, info })
     }
 
@@ -322,20 +348,36 @@ impl AuthStore {
     }
 
     /// Revokes the key `id` of `tenant` (any key for `None`): its next use
-    /// is refused. Revoking a revoked key changes nothing.
+    /// is refused. Records that `actor` did. Revoking a revoked key
+    /// changes nothing.
     ///
     /// # Errors
     ///
     /// [`AuthError::NotFound`] when there is no such key for `tenant`.
-    pub fn revoke_key(&self, id: &str, tenant: Option<&str>) -> Result<KeyInfo, AuthError> {
+    pub fn revoke_key(
+        &self,
+        id: &str,
+        tenant: Option<&str>,
+        actor: &str,
+    ) -> Result<KeyInfo, AuthError> {
         self.conn()?.execute(
             "UPDATE keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL \
              AND (?3 IS NULL OR tenant = ?3)",
             params![id, now_text(), tenant],
         )?;
         self.forget(Some(id));
-        self.key(id, tenant)?
-            .ok_or_else(|| AuthError::NotFound(id.to_owned()))
+        let revoked = self
+            .key(id, tenant)?
+            .ok_or_else(|| AuthError::NotFound(id.to_owned()))?;
+        let tenant = revoked.tenant.as_deref();
+        self.record(
+            actor,
+            tenant,
+            "key.revoked",
+            Some(id),
+            serde_json::Value::Null,
+        );
+        Ok(revoked)
     }
 
     /// Who `key` belongs to, if it is valid now.

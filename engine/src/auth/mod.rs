@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use crate::group_queue::GroupQueue;
 
 pub use audit::{AuditEntry, AuditPage, AuditQuery, acting_as};
-pub use keys::{CreatedKey, KeyInfo, NewKey};
-pub use tenants::TenantLimits;
+pub use keys::{CLI_ACTOR, CreatedKey, KeyInfo, NewKey};
+pub use tenants::{TenantLimits, TenantQuota};
 
 /// What a key may do. Each role includes nothing of the others except
 /// that an admin may also do what a submitter does.

@@ -29,7 +29,30 @@ pub struct TenantLimits {
     pub own: Quota,
 }
 
+/// A tenant's limits as shown: what is set and what is enforced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct TenantQuota {
+    /// The tenant.
+    pub tenant: String,
+    /// What is set.
+    #[serde(flatten)]
+    pub limits: TenantLimits,
+    /// What the scheduler enforces: the weight and, field by field, the
+    /// tighter of `limit` and `own`.
+    #[cfg_attr(feature = "server", schema(value_type = Object))]
+    pub effective: TenantConfig,
+}
+
 impl TenantLimits {
+    /// Sets the operator's quota, and the weight when one is given.
+    pub fn set_limit(&mut self, quota: Quota, weight: Option<u32>) {
+        self.limit = quota;
+        if weight.is_some() {
+            self.weight = weight;
+        }
+    }
+
     /// What the scheduler enforces: the weight, and the tighter of the two
     /// quotas.
     pub fn effective(&self) -> TenantConfig {
@@ -60,6 +83,20 @@ impl AuthStore {
             .unwrap_or_default())
     }
 
+    /// `tenant`'s limits as shown.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Sqlite`].
+    pub fn tenant_quota(&self, tenant: &str) -> Result<TenantQuota, AuthError> {
+        let limits = self.tenant_limits(tenant)?;
+        Ok(TenantQuota {
+            tenant: tenant.to_owned(),
+            effective: limits.effective(),
+            limits,
+        })
+    }
+
     /// Every tenant with something set.
     ///
     /// # Errors
@@ -79,23 +116,35 @@ impl AuthStore {
         Ok(all)
     }
 
-    /// Keeps `limits` for `tenant`.
+    /// Keeps `limits` for `tenant`, and records that `actor` set them;
+    /// answers them as shown.
     ///
     /// # Errors
     ///
     /// [`AuthError::Invalid`] for a bad tenant name or a quota that means
     /// nothing ([`Quota::check`]); [`AuthError::Sqlite`].
-    pub fn set_tenant_limits(&self, tenant: &str, limits: &TenantLimits) -> Result<(), AuthError> {
+    pub fn set_tenant_limits(
+        &self,
+        tenant: &str,
+        limits: TenantLimits,
+        actor: &str,
+    ) -> Result<TenantQuota, AuthError> {
         super::keys::check_tenant(tenant)?;
         for quota in [&limits.limit, &limits.own] {
             quota.check().map_err(AuthError::Invalid)?;
         }
-        let text = serde_json::to_string(limits).map_err(std::io::Error::other)?;
+        let text = serde_json::to_string(&limits).map_err(std::io::Error::other)?;
         self.conn()?.execute(
             "INSERT INTO tenants (tenant, limits) VALUES (?1, ?2) \
              ON CONFLICT (tenant) DO UPDATE SET limits = excluded.limits",
             params![tenant, text],
         )?;
-        Ok(())
+        let detail = serde_json::to_value(&limits).unwrap_or_default();
+        self.record(actor, Some(tenant), "quota.set", Some(tenant), detail);
+        Ok(TenantQuota {
+            tenant: tenant.to_owned(),
+            effective: limits.effective(),
+            limits,
+        })
     }
 }

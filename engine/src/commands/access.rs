@@ -10,11 +10,8 @@ use serde_json::{Value, json};
 
 use super::remote::{Remote, query_string};
 use super::{outln, print_json};
-use crate::auth::{AuthStore, NewKey, Role};
+use crate::auth::{AuthStore, CLI_ACTOR, NewKey, Role};
 use crate::scheduler::Quota;
-
-/// On the command line, the audit trail names this actor.
-const CLI_ACTOR: &str = "cli";
 
 fn open_auth(data_dir: &Path) -> anyhow::Result<AuthStore> {
     AuthStore::open(data_dir)
@@ -97,28 +94,18 @@ impl KeysArgs {
                         remote.post("/v1/keys", &body).await?
                     }
                     None => {
-                        let auth = open_auth(data_dir)?;
-                        let expires_at = expires_in
-                            .map(|d| chrono::Duration::from_std(*d))
-                            .transpose()
-                            .context("--expires-in is too long")?
-                            .map(|ttl| chrono::Utc::now() + ttl);
-                        let created = auth.create_key(NewKey {
+                        let mut new = NewKey {
                             tenant,
                             role,
-                            expires_at,
+                            expires_at: None,
                             created_by: None,
                             rate_per_second: rate,
                             capabilities,
-                        })?;
-                        auth.record(
-                            CLI_ACTOR,
-                            created.info.tenant.as_deref(),
-                            "key.created",
-                            Some(&created.id),
-                            json!({ "role": role, "operator": created.info.operator }),
-                        );
-                        serde_json::to_value(created)?
+                        };
+                        if let Some(ttl) = expires_in {
+                            new = new.expiring_in(*ttl)?;
+                        }
+                        serde_json::to_value(open_auth(data_dir)?.create_key(new)?)?
                     }
                 };
                 if !self.json {
@@ -152,18 +139,9 @@ impl KeysArgs {
             KeysAction::Revoke { id } => {
                 let revoked = match server {
                     Some(remote) => remote.delete(&format!("/v1/keys/{id}")).await?,
-                    None => {
-                        let auth = open_auth(data_dir)?;
-                        let revoked = auth.revoke_key(&id, None)?;
-                        auth.record(
-                            CLI_ACTOR,
-                            revoked.tenant.as_deref(),
-                            "key.revoked",
-                            Some(&id),
-                            Value::Null,
-                        );
-                        serde_json::to_value(revoked)?
-                    }
+                    None => serde_json::to_value(
+                        open_auth(data_dir)?.revoke_key(&id, None, CLI_ACTOR)?,
+                    )?,
                 };
                 if !self.json {
                     outln!("revoked key {id}");
@@ -280,25 +258,15 @@ impl QuotaArgs {
                 // On the data directory: the operator's limit, applied by
                 // `serve` when it next starts.
                 let auth = open_auth(data_dir)?;
-                let mut limits = auth.tenant_limits(&self.tenant)?;
-                if let Some(quota) = quota {
-                    limits.limit = quota;
-                    if self.quota.weight.is_some() {
-                        limits.weight = self.quota.weight;
+                let shown = match quota {
+                    Some(quota) => {
+                        let mut limits = auth.tenant_limits(&self.tenant)?;
+                        limits.set_limit(quota, self.quota.weight);
+                        auth.set_tenant_limits(&self.tenant, limits, CLI_ACTOR)?
                     }
-                    auth.set_tenant_limits(&self.tenant, &limits)?;
-                    auth.record(
-                        CLI_ACTOR,
-                        Some(&self.tenant),
-                        "quota.set",
-                        Some(&self.tenant),
-                        serde_json::to_value(&limits)?,
-                    );
-                }
-                let mut value = serde_json::to_value(&limits)?;
-                value["tenant"] = json!(self.tenant);
-                value["effective"] = serde_json::to_value(limits.effective())?;
-                value
+                    None => auth.tenant_quota(&self.tenant)?,
+                };
+                serde_json::to_value(shown)?
             }
         };
         if self.json {

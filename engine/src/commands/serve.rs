@@ -169,13 +169,6 @@ impl ServeArgs {
         );
         if config.require_keys && !auth.has_keys()? {
             let created = auth.create_key(NewKey::operator())?;
-            auth.record(
-                "cli",
-                None,
-                "key.created",
-                Some(&created.id),
-                serde_json::json!({ "role": "admin", "operator": true, "bootstrap": true }),
-            );
             errln!(
                 "created the operator's API key (shown this once; keep it safe):\n\n    {}\n",
                 created.key

@@ -2,11 +2,12 @@
 //! `/v1/jobs/{id}/audit`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use work_host_api::JobId;
@@ -14,8 +15,8 @@ use work_host_api::JobId;
 use super::caller::{Admin, Need, Submitter};
 use super::problem::{ApiError, JsonBody, PathParams, QueryParams, Refused};
 use super::{AppState, located};
-use crate::auth::{AuditPage, AuditQuery, CreatedKey, KeyInfo, NewKey, Role, TenantLimits};
-use crate::scheduler::{Quota, TenantConfig};
+use crate::auth::{AuditPage, AuditQuery, CreatedKey, KeyInfo, NewKey, Role, TenantQuota};
+use crate::scheduler::Quota;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -72,31 +73,18 @@ async fn create_key(
     } else {
         Some(caller.tenant(request.tenant.as_deref())?)
     };
-    let expires_at = match request.expires_in_secs {
-        Some(secs) => Some(
-            chrono::Duration::try_seconds(i64::try_from(secs).unwrap_or(i64::MAX))
-                .and_then(|ttl| chrono::Utc::now().checked_add_signed(ttl))
-                .ok_or_else(|| {
-                    ApiError::bad_request("invalid_key_request", "expires_in_secs is too large")
-                })?,
-        ),
-        None => None,
-    };
-    let created = state.auth.create_key(NewKey {
+    let mut new = NewKey {
         tenant,
         role: request.role,
-        expires_at,
+        expires_at: None,
         created_by: Some(caller.actor().to_owned()),
         rate_per_second: request.rate_per_second,
         capabilities: request.capabilities,
-    })?;
-    state.auth.record(
-        caller.actor(),
-        created.info.tenant.as_deref(),
-        "key.created",
-        Some(&created.id),
-        serde_json::json!({ "role": created.info.role, "operator": created.info.operator }),
-    );
+    };
+    if let Some(secs) = request.expires_in_secs {
+        new = new.expiring_in(Duration::from_secs(secs))?;
+    }
+    let created = state.auth.create_key(new)?;
     Ok(located(
         StatusCode::CREATED,
         format!("/v1/keys/{}", created.id),
@@ -148,40 +136,10 @@ async fn revoke_key(
     Admin(caller): Admin,
     PathParams(id): PathParams<String>,
 ) -> Result<axum::Json<KeyInfo>, ApiError> {
-    let revoked = state.auth.revoke_key(&id, caller.own_tenant())?;
-    state.auth.record(
-        caller.actor(),
-        revoked.tenant.as_deref(),
-        "key.revoked",
-        Some(&id),
-        serde_json::Value::Null,
-    );
+    let revoked = state
+        .auth
+        .revoke_key(&id, caller.own_tenant(), caller.actor())?;
     Ok(axum::Json(revoked))
-}
-
-/// A tenant's weight and quotas: what the operator set, what its admins
-/// set, and what the scheduler enforces.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(super) struct TenantQuota {
-    /// The tenant.
-    tenant: String,
-    /// What is set.
-    #[serde(flatten)]
-    limits: TenantLimits,
-    /// What the scheduler enforces: the weight and, field by field, the
-    /// tighter of `limit` and `own`.
-    #[schema(value_type = Object)]
-    effective: TenantConfig,
-}
-
-/// A tenant admin's or the operator's own view of one tenant.
-fn tenant_quota(state: &AppState, tenant: String) -> Result<TenantQuota, ApiError> {
-    let limits = state.auth.tenant_limits(&tenant)?;
-    Ok(TenantQuota {
-        effective: limits.effective(),
-        tenant,
-        limits,
-    })
 }
 
 #[utoipa::path(
@@ -198,7 +156,7 @@ async fn get_quota(
     PathParams(tenant): PathParams<String>,
 ) -> Result<axum::Json<TenantQuota>, ApiError> {
     let tenant = caller.tenant(Some(&tenant))?;
-    Ok(axum::Json(tenant_quota(&state, tenant)?))
+    Ok(axum::Json(state.auth.tenant_quota(&tenant)?))
 }
 
 /// A quota to set.
@@ -234,10 +192,7 @@ async fn set_quota(
     let tenant = caller.tenant(Some(&tenant))?;
     let mut limits = state.auth.tenant_limits(&tenant)?;
     if caller.is_operator() {
-        limits.limit = request.quota;
-        if request.weight.is_some() {
-            limits.weight = request.weight;
-        }
+        limits.set_limit(request.quota, request.weight);
     } else if request.weight.is_some() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -247,16 +202,11 @@ async fn set_quota(
     } else {
         limits.own = request.quota;
     }
-    state.auth.set_tenant_limits(&tenant, &limits)?;
-    state.engine.set_tenant(&tenant, limits.effective());
-    state.auth.record(
-        caller.actor(),
-        Some(&tenant),
-        "quota.set",
-        Some(&tenant),
-        serde_json::to_value(&limits).unwrap_or_default(),
-    );
-    Ok(axum::Json(tenant_quota(&state, tenant)?))
+    let set = state
+        .auth
+        .set_tenant_limits(&tenant, limits, caller.actor())?;
+    state.engine.set_tenant(&tenant, set.effective.clone());
+    Ok(axum::Json(set))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -812,6 +812,22 @@ async fn the_cli_calls_a_server_with_its_api_key() {
     assert_eq!(code, 1);
     assert!(err.contains("tenant_mismatch"), "{err}");
 
+    // An expiry past the end of time is a clear error, not a crash.
+    let (code, _, err) = work_engine(
+        data.path(),
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "cli",
+            "--expires-in",
+            "300000years",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("too far"), "{err}");
+
     // Keys through the server: an admin makes and revokes its tenant's.
     let admin = key(data.path(), &["--tenant", "cli", "--role", "admin"]);
     let with_admin = [("WORK_ENGINE_API_KEY", admin.as_str())];
