@@ -57,6 +57,7 @@ pub mod scheduler;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;
+mod token_bucket;
 mod tool_host;
 
 pub use error::{Error, Result, Violation};

@@ -25,6 +25,7 @@ use super::stats::{
     Histogram, LevelStats, ResourceStats, Stats, StatusCounts, Summary, TenantStats,
 };
 use crate::id_map::{IdMap, NameMap};
+use crate::token_bucket::TokenBucket;
 
 /// Samples kept for wait/run summaries and throughput.
 const SAMPLES: usize = 4096;
@@ -181,38 +182,6 @@ impl Tenant {
             gpus: 0,
             bucket,
             counts: [StatusCounts::default(); 4],
-        }
-    }
-}
-
-struct TokenBucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: f64, now: Instant) -> Self {
-        Self {
-            rate,
-            tokens: rate.max(1.0),
-            last: now,
-        }
-    }
-
-    /// Takes `n` tokens, or says how long until there are enough.
-    fn take(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
-        let burst = self.rate.max(1.0);
-        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(burst);
-        self.last = now;
-        if self.tokens >= n {
-            self.tokens -= n;
-            Ok(())
-        } else if n > burst || self.rate <= 0.0 {
-            Err(Duration::from_secs(3600))
-        } else {
-            Err(Duration::from_secs_f64((n - self.tokens) / self.rate))
         }
     }
 }

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -17,6 +16,7 @@ use super::problem::ApiError;
 use crate::auth::{Identity, Role};
 use crate::registry::ToolScope;
 use crate::scheduler::EngineError;
+use crate::token_bucket::TokenBucket;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,43 +220,30 @@ authorized! {
     Operator => Need::Operator;
 }
 
-/// Token buckets for keys with a rate of their own: each holds up to one
-/// second's worth (at least one submission).
+/// A token bucket for each key with a rate of its own (the scheduler's
+/// [`TokenBucket`], as for a tenant's rate).
 #[derive(Debug, Default)]
 pub(super) struct KeyRates {
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
 }
 
 impl KeyRates {
     fn spend(&self, key: &str, rate: f64, jobs: f64) -> Result<(), ApiError> {
-        let now = Instant::now();
-        let burst = rate.max(1.0);
+        let now = tokio::time::Instant::now();
         let mut buckets = self.buckets.lock();
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        bucket.tokens =
-            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
-        bucket.at = now;
-        // A batch larger than the bucket goes through when it is full, and
-        // leaves it in debt.
-        if bucket.tokens >= jobs.min(burst) {
-            bucket.tokens -= jobs;
-            return Ok(());
-        }
-        let wait = (jobs.min(burst) - bucket.tokens) / rate;
-        Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("this key may submit {rate} jobs per second; try again in {wait:.2} s"),
-        )
-        .retry_after(wait.ceil() as u64))
+        let bucket = buckets
+            .entry(key.to_owned())
+            .or_insert_with(|| TokenBucket::new(rate, now));
+        bucket.take(jobs, now).map_err(|wait| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "this key may submit {rate} jobs per second; try again in {:.2} s",
+                    wait.as_secs_f64()
+                ),
+            )
+            .retry_after(wait.as_secs_f64().ceil() as u64)
+        })
     }
 }
