@@ -14,7 +14,7 @@ use work_host_api::JobId;
 
 use super::caller::{Admin, Need, Submitter};
 use super::problem::{ApiError, JsonBody, PathParams, QueryParams, Refused};
-use super::{AppState, located};
+use super::{AppState, blocking, located};
 use crate::auth::{AuditPage, AuditQuery, CreatedKey, KeyInfo, NewKey, Role, TenantQuota};
 use crate::scheduler::Quota;
 
@@ -115,10 +115,7 @@ async fn list_keys(
     Admin(caller): Admin,
     QueryParams(filter): QueryParams<TenantFilter>,
 ) -> Result<axum::Json<Vec<KeyInfo>>, ApiError> {
-    let tenant = match (caller.is_operator(), filter.tenant) {
-        (true, tenant) => tenant,
-        (false, requested) => Some(caller.tenant(requested.as_deref())?),
-    };
+    let tenant = caller.narrowed_to(filter.tenant.as_deref())?;
     Ok(axum::Json(state.auth.list_keys(tenant.as_deref())?))
 }
 
@@ -239,12 +236,8 @@ async fn audit(
     Admin(caller): Admin,
     QueryParams(params): QueryParams<AuditParams>,
 ) -> Result<axum::Json<AuditPage>, ApiError> {
-    let tenant = match (caller.is_operator(), params.tenant) {
-        (true, tenant) => tenant,
-        (false, requested) => Some(caller.tenant(requested.as_deref())?),
-    };
     let query = AuditQuery {
-        tenant,
+        tenant: caller.narrowed_to(params.tenant.as_deref())?,
         target: params.target,
         cursor: params.cursor,
         limit: super::jobs::page_limit(params.limit)?,
@@ -290,14 +283,5 @@ async fn job_audit(
 /// Reads off the async threads: a read first waits for the writer.
 async fn read_audit(state: AppState, query: AuditQuery) -> Result<axum::Json<AuditPage>, ApiError> {
     let auth = Arc::clone(&state.auth);
-    let page = tokio::task::spawn_blocking(move || auth.audit(&query))
-        .await
-        .map_err(|err| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("audit read failed: {err}"),
-            )
-        })??;
-    Ok(axum::Json(page))
+    Ok(axum::Json(blocking(move || auth.audit(&query)).await?))
 }

@@ -105,6 +105,16 @@ impl Caller {
         }
     }
 
+    /// The tenant a listing is narrowed to: the caller's own (naming
+    /// another is refused), or, for one who acts for all, the one named, or
+    /// none (every tenant's).
+    pub(super) fn narrowed_to(&self, requested: Option<&str>) -> Result<Option<String>, ApiError> {
+        match (self.is_operator(), requested) {
+            (true, requested) => Ok(requested.map(str::to_owned)),
+            (false, requested) => self.tenant(requested).map(Some),
+        }
+    }
+
     /// Fills in (or checks) the tenant of a job the caller submits.
     pub(super) fn own_job(&self, job: &mut NewJob) -> Result<(), ApiError> {
         let requested = (!job.tenant_id.is_empty()).then_some(job.tenant_id.as_str());

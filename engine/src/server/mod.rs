@@ -350,6 +350,22 @@ fn located(status: StatusCode, location: String, body: impl serde::Serialize) ->
         .into_response()
 }
 
+/// Runs file work (the registry, the audit trail) off the async threads.
+async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("a blocking task failed: {err}"),
+            )
+        })?
+        .map_err(Into::into)
+}
+
 /// A handler that panicked: a bug, answered as one, never a dropped
 /// connection.
 fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

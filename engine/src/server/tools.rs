@@ -13,7 +13,7 @@ use work_host_api::{CompactString, Job, NewJob, Priority, Resources};
 
 use super::caller::{Admin, Submitter};
 use super::problem::{ApiError, JsonBody, PathParams, QueryParams, Refused, body_rejection};
-use super::{AppState, ServerConfig, located};
+use super::{AppState, ServerConfig, blocking, located};
 use crate::auth::acting_as;
 use crate::registry::{DeclarationFormat, ToolManifest};
 use crate::runtime::{DirGrant, Grants};
@@ -25,22 +25,6 @@ pub(super) fn routes(config: &ServerConfig) -> OpenApiRouter<AppState> {
         .routes((schemas, paths, upload))
         .routes(routes!(show, remove))
         .routes(routes!(call))
-}
-
-/// Runs the registry's file work off the async threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> crate::Result<T> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("registry task failed: {err}"),
-            )
-        })?
-        .map_err(ApiError::from)
 }
 
 /// `POST /v1/tools?allow_dir=HOST[:GUEST][:rw]&allow_env=NAME`: the
