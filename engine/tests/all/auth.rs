@@ -497,21 +497,7 @@ async fn rate_limits_per_key_and_per_tenant_answer_429_and_recover() {
 
     // The tenant's rate, set by the operator through the CLI: every key of
     // the tenant shares it.
-    let (code, _, err) = work_engine(
-        data.path(),
-        &[
-            "quota",
-            "capped",
-            "--submits-per-second",
-            "1",
-            "--server",
-            &served.url,
-        ],
-        &[(
-            "WORK_ENGINE_API_KEY",
-            served.operator_key.as_deref().unwrap(),
-        )],
-    );
+    let (code, _, err) = served.cli(&["quota", "capped", "--submits-per-second", "1"]);
     assert_eq!(code, 0, "{err}");
     let first = client_with(Some(&key(data.path(), &["--tenant", "capped"])));
     let second = client_with(Some(&key(data.path(), &["--tenant", "capped"])));
@@ -585,22 +571,7 @@ async fn quotas_are_the_tighter_of_the_operators_and_the_tenants_own() {
     assert_eq!(statuses[10], StatusCode::TOO_MANY_REQUESTS);
 
     // The CLI, through the server, for a tenant whose name has a space.
-    let (code, out, err) = work_engine(
-        data.path(),
-        &[
-            "quota",
-            "q two",
-            "--max-queued",
-            "3",
-            "--json",
-            "--server",
-            &served.url,
-        ],
-        &[(
-            "WORK_ENGINE_API_KEY",
-            served.operator_key.as_deref().unwrap(),
-        )],
-    );
+    let (code, out, err) = served.cli(&["quota", "q two", "--max-queued", "3", "--json"]);
     assert_eq!(code, 0, "{err}");
     let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["tenant"], "q two", "{shown}");

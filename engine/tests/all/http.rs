@@ -130,6 +130,17 @@ impl Served {
         }
     }
 
+    /// The `work-engine` binary with `args`, through this server, with the
+    /// operator's key (and no data directory to fall back on).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let key = self.operator_key.as_deref().unwrap_or_default();
+        work_engine(
+            Path::new("/nonexistent/work-engine-data"),
+            args,
+            &[("WORK_ENGINE_URL", &self.url), ("WORK_ENGINE_API_KEY", key)],
+        )
+    }
+
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }
@@ -1048,131 +1059,94 @@ async fn sigterm_refuses_new_work_and_lets_running_jobs_finish() {
     drop(watching);
 }
 
-/// The `work-engine` binary with `args`, through `server`.
-fn cli(server: &Served, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_work-engine"))
-        .args(args)
-        .env("WORK_ENGINE_URL", &server.url)
-        .env(
-            "WORK_ENGINE_API_KEY",
-            server.operator_key.as_deref().unwrap_or_default(),
-        )
-        .env("WORK_ENGINE_DATA_DIR", "/nonexistent/work-engine-data")
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_speaks_to_a_server() {
     let data = TempDir::new().unwrap();
     let server = Served::start(data.path(), &[]);
-    let (code, out, err) = cli(&server, &["register", guests::CALCULATOR]);
+    let (code, out, err) = server.cli(&["register", guests::CALCULATOR]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("registered calculator@0.1.0"), "{out}");
-    let (_, out, _) = cli(&server, &["tools"]);
+    let (_, out, _) = server.cli(&["tools"]);
     assert!(out.starts_with("calculator@0.1.0"), "{out}");
-    let (_, out, _) = cli(&server, &["tools", "show", "calculator"]);
+    let (_, out, _) = server.cli(&["tools", "show", "calculator"]);
     assert!(out.contains("parameters:"), "{out}");
 
-    let (code, out, _) = cli(
-        &server,
-        &[
-            "call",
-            "calculator",
-            "--args",
-            r#"{"op": "mul", "a": 6, "b": 7}"#,
-        ],
-    );
+    let (code, out, _) = server.cli(&[
+        "call",
+        "calculator",
+        "--args",
+        r#"{"op": "mul", "a": 6, "b": 7}"#,
+    ]);
     assert_eq!((code, out.trim()), (0, "42.0"));
-    let (code, _, err) = cli(
-        &server,
-        &[
-            "call",
-            "calculator",
-            "--args",
-            r#"{"op": "div", "a": 1, "b": 0}"#,
-        ],
-    );
+    let (code, _, err) = server.cli(&[
+        "call",
+        "calculator",
+        "--args",
+        r#"{"op": "div", "a": 1, "b": 0}"#,
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("division by zero"), "{err}");
-    let (code, _, err) = cli(
-        &server,
-        &["call", "calculator", "--args", r#"{"op": "add"}"#],
-    );
+    let (code, _, err) = server.cli(&["call", "calculator", "--args", r#"{"op": "add"}"#]);
     assert_eq!(code, 1);
     assert!(err.contains("invalid_args"), "{err}");
 
-    let (code, out, err) = cli(
-        &server,
-        &[
-            "submit",
-            "--tool",
-            "calculator",
-            "--args",
-            r#"{"op": "add", "a": 1, "b": 2}"#,
-            "--tenant",
-            "acme",
-            "--wait",
-            "--json",
-        ],
-    );
+    let (code, out, err) = server.cli(&[
+        "submit",
+        "--tool",
+        "calculator",
+        "--args",
+        r#"{"op": "add", "a": 1, "b": 2}"#,
+        "--tenant",
+        "acme",
+        "--wait",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let job: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(job["result"], 3.0);
     let id = job["id"].as_str().unwrap();
-    let (_, out, _) = cli(&server, &["jobs", "get", id]);
+    let (_, out, _) = server.cli(&["jobs", "get", id]);
     assert!(
         out.contains("succeeded") && out.contains("result 3.0"),
         "{out}"
     );
-    let (_, out, _) = cli(&server, &["jobs", "list", "--tenant", "acme"]);
+    let (_, out, _) = server.cli(&["jobs", "list", "--tenant", "acme"]);
     assert_eq!(out.lines().count(), 1, "{out}");
-    let (code, _, _) = cli(&server, &["jobs", "wait", id]);
+    let (code, _, _) = server.cli(&["jobs", "wait", id]);
     assert_eq!(code, 0);
 
-    let (_, out, _) = cli(
-        &server,
-        &[
-            "submit",
-            "--tool",
-            "calculator",
-            "--args",
-            r#"{"op": "div", "a": 1, "b": 0}"#,
-            "--json",
-        ],
-    );
+    let (_, out, _) = server.cli(&[
+        "submit",
+        "--tool",
+        "calculator",
+        "--args",
+        r#"{"op": "div", "a": 1, "b": 0}"#,
+        "--json",
+    ]);
     let failed: Value = serde_json::from_str(&out).unwrap();
     let failed = failed["id"].as_str().unwrap();
-    let (code, _, _) = cli(&server, &["jobs", "wait", failed]);
+    let (code, _, _) = server.cli(&["jobs", "wait", failed]);
     assert_eq!(code, 1, "a failed job exits non-zero");
-    let (_, out, _) = cli(&server, &["dlq", "list"]);
+    let (_, out, _) = server.cli(&["dlq", "list"]);
     assert!(out.starts_with(failed), "{out}");
-    let (code, out, err) = cli(&server, &["dlq", "retry", failed]);
+    let (code, out, err) = server.cli(&["dlq", "retry", failed]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("queued") || out.contains("running") || out.contains("failed"),
         "{out}"
     );
 
-    let (_, out, _) = cli(
-        &server,
-        &[
-            "submit",
-            "--tool",
-            "calculator",
-            "--args",
-            r#"{"op": "add", "a": 1, "b": 2}"#,
-            "--tenant",
-            "acme",
-        ],
-    );
+    let (_, out, _) = server.cli(&[
+        "submit",
+        "--tool",
+        "calculator",
+        "--args",
+        r#"{"op": "add", "a": 1, "b": 2}"#,
+        "--tenant",
+        "acme",
+    ]);
     assert!(out.contains("tenant acme"), "{out}");
-    let (code, out, _) = cli(&server, &["stats"]);
+    let (code, out, _) = server.cli(&["stats"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("jobs:"), "{out}");
 
