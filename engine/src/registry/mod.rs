@@ -337,14 +337,20 @@ impl Registry {
         if !dir.exists() {
             return Ok(Vec::new());
         }
+        let mut manifests = self.manifests_in(&dir)?;
+        manifests.sort_by(|a, b| version_order(&a.version, &b.version));
+        Ok(manifests)
+    }
+
+    /// The manifests (`*.json`) in one tool's directory.
+    fn manifests_in(&self, dir: &Path) -> Result<Vec<ToolManifest>> {
         let mut manifests = Vec::new();
-        for entry in std::fs::read_dir(&dir)? {
+        for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|ext| ext == "json") {
                 manifests.push(self.read_manifest(&path)?);
             }
         }
-        manifests.sort_by(|a, b| version_order(&a.version, &b.version));
         Ok(manifests)
     }
 
@@ -475,14 +481,8 @@ impl Registry {
             };
             for tool in tools {
                 let tool = tool?.path();
-                if !tool.is_dir() {
-                    continue;
-                }
-                for version in std::fs::read_dir(&tool)? {
-                    let path = version?.path();
-                    if path.extension().is_some_and(|ext| ext == "json") {
-                        all.push(self.read_manifest(&path)?);
-                    }
+                if tool.is_dir() {
+                    all.extend(self.manifests_in(&tool)?);
                 }
             }
         }
