@@ -143,6 +143,7 @@ pub enum AuthError {
 /// own, in batches, to a file of their own, so that their commits do not
 /// look like changes to the keys.
 pub struct AuthStore {
+    /// `auth.db`, for `Debug`.
     path: PathBuf,
     /// A few connections, so that concurrent requests do not queue on one.
     conns: Vec<Mutex<Conn>>,
@@ -274,11 +275,6 @@ impl AuthStore {
             opened: std::time::Instant::now(),
             looked: std::sync::atomic::AtomicU64::new(0),
         })
-    }
-
-    /// The SQLite file of keys and tenants.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Asks whether `auth.db` changed, if nobody did in the last
