@@ -41,6 +41,10 @@ pub(super) struct ServeArgs {
     /// no fsync on the request's path).
     #[arg(long, env = "WORK_ENGINE_DURABILITY", value_name = "LEVEL")]
     durability: Option<Durability>,
+    /// With `--store memory`: how many finished jobs to keep (the oldest
+    /// go first; dead letters always stay). Default 100000.
+    #[arg(long, env = "WORK_ENGINE_KEEP_FINISHED", value_name = "N")]
+    keep_finished: Option<usize>,
     /// CPU cores jobs may use. Default: this machine's.
     #[arg(long, env = "WORK_ENGINE_CPU", value_name = "N")]
     cpu: Option<f64>,
@@ -90,6 +94,7 @@ struct FileConfig {
     addr: Option<SocketAddr>,
     store: Option<StoreKind>,
     durability: Option<Durability>,
+    keep_finished: Option<usize>,
     cpu: Option<f64>,
     memory_mb: Option<u64>,
     #[serde(default)]
@@ -163,6 +168,11 @@ impl ServeArgs {
                  (127.0.0.1 or ::1), not {addr}"
             );
         }
+        let store_kind = self.store.or(file.store).unwrap_or(StoreKind::Sqlite);
+        let keep_finished = self.keep_finished.or(file.keep_finished);
+        if store_kind == StoreKind::Sqlite && keep_finished.is_some() {
+            anyhow::bail!("--keep-finished is for --store memory; SQLite keeps every job");
+        }
         let auth = Arc::new(
             AuthStore::open(data_dir)
                 .with_context(|| format!("cannot open the key store in {}", data_dir.display()))?,
@@ -176,7 +186,7 @@ impl ServeArgs {
         }
 
         let host = Arc::new(open_host(data_dir, RuntimeConfig::default())?);
-        let store: Arc<dyn Store> = match self.store.or(file.store).unwrap_or(StoreKind::Sqlite) {
+        let store: Arc<dyn Store> = match store_kind {
             StoreKind::Sqlite => {
                 let path = data_dir.join("jobs.db");
                 let durability = self.durability.or(file.durability).unwrap_or_default();
@@ -185,7 +195,9 @@ impl ServeArgs {
                         .with_context(|| format!("cannot open {}", path.display()))?,
                 )
             }
-            StoreKind::Memory => Arc::new(MemoryStore::new()),
+            StoreKind::Memory => Arc::new(MemoryStore::keeping_finished(
+                keep_finished.unwrap_or(MemoryStore::DEFAULT_KEEP_FINISHED),
+            )),
         };
         let mut builder = Engine::builder()
             .capacity(capacity)

@@ -1,8 +1,9 @@
 //! [`MemoryStore`]: jobs in sharded hash maps with per-tenant indexes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
 
 use crate::id_map::{IdMap, NameMap, spread};
@@ -14,6 +15,14 @@ const SHARDS: usize = 32;
 
 /// Jobs in memory, for embedding and tests; gone when the process ends.
 ///
+/// It keeps every job that has not finished, every dead letter, and the
+/// latest finished jobs up to a bound ([`MemoryStore::DEFAULT_KEEP_FINISHED`], or
+/// [`MemoryStore::keeping_finished`]): an engine that runs for days must
+/// not grow without end. The oldest finished jobs go first, a few
+/// thousand at a time; once gone, `get` answers none, their idempotency
+/// keys and external ids are free again, and a job naming one in
+/// `depends_on` is refused as an unknown dependency.
+///
 /// Jobs live in 32 shards, each behind its own short-held lock, so claims
 /// and completions on different jobs rarely contend. Each tenant has its
 /// own index (all jobs, by status, by namespace, dead letters, idempotency
@@ -21,10 +30,20 @@ const SHARDS: usize = 32;
 /// every job. No lock is held across an `.await`.
 ///
 /// Lock order: a tenant's index, then a shard; never the other way round.
-#[derive(Default)]
 pub struct MemoryStore {
     shards: [Mutex<IdMap<Arc<Job>>>; SHARDS],
     tenants: RwLock<NameMap<CompactString, Arc<Mutex<TenantIndex>>>>,
+    keep_finished: usize,
+    /// Finished jobs (not dead letters), in the order they finished, with
+    /// their `finished_at`: a job revived and finished again is entered
+    /// again, and only its latest entry counts.
+    finished: Mutex<VecDeque<(JobId, DateTime<Utc>)>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::keeping_finished(Self::DEFAULT_KEEP_FINISHED)
+    }
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -66,6 +85,19 @@ impl Ascending {
     fn below(&self, cursor: Option<JobId>) -> impl Iterator<Item = &JobId> {
         let end = cursor.map_or(self.0.len(), |c| self.0.partition_point(|id| *id < c));
         self.0[..end].iter().rev()
+    }
+
+    /// Removes the ids in `gone` (sorted) in one pass.
+    fn remove_sorted(&mut self, gone: &[JobId]) {
+        let mut next = gone.iter().peekable();
+        self.0.retain(|id| {
+            while next.next_if(|g| *g < id).is_some() {}
+            next.next_if_eq(&id).is_none()
+        });
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -118,12 +150,70 @@ impl TenantIndex {
             self.dead_letters.remove(&id);
         }
     }
+
+    /// Forgets `jobs`, sorted by id, which have left the store.
+    fn forget(&mut self, jobs: &[Arc<Job>]) {
+        let ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
+        self.all.remove_sorted(&ids);
+        let mut namespaces: Vec<&str> = jobs.iter().map(|job| job.namespace.as_str()).collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        for namespace in namespaces {
+            let gone: Vec<JobId> = jobs
+                .iter()
+                .filter(|job| job.namespace == namespace)
+                .map(|job| job.id)
+                .collect();
+            if let Some(ids) = self.by_namespace.get_mut(namespace) {
+                ids.remove_sorted(&gone);
+                if ids.is_empty() {
+                    self.by_namespace.remove(namespace);
+                }
+            }
+        }
+        for job in jobs {
+            self.by_status[job.status as usize].remove(&job.id);
+            // A key or external id may name a newer job by now.
+            if let Some(key) = &job.constraints.idempotency_key
+                && self.idempotency.get(key) == Some(&job.id)
+            {
+                self.idempotency.remove(key);
+            }
+            if let Some(external) = &job.external_id
+                && self.external.get(external) == Some(&job.id)
+            {
+                self.external.remove(external);
+            }
+        }
+    }
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// How many finished jobs [`MemoryStore::new`] keeps.
+    pub const DEFAULT_KEEP_FINISHED: usize = 100_000;
+
+    /// An empty store that keeps the latest [`MemoryStore::DEFAULT_KEEP_FINISHED`]
+    /// finished jobs.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that keeps the latest `keep` finished jobs (at least
+    /// one).
+    ///
+    /// ```
+    /// use work_engine::store::MemoryStore;
+    ///
+    /// // Enough for a day of a job a second.
+    /// let store = MemoryStore::keeping_finished(86_400);
+    /// ```
+    pub fn keeping_finished(keep: usize) -> Self {
+        Self {
+            shards: Default::default(),
+            tenants: RwLock::default(),
+            keep_finished: keep.max(1),
+            finished: Mutex::new(VecDeque::new()),
+        }
     }
 
     fn shard(&self, id: &JobId) -> &Mutex<IdMap<Arc<Job>>> {
@@ -145,6 +235,7 @@ impl MemoryStore {
     /// indexes up to date, taking each tenant's index lock once.
     fn apply_all(&self, changes: Vec<(JobId, Transition)>) -> Vec<Result<Arc<Job>, StoreError>> {
         let mut moved: Vec<(JobId, JobStatus, usize)> = Vec::with_capacity(changes.len());
+        let mut finished: Vec<(JobId, DateTime<Utc>)> = Vec::new();
         let results: Vec<_> = changes
             .into_iter()
             .enumerate()
@@ -155,6 +246,12 @@ impl MemoryStore {
                 // Copies only while a reader still holds the previous version.
                 change.apply(Arc::make_mut(job))?;
                 moved.push((id, before, i));
+                if let Some(at) = job.finished_at
+                    && !before.is_terminal()
+                    && !job.dead_letter
+                {
+                    finished.push((id, at));
+                }
                 Ok(Arc::clone(job))
             })
             .collect();
@@ -194,7 +291,44 @@ impl MemoryStore {
                 }
             }
         }
+        drop(indexes);
+        if !finished.is_empty() {
+            self.retire(finished);
+        }
         results
+    }
+
+    /// Enters newly finished jobs and, past the bound by an eighth, drops
+    /// the oldest: in batches, since taking one id out of a tenant's
+    /// ordered index moves the ids after it.
+    fn retire(&self, newly: Vec<(JobId, DateTime<Utc>)>) {
+        let oldest: Vec<(JobId, DateTime<Utc>)> = {
+            let mut finished = self.finished.lock();
+            finished.extend(newly);
+            if finished.len() <= self.keep_finished + self.keep_finished / 8 {
+                return;
+            }
+            let over = finished.len() - self.keep_finished;
+            finished.drain(..over).collect()
+        };
+        // Out of the shards first: a listing that still finds an id in an
+        // index skips it.
+        let mut gone: Vec<Arc<Job>> = oldest
+            .into_iter()
+            .filter_map(|(id, at)| {
+                let mut shard = self.shard(&id).lock();
+                let job = shard.get(&id)?;
+                // Revived since: still a dead letter, or running again.
+                let current = job.finished_at == Some(at) && !job.dead_letter;
+                current.then(|| shard.remove(&id)).flatten()
+            })
+            .collect();
+        gone.sort_unstable_by(|a, b| (&a.tenant_id, a.id).cmp(&(&b.tenant_id, b.id)));
+        for jobs in gone.chunk_by(|a, b| a.tenant_id == b.tenant_id) {
+            if let Some(index) = self.tenant(&jobs[0].tenant_id) {
+                index.lock().forget(jobs);
+            }
+        }
     }
 
     fn read(&self, id: &JobId) -> Option<Arc<Job>> {

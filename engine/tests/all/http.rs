@@ -348,6 +348,45 @@ async fn tools_register_show_export_call_and_remove() {
     );
 }
 
+/// `serve --store memory` keeps its latest finished jobs, as many as
+/// `--keep-finished` says; SQLite keeps them all and refuses the flag.
+#[tokio::test]
+async fn a_memory_server_keeps_its_latest_finished_jobs() {
+    let data = TempDir::new().unwrap();
+    let (code, _, err) = work_engine(data.path(), &["serve", "--keep-finished", "8"], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--keep-finished is for --store memory"),
+        "{err}"
+    );
+
+    let server = Served::start(data.path(), &["--store", "memory", "--keep-finished", "8"]);
+    server.register(guests::CALCULATOR).await;
+    let mut ids = Vec::new();
+    for a in 0..40 {
+        let (status, job) = server
+            .post("/v1/jobs", calc_job("acme", f64::from(a)))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{job}");
+        let id = job["id"].as_str().unwrap().to_owned();
+        let (_, done) = server
+            .get(&format!("/v1/jobs/{id}/wait?timeout_ms=10000"))
+            .await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        ids.push(id);
+    }
+    let (_, newest) = server.get(&format!("/v1/jobs/{}", ids[39])).await;
+    assert_eq!(newest["result"], 40.0);
+    problem(
+        server.get(&format!("/v1/jobs/{}", ids[0])).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let (_, page) = server.get("/v1/jobs?tenant=acme&limit=100").await;
+    let kept = page["jobs"].as_array().unwrap().len();
+    assert!((8..=9).contains(&kept), "{kept} jobs kept");
+}
+
 #[tokio::test]
 async fn uploads_refuse_what_is_not_a_tool() {
     let data = TempDir::new().unwrap();

@@ -569,3 +569,96 @@ async fn sqlite_store_opened_read_only_reads_and_refuses_changes() {
     drop(writer);
     check(SqliteStore::open_read_only(&path).unwrap()).await;
 }
+
+/// A long-running engine on the memory store keeps its latest finished
+/// jobs, not all of them: the oldest go, dead letters and unfinished jobs
+/// stay, and an evicted job's idempotency key is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_keeps_only_the_latest_finished_jobs() {
+    use work_engine::backends::MockBackend;
+    use work_engine::{Engine, EngineError, NewJob, RetryPolicy};
+
+    const KEEP: usize = 16;
+    let engine = Engine::builder()
+        .capacity(crate::scheduler::capacity(4.0))
+        .backend(MockBackend::new().without_history())
+        .store(Arc::new(MemoryStore::keeping_finished(KEEP)))
+        .build()
+        .unwrap();
+    let mock = |mock: serde_json::Value| NewJob::new("sim", "t", json!({ "mock": mock }));
+    let wait = |id| engine.wait(id, std::time::Duration::from_secs(30));
+
+    let dead = engine
+        .submit(mock(json!({"fail": true})).with_retry_policy(RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        }))
+        .await
+        .unwrap();
+    assert!(wait(dead.id).await.unwrap().dead_letter);
+    let hanging = engine.submit(mock(json!({"hang": true}))).await.unwrap();
+    let first = engine
+        .submit(mock(json!({})).with_idempotency_key("k"))
+        .await
+        .unwrap();
+    wait(first.id).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        let job = engine.submit(mock(json!({}))).await.unwrap();
+        wait(job.id).await.unwrap();
+        ids.push(job.id);
+    }
+
+    let listed = engine
+        .list(&JobQuery::tenant("t").limit(500))
+        .await
+        .unwrap();
+    let succeeded = listed
+        .jobs
+        .iter()
+        .filter(|job| job.status == JobStatus::Succeeded)
+        .count();
+    assert!(
+        (KEEP..=KEEP + KEEP / 8).contains(&succeeded),
+        "{succeeded} finished jobs kept"
+    );
+    let by_status = engine
+        .list(
+            &JobQuery::tenant("t")
+                .status(JobStatus::Succeeded)
+                .limit(500),
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_status.jobs.len(), succeeded);
+    // The latest are kept, the oldest are gone.
+    for id in &ids[ids.len() - KEEP..] {
+        assert_eq!(engine.get(*id).await.unwrap().status, JobStatus::Succeeded);
+    }
+    assert!(matches!(
+        engine.get(ids[0]).await,
+        Err(EngineError::NotFound { .. })
+    ));
+    // Dead letters and unfinished jobs stay.
+    assert!(engine.get(dead.id).await.unwrap().dead_letter);
+    assert_eq!(
+        engine
+            .dead_letters(&JobQuery::tenant("t"))
+            .await
+            .unwrap()
+            .jobs
+            .len(),
+        1
+    );
+    assert_eq!(
+        engine.get(hanging.id).await.unwrap().status,
+        JobStatus::Running
+    );
+    // The evicted job's key names nothing now: a new job takes it.
+    let again = engine
+        .submit(mock(json!({})).with_idempotency_key("k"))
+        .await
+        .unwrap();
+    assert_ne!(again.id, first.id);
+    engine.cancel(hanging.id).await.unwrap();
+}
