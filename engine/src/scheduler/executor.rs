@@ -351,26 +351,28 @@ fn announce(inner: &Inner, d: Done, requeued: Option<usize>) {
             dead_letter,
             ..
         } => {
-            let error = error.unwrap_or_else(|| job_error(class, String::new()));
-            inner.telemetry.job(id, tenant, || match status {
-                JobStatus::Succeeded => EventData::Completed {
-                    attempt,
-                    run_ms: d.run_time.as_millis() as u64,
-                },
-                JobStatus::Canceled => EventData::Canceled {
-                    reason: error.message,
-                },
-                JobStatus::Timeout => EventData::TimedOut {
-                    attempt,
-                    error,
-                    dead_letter,
-                },
-                _ => EventData::Failed {
-                    attempt,
-                    outcome: class,
-                    error,
-                    dead_letter,
-                },
+            inner.telemetry.job(id, tenant, || {
+                let error = error.unwrap_or_else(|| job_error(class, String::new()));
+                match status {
+                    JobStatus::Succeeded => EventData::Completed {
+                        attempt,
+                        run_ms: d.run_time.as_millis() as u64,
+                    },
+                    JobStatus::Canceled => EventData::Canceled {
+                        reason: error.message,
+                    },
+                    JobStatus::Timeout => EventData::TimedOut {
+                        attempt,
+                        error,
+                        dead_letter,
+                    },
+                    _ => EventData::Failed {
+                        attempt,
+                        outcome: class,
+                        error,
+                        dead_letter,
+                    },
+                }
             });
         }
     }

@@ -459,7 +459,11 @@ impl State {
         let mut per_tenant: Vec<(Arc<str>, u64)> = Vec::with_capacity(1);
         for (_, live) in &jobs {
             per_level[live.priority.index()] += 1;
-            match per_tenant.iter_mut().find(|(name, _)| *name == live.tenant) {
+            // Tenant names are interned: one pointer per tenant.
+            match per_tenant
+                .iter_mut()
+                .find(|(name, _)| Arc::ptr_eq(name, &live.tenant))
+            {
                 Some((_, n)) => *n += 1,
                 None => per_tenant.push((Arc::clone(&live.tenant), 1)),
             }
