@@ -6,6 +6,7 @@
 //! every entry recorded before it to be written.
 
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 use serde::Serialize;
@@ -66,6 +67,8 @@ pub(super) enum Op {
     Record(Record),
     Used(String, String),
     Flush(mpsc::Sender<()>),
+    /// From now on, drop entries older than this.
+    KeepFor(Duration),
 }
 
 /// An entry as recorded: what the writer turns into a row.
@@ -86,17 +89,70 @@ pub(super) const MAX_GROUP: usize = 4096;
 /// How long an entry waits for company before the writer commits it: the
 /// trail is written in few, large transactions, and a read (which waits
 /// for what was recorded before it) wakes the writer at once.
-pub(super) const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
+pub(super) const LINGER: Duration = Duration::from_millis(50);
 
-/// The writer thread: a group of what is queued per transaction.
+/// How long entries are kept, and when they were last pruned.
+#[derive(Default)]
+struct Retention {
+    /// `None`: every entry is kept.
+    keep: Option<Duration>,
+    pruned: Option<Instant>,
+}
+
+impl Retention {
+    /// Whether to prune now: a tenth of the retention after the last time,
+    /// and at least once a minute.
+    fn due(&self) -> bool {
+        let Some(keep) = self.keep else {
+            return false;
+        };
+        self.pruned
+            .is_none_or(|at| at.elapsed() >= (keep / 10).min(Duration::from_secs(60)))
+    }
+}
+
+/// The writer thread: a group of what is queued per transaction, then the
+/// entries past their retention, before any flush is answered.
 pub(super) fn write(audit: &Connection, ops: &GroupQueue<Op>) {
+    let mut retention = Retention::default();
     while let Some(group) = ops.next_group() {
         let mut flushed = Vec::new();
-        if let Err(err) = write_group(audit, group, &mut flushed) {
+        if let Err(err) = write_group(audit, group, &mut flushed, &mut retention) {
             tracing::error!(%err, "could not write audit entries");
+        }
+        if let Some(keep) = retention.keep
+            && retention.due()
+        {
+            retention.pruned = Some(Instant::now());
+            let before = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or_default();
+            match prune(audit, before.timestamp_micros()) {
+                Ok(0) => {}
+                Ok(dropped) => tracing::debug!(dropped, "dropped old audit entries"),
+                Err(err) => tracing::error!(%err, "could not drop old audit entries"),
+            }
         }
         for reply in flushed {
             let _ = reply.send(());
+        }
+    }
+}
+
+/// Deletes the entries recorded before `before` (microseconds since the
+/// epoch), oldest first, a chunk per transaction: entries are in the order
+/// they were recorded, so each chunk looks only at the oldest rows, and
+/// the first chunk that is not all old is the last.
+fn prune(audit: &Connection, before: i64) -> rusqlite::Result<usize> {
+    const CHUNK: usize = 10_000;
+    let mut delete = audit.prepare_cached(
+        "DELETE FROM audit WHERE at < ?2 \
+         AND seq IN (SELECT seq FROM audit ORDER BY seq LIMIT ?1)",
+    )?;
+    let mut dropped = 0;
+    loop {
+        let n = delete.execute(params![CHUNK, before])?;
+        dropped += n;
+        if n < CHUNK {
+            return Ok(dropped);
         }
     }
 }
@@ -105,6 +161,7 @@ fn write_group(
     audit: &Connection,
     group: Vec<Op>,
     flushed: &mut Vec<mpsc::Sender<()>>,
+    retention: &mut Retention,
 ) -> rusqlite::Result<()> {
     let tx = audit.unchecked_transaction()?;
     {
@@ -132,6 +189,12 @@ fn write_group(
                     used.execute(params![id, at])?;
                 }
                 Op::Flush(reply) => flushed.push(reply),
+                Op::KeepFor(keep) => {
+                    *retention = Retention {
+                        keep: Some(keep),
+                        pruned: None,
+                    };
+                }
             }
         }
     }
@@ -170,6 +233,23 @@ impl AuthStore {
             detail,
         };
         self.audit.push(Op::Record(record), false);
+    }
+
+    /// From now on, drops the entries older than `keep`: at once, then
+    /// with each write, a tenth of `keep` apart and at least once a minute.
+    /// Without it, every entry is kept (a command on the data directory
+    /// never drops what a server was told to keep); `serve` keeps 30 days
+    /// unless told otherwise.
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), work_engine::auth::AuthError> {
+    /// use std::time::Duration;
+    /// let auth = work_engine::auth::AuthStore::open("./data")?;
+    /// auth.keep_audit_for(Duration::from_secs(90 * 86_400));
+    /// # Ok(()) }
+    /// ```
+    pub fn keep_audit_for(&self, keep: Duration) {
+        self.audit.push(Op::KeepFor(keep), true);
     }
 
     /// Waits until every entry recorded so far is written (`serve` does

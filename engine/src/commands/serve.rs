@@ -45,6 +45,11 @@ pub(super) struct ServeArgs {
     /// go first; dead letters always stay). Default 100000.
     #[arg(long, env = "WORK_ENGINE_KEEP_FINISHED", value_name = "N")]
     keep_finished: Option<usize>,
+    /// How many days of audit entries to keep; older ones are dropped.
+    /// Default 30.
+    #[arg(long, env = "WORK_ENGINE_KEEP_AUDIT_DAYS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    keep_audit_days: Option<u32>,
     /// CPU cores jobs may use. Default: this machine's.
     #[arg(long, env = "WORK_ENGINE_CPU", value_name = "N")]
     cpu: Option<f64>,
@@ -80,6 +85,9 @@ pub(super) struct ServeArgs {
     insecure_no_auth: bool,
 }
 
+/// How many days of audit entries `serve` keeps unless told otherwise.
+const DEFAULT_KEEP_AUDIT_DAYS: u32 = 30;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 enum StoreKind {
@@ -95,6 +103,7 @@ struct FileConfig {
     store: Option<StoreKind>,
     durability: Option<Durability>,
     keep_finished: Option<usize>,
+    keep_audit_days: Option<u32>,
     cpu: Option<f64>,
     memory_mb: Option<u64>,
     #[serde(default)]
@@ -177,6 +186,14 @@ impl ServeArgs {
             AuthStore::open(data_dir)
                 .with_context(|| format!("cannot open the key store in {}", data_dir.display()))?,
         );
+        let keep_audit_days = self
+            .keep_audit_days
+            .or(file.keep_audit_days)
+            .unwrap_or(DEFAULT_KEEP_AUDIT_DAYS);
+        if keep_audit_days == 0 {
+            anyhow::bail!("keep_audit_days must be at least 1");
+        }
+        auth.keep_audit_for(Duration::from_secs(u64::from(keep_audit_days) * 86_400));
         if config.require_keys && !auth.has_keys()? {
             let created = auth.create_key(NewKey::operator())?;
             errln!(

@@ -848,3 +848,30 @@ async fn the_cli_calls_a_server_with_its_api_key() {
     );
     assert_eq!(code, 0, "{err}");
 }
+
+/// The audit trail keeps what its retention says: older entries go, newer
+/// stay; without one (a command on the data directory) nothing goes.
+#[test]
+fn audit_entries_past_their_retention_are_dropped() {
+    use work_engine::auth::{AuditQuery, AuthStore, NewKey};
+
+    let data = TempDir::new().unwrap();
+    let targets = |auth: &AuthStore| -> Vec<String> {
+        let page = auth.audit(&AuditQuery::default()).unwrap();
+        page.entries.into_iter().filter_map(|e| e.target).collect()
+    };
+    let auth = AuthStore::open(data.path()).unwrap();
+    let old = auth.create_key(NewKey::operator()).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(targets(&auth).contains(&old.id), "kept without a retention");
+
+    auth.keep_audit_for(Duration::from_secs(1));
+    let new = auth.create_key(NewKey::operator()).unwrap();
+    let kept = targets(&auth);
+    assert!(!kept.contains(&old.id), "{kept:?}");
+    assert!(kept.contains(&new.id), "{kept:?}");
+
+    // `serve` refuses a retention of no days.
+    let (code, _, err) = work_engine(data.path(), &["serve", "--keep-audit-days", "0"], &[]);
+    assert_eq!(code, 2, "{err}");
+}
