@@ -45,6 +45,11 @@ pub(super) struct ServeArgs {
     /// go first; dead letters always stay). Default 100000.
     #[arg(long, env = "WORK_ENGINE_KEEP_FINISHED", value_name = "N")]
     keep_finished: Option<usize>,
+    /// With `--store sqlite`: how many days to keep a job after it ends
+    /// (dead letters and unfinished jobs always stay). Default 30.
+    #[arg(long, env = "WORK_ENGINE_KEEP_FINISHED_DAYS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    keep_finished_days: Option<u32>,
     /// How many days of audit entries to keep; older ones are dropped.
     /// Default 30.
     #[arg(long, env = "WORK_ENGINE_KEEP_AUDIT_DAYS", value_name = "N",
@@ -88,6 +93,10 @@ pub(super) struct ServeArgs {
 /// How many days of audit entries `serve` keeps unless told otherwise.
 const DEFAULT_KEEP_AUDIT_DAYS: u32 = 30;
 
+/// How many days `serve` keeps a job in SQLite after it ends, unless told
+/// otherwise.
+const DEFAULT_KEEP_FINISHED_DAYS: u32 = 30;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 enum StoreKind {
@@ -103,6 +112,7 @@ struct FileConfig {
     store: Option<StoreKind>,
     durability: Option<Durability>,
     keep_finished: Option<usize>,
+    keep_finished_days: Option<u32>,
     keep_audit_days: Option<u32>,
     cpu: Option<f64>,
     memory_mb: Option<u64>,
@@ -179,9 +189,19 @@ impl ServeArgs {
         }
         let store_kind = self.store.or(file.store).unwrap_or(StoreKind::Sqlite);
         let keep_finished = self.keep_finished.or(file.keep_finished);
-        if store_kind == StoreKind::Sqlite && keep_finished.is_some() {
-            anyhow::bail!("--keep-finished is for --store memory; SQLite keeps every job");
+        let keep_finished_days = self.keep_finished_days.or(file.keep_finished_days);
+        match store_kind {
+            StoreKind::Sqlite if keep_finished.is_some() => anyhow::bail!(
+                "--keep-finished is for --store memory; SQLite keeps jobs by age \
+                 (--keep-finished-days)"
+            ),
+            StoreKind::Memory if keep_finished_days.is_some() => anyhow::bail!(
+                "--keep-finished-days is for --store sqlite; memory keeps a number of jobs \
+                 (--keep-finished)"
+            ),
+            _ => {}
         }
+        let days = |days: u32| Duration::from_secs(u64::from(days) * 86_400);
         let auth = Arc::new(
             AuthStore::open(data_dir)
                 .with_context(|| format!("cannot open the key store in {}", data_dir.display()))?,
@@ -190,10 +210,10 @@ impl ServeArgs {
             .keep_audit_days
             .or(file.keep_audit_days)
             .unwrap_or(DEFAULT_KEEP_AUDIT_DAYS);
-        if keep_audit_days == 0 {
-            anyhow::bail!("keep_audit_days must be at least 1");
+        if keep_audit_days == 0 || keep_finished_days == Some(0) {
+            anyhow::bail!("keep_audit_days and keep_finished_days must be at least 1");
         }
-        auth.keep_audit_for(Duration::from_secs(u64::from(keep_audit_days) * 86_400));
+        auth.keep_audit_for(days(keep_audit_days));
         if config.require_keys && !auth.has_keys()? {
             let created = auth.create_key(NewKey::operator())?;
             errln!(
@@ -207,10 +227,12 @@ impl ServeArgs {
             StoreKind::Sqlite => {
                 let path = data_dir.join("jobs.db");
                 let durability = self.durability.or(file.durability).unwrap_or_default();
-                Arc::new(
-                    SqliteStore::open_with(&path, durability)
-                        .with_context(|| format!("cannot open {}", path.display()))?,
-                )
+                let store = SqliteStore::open_with(&path, durability)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                store.keep_finished_for(days(
+                    keep_finished_days.unwrap_or(DEFAULT_KEEP_FINISHED_DAYS),
+                ));
+                Arc::new(store)
             }
             StoreKind::Memory => Arc::new(MemoryStore::keeping_finished(
                 keep_finished.unwrap_or(MemoryStore::DEFAULT_KEEP_FINISHED),

@@ -189,6 +189,8 @@ enum Op {
     Transition(Vec<(JobId, Transition)>, TransitionReply),
     /// Answered once everything before it is committed.
     Flush(oneshot::Sender<()>),
+    /// From now on, delete the jobs that ended longer ago than this.
+    KeepFinishedFor(Duration),
 }
 
 /// A job to write as it is.
@@ -245,6 +247,8 @@ impl SqliteStore {
         let writer = Writer {
             conn,
             cache: Arc::clone(&cache),
+            keep_finished: None,
+            pruned: None,
         };
         let thread = {
             let queue = Arc::clone(&queue);
@@ -300,6 +304,16 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// From now on, deletes the jobs that ended longer ago than `keep`
+    /// (dead letters stay): at once, then after commits, a tenth of `keep`
+    /// apart and at least once a minute. Without it, every job is kept;
+    /// `serve` keeps 30 days unless told otherwise. Once deleted, a job is
+    /// not found, its idempotency key and external id are free again, and
+    /// a new job naming it in `depends_on` is refused.
+    pub fn keep_finished_for(&self, keep: Duration) {
+        self.queue.push(Op::KeepFinishedFor(keep), true);
     }
 
     async fn send<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Option<T> {
@@ -436,6 +450,10 @@ const LINGER: Duration = Duration::from_millis(20);
 struct Writer {
     conn: Connection,
     cache: Arc<RwLock<Cache>>,
+    /// How long ended jobs are kept (`None`: for ever), and when they
+    /// were last pruned.
+    keep_finished: Option<Duration>,
+    pruned: Option<std::time::Instant>,
 }
 
 impl Writer {
@@ -491,6 +509,10 @@ impl Writer {
                         answers.push(Answer::Transition(reply, results));
                     }
                     Op::Flush(reply) => answers.push(Answer::Flush(reply)),
+                    Op::KeepFinishedFor(keep) => {
+                        self.keep_finished = Some(keep);
+                        self.pruned = None;
+                    }
                 }
             }
             rows.write(&tx, &mut answers)?;
@@ -508,6 +530,8 @@ impl Writer {
                         cache.remove(id);
                     }
                 }
+                // Before the answers, so that a flush sees the jobs gone.
+                self.prune_if_due();
                 for answer in answers {
                     answer.send();
                 }
@@ -524,6 +548,80 @@ impl Writer {
                     cache.remove(id);
                 }
             }
+        }
+    }
+}
+
+impl Writer {
+    /// Deletes the jobs that ended before the retention, if it is time:
+    /// a tenth of the retention after the last time, and at least once a
+    /// minute while anything is written.
+    fn prune_if_due(&mut self) {
+        let Some(keep) = self.keep_finished else {
+            return;
+        };
+        let every = (keep / 10).min(Duration::from_secs(60));
+        if self.pruned.is_some_and(|at| at.elapsed() < every) {
+            return;
+        }
+        self.pruned = Some(std::time::Instant::now());
+        let before = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or_default();
+        match prune(&self.conn, before) {
+            Ok(gone) if gone.is_empty() => {}
+            Ok(gone) => {
+                tracing::debug!(jobs = gone.len(), "deleted jobs past their retention");
+                let mut cache = self.cache.write();
+                for id in &gone {
+                    cache.remove(id);
+                }
+            }
+            Err(err) => tracing::error!(%err, "could not delete jobs past their retention"),
+        }
+    }
+}
+
+/// Deletes the jobs that ended before `before` (dead letters stay), a
+/// chunk per transaction, and returns their ids. Ids are UUID v7s, ordered
+/// by submission time, and the table is kept in id order: each chunk walks
+/// from the oldest job and stops at the first submitted after `before`,
+/// so what is left to keep is never read.
+fn prune(
+    conn: &Connection,
+    before: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<JobId>, StoreError> {
+    const CHUNK: usize = 5_000;
+    // The smallest id of a job submitted at `before`: its 48-bit
+    // millisecond timestamp, then zeros.
+    let millis = u64::try_from(before.timestamp_millis()).unwrap_or(0);
+    let mut bound = [0u8; 16];
+    bound[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    let before = before.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut delete = conn
+        .prepare_cached(
+            "DELETE FROM jobs WHERE id IN ( \
+                 SELECT id FROM jobs WHERE id < ?1 AND dead_letter = 0 \
+                 AND status IN ('succeeded', 'failed', 'canceled', 'timeout') \
+                 AND julianday(json_extract(body, '$.finished_at')) < julianday(?2) \
+                 ORDER BY id LIMIT ?3) \
+             RETURNING id",
+        )
+        .map_err(backend)?;
+    let mut gone = Vec::new();
+    loop {
+        let ids = delete
+            .query_map(params![&bound[..], before, CHUNK], |row| {
+                row.get::<_, Vec<u8>>(0)
+            })
+            .map_err(backend)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)?;
+        let n = ids.len();
+        gone.extend(
+            ids.into_iter()
+                .filter_map(|bytes| uuid::Uuid::from_slice(&bytes).ok()),
+        );
+        if n < CHUNK {
+            return Ok(gone);
         }
     }
 }

@@ -349,7 +349,7 @@ async fn tools_register_show_export_call_and_remove() {
 }
 
 /// `serve --store memory` keeps its latest finished jobs, as many as
-/// `--keep-finished` says; SQLite keeps them all and refuses the flag.
+/// `--keep-finished` says; each store refuses the other's retention flag.
 #[tokio::test]
 async fn a_memory_server_keeps_its_latest_finished_jobs() {
     let data = TempDir::new().unwrap();
@@ -357,6 +357,16 @@ async fn a_memory_server_keeps_its_latest_finished_jobs() {
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("--keep-finished is for --store memory"),
+        "{err}"
+    );
+    let (code, _, err) = work_engine(
+        data.path(),
+        &["serve", "--store", "memory", "--keep-finished-days", "3"],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--keep-finished-days is for --store sqlite"),
         "{err}"
     );
 

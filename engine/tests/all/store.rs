@@ -662,3 +662,91 @@ async fn memory_store_keeps_only_the_latest_finished_jobs() {
     assert_ne!(again.id, first.id);
     engine.cancel(hanging.id).await.unwrap();
 }
+
+/// A job submitted at `at`: its id is a UUID v7 of that time.
+fn job_submitted_at(tenant: &str, at: chrono::DateTime<Utc>) -> Job {
+    let mut job = job(tenant, "ns");
+    let seconds = u64::try_from(at.timestamp()).unwrap();
+    job.id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        seconds,
+        at.timestamp_subsec_nanos(),
+    ));
+    job.created_at = at;
+    job
+}
+
+/// Claims `job` and ends it at `at` as `status`.
+async fn end_at(store: &SqliteStore, job: &Job, status: JobStatus, at: chrono::DateTime<Utc>) {
+    let claimed = store.transition(job.id, claim()).await.unwrap();
+    let end = Transition::Finish {
+        epoch: claimed.lease_epoch,
+        status,
+        outcome: OutcomeClass::Ok,
+        result: None,
+        error: None,
+        dead_letter: status == JobStatus::Failed,
+        at,
+    };
+    store.transition(job.id, end).await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_store_deletes_the_jobs_that_ended_before_its_retention() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let store = SqliteStore::open(dir.path().join("jobs.db")).unwrap();
+    let long_ago = Utc::now() - chrono::Duration::days(40);
+    let now = Utc::now();
+
+    let mut ended_long_ago = job_submitted_at("t", long_ago);
+    ended_long_ago.constraints.idempotency_key = Some("k".into());
+    ended_long_ago.external_id = Some("order-1".into());
+    let dead_letter = job_submitted_at("t", long_ago);
+    let still_queued = job_submitted_at("t", long_ago);
+    let ended_just_now = job_submitted_at("t", long_ago);
+    let recent = job("t", "ns");
+    let all = [
+        &ended_long_ago,
+        &dead_letter,
+        &still_queued,
+        &ended_just_now,
+        &recent,
+    ];
+    store.insert(shared(all), Commit::Durable).await.unwrap();
+    let in_a_second = long_ago + chrono::Duration::seconds(1);
+    end_at(&store, &ended_long_ago, JobStatus::Succeeded, in_a_second).await;
+    end_at(&store, &dead_letter, JobStatus::Failed, in_a_second).await;
+    end_at(&store, &ended_just_now, JobStatus::Succeeded, now).await;
+    end_at(&store, &recent, JobStatus::Succeeded, now).await;
+
+    store.keep_finished_for(std::time::Duration::from_secs(30 * 86_400));
+    store.flush().await.unwrap();
+
+    assert!(store.get(ended_long_ago.id).await.unwrap().is_none());
+    for kept in [&dead_letter, &still_queued, &ended_just_now, &recent] {
+        assert!(store.get(kept.id).await.unwrap().is_some(), "{}", kept.id);
+    }
+    let listed = store.list(&JobQuery::tenant("t")).await.unwrap();
+    assert_eq!(listed.jobs.len(), 4);
+    assert!(listed.jobs.iter().all(|job| job.id != ended_long_ago.id));
+    assert!(
+        store
+            .get_by_external_id("t", "order-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Its idempotency key names nothing now.
+    let mut again = job("t", "ns");
+    again.constraints.idempotency_key = Some("k".into());
+    let inserted = store
+        .insert(shared([&again]), Commit::Durable)
+        .await
+        .unwrap();
+    assert_eq!(inserted, [Inserted::New]);
+    // Deleted for good: not back after a reopen.
+    drop(store);
+    let store = SqliteStore::open(dir.path().join("jobs.db")).unwrap();
+    assert!(store.get(ended_long_ago.id).await.unwrap().is_none());
+    assert!(store.get(dead_letter.id).await.unwrap().is_some());
+}
