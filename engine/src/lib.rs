@@ -52,6 +52,8 @@ pub mod events;
 mod group_queue;
 mod id_map;
 pub mod registry;
+#[cfg(any(feature = "sqlite", feature = "server"))]
+mod retention;
 pub mod runtime;
 pub mod scheduler;
 #[cfg(feature = "server")]

@@ -6,13 +6,14 @@
 //! every entry recorded before it to be written.
 
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use super::{AuthError, AuthStore};
 use crate::group_queue::GroupQueue;
+use crate::retention::Retention;
 
 /// One entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -91,26 +92,6 @@ pub(super) const MAX_GROUP: usize = 4096;
 /// for what was recorded before it) wakes the writer at once.
 pub(super) const LINGER: Duration = Duration::from_millis(50);
 
-/// How long entries are kept, and when they were last pruned.
-#[derive(Default)]
-struct Retention {
-    /// `None`: every entry is kept.
-    keep: Option<Duration>,
-    pruned: Option<Instant>,
-}
-
-impl Retention {
-    /// Whether to prune now: a tenth of the retention after the last time,
-    /// and at least once a minute.
-    fn due(&self) -> bool {
-        let Some(keep) = self.keep else {
-            return false;
-        };
-        self.pruned
-            .is_none_or(|at| at.elapsed() >= (keep / 10).min(Duration::from_secs(60)))
-    }
-}
-
 /// The writer thread: a group of what is queued per transaction, then the
 /// entries past their retention, before any flush is answered.
 pub(super) fn write(audit: &Connection, ops: &GroupQueue<Op>) {
@@ -120,11 +101,7 @@ pub(super) fn write(audit: &Connection, ops: &GroupQueue<Op>) {
         if let Err(err) = write_group(audit, group, &mut flushed, &mut retention) {
             tracing::error!(%err, "could not write audit entries");
         }
-        if let Some(keep) = retention.keep
-            && retention.due()
-        {
-            retention.pruned = Some(Instant::now());
-            let before = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or_default();
+        if let Some(before) = retention.due() {
             match prune(audit, before.timestamp_micros()) {
                 Ok(0) => {}
                 Ok(dropped) => tracing::debug!(dropped, "dropped old audit entries"),
@@ -189,12 +166,7 @@ fn write_group(
                     used.execute(params![id, at])?;
                 }
                 Op::Flush(reply) => flushed.push(reply),
-                Op::KeepFor(keep) => {
-                    *retention = Retention {
-                        keep: Some(keep),
-                        pruned: None,
-                    };
-                }
+                Op::KeepFor(keep) => retention.keep_for(keep),
             }
         }
     }

@@ -14,6 +14,7 @@ use work_host_api::{Job, JobId};
 use super::{Commit, Inserted, JobPage, JobQuery, Store, StoreError, Transition};
 use crate::group_queue::GroupQueue;
 use crate::id_map::IdMap;
+use crate::retention::Retention;
 
 /// The schema, one step per version; `PRAGMA user_version` records how
 /// many have been applied. Append, never edit.
@@ -247,8 +248,7 @@ impl SqliteStore {
         let writer = Writer {
             conn,
             cache: Arc::clone(&cache),
-            keep_finished: None,
-            pruned: None,
+            retention: Retention::default(),
         };
         let thread = {
             let queue = Arc::clone(&queue);
@@ -450,10 +450,8 @@ const LINGER: Duration = Duration::from_millis(20);
 struct Writer {
     conn: Connection,
     cache: Arc<RwLock<Cache>>,
-    /// How long ended jobs are kept (`None`: for ever), and when they
-    /// were last pruned.
-    keep_finished: Option<Duration>,
-    pruned: Option<std::time::Instant>,
+    /// How long ended jobs are kept.
+    retention: Retention,
 }
 
 impl Writer {
@@ -509,10 +507,7 @@ impl Writer {
                         answers.push(Answer::Transition(reply, results));
                     }
                     Op::Flush(reply) => answers.push(Answer::Flush(reply)),
-                    Op::KeepFinishedFor(keep) => {
-                        self.keep_finished = Some(keep);
-                        self.pruned = None;
-                    }
+                    Op::KeepFinishedFor(keep) => self.retention.keep_for(keep),
                 }
             }
             rows.write(&tx, &mut answers)?;
@@ -557,15 +552,9 @@ impl Writer {
     /// a tenth of the retention after the last time, and at least once a
     /// minute while anything is written.
     fn prune_if_due(&mut self) {
-        let Some(keep) = self.keep_finished else {
+        let Some(before) = self.retention.due() else {
             return;
         };
-        let every = (keep / 10).min(Duration::from_secs(60));
-        if self.pruned.is_some_and(|at| at.elapsed() < every) {
-            return;
-        }
-        self.pruned = Some(std::time::Instant::now());
-        let before = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or_default();
         match prune(&self.conn, before) {
             Ok(gone) if gone.is_empty() => {}
             Ok(gone) => {
