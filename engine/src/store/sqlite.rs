@@ -545,9 +545,7 @@ impl Writer {
             }
         }
     }
-}
 
-impl Writer {
     /// Deletes the jobs that ended before the retention, if it is time:
     /// a tenth of the retention after the last time, and at least once a
     /// minute while anything is written.
@@ -573,7 +571,7 @@ impl Writer {
 /// chunk per transaction, and returns their ids. Ids are UUID v7s, ordered
 /// by submission time, and the table is kept in id order: each chunk walks
 /// from the oldest job and stops at the first submitted after `before`,
-/// so what is left to keep is never read.
+/// so the jobs submitted since are never read.
 fn prune(
     conn: &Connection,
     before: chrono::DateTime<chrono::Utc>,
