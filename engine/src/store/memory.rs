@@ -151,20 +151,16 @@ impl TenantIndex {
         }
     }
 
-    /// Forgets `jobs`, sorted by id, which have left the store.
+    /// Forgets `jobs`, sorted by namespace then id, which have left the
+    /// store.
     fn forget(&mut self, jobs: &[Arc<Job>]) {
-        let ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
+        let mut ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
+        ids.sort_unstable();
         self.all.remove_sorted(&ids);
-        let mut namespaces: Vec<&str> = jobs.iter().map(|job| job.namespace.as_str()).collect();
-        namespaces.sort_unstable();
-        namespaces.dedup();
-        for namespace in namespaces {
-            let gone: Vec<JobId> = jobs
-                .iter()
-                .filter(|job| job.namespace == namespace)
-                .map(|job| job.id)
-                .collect();
+        for same in jobs.chunk_by(|a, b| a.namespace == b.namespace) {
+            let namespace = same[0].namespace.as_str();
             if let Some(ids) = self.by_namespace.get_mut(namespace) {
+                let gone: Vec<JobId> = same.iter().map(|job| job.id).collect();
                 ids.remove_sorted(&gone);
                 if ids.is_empty() {
                     self.by_namespace.remove(namespace);
@@ -323,7 +319,9 @@ impl MemoryStore {
                 current.then(|| shard.remove(&id)).flatten()
             })
             .collect();
-        gone.sort_unstable_by(|a, b| (&a.tenant_id, a.id).cmp(&(&b.tenant_id, b.id)));
+        gone.sort_unstable_by(|a, b| {
+            (&a.tenant_id, &a.namespace, a.id).cmp(&(&b.tenant_id, &b.namespace, b.id))
+        });
         for jobs in gone.chunk_by(|a, b| a.tenant_id == b.tenant_id) {
             if let Some(index) = self.tenant(&jobs[0].tenant_id) {
                 index.lock().forget(jobs);

@@ -603,8 +603,12 @@ async fn memory_store_keeps_only_the_latest_finished_jobs() {
         .unwrap();
     wait(first.id).await.unwrap();
     let mut ids = Vec::new();
-    for _ in 0..200 {
-        let job = engine.submit(mock(json!({}))).await.unwrap();
+    for i in 0..200 {
+        let namespace = if i % 2 == 0 { "even" } else { "odd" };
+        let job = engine
+            .submit(mock(json!({})).with_namespace(namespace))
+            .await
+            .unwrap();
         wait(job.id).await.unwrap();
         ids.push(job.id);
     }
@@ -631,6 +635,16 @@ async fn memory_store_keeps_only_the_latest_finished_jobs() {
         .await
         .unwrap();
     assert_eq!(by_status.jobs.len(), succeeded);
+    // Each namespace's index lost its evicted jobs too.
+    let mut in_namespaces = 0;
+    for namespace in ["even", "odd"] {
+        let page = engine
+            .list(&JobQuery::tenant("t").namespace(namespace).limit(500))
+            .await
+            .unwrap();
+        in_namespaces += page.jobs.len();
+    }
+    assert_eq!(in_namespaces, succeeded);
     // The latest are kept, the oldest are gone.
     for id in &ids[ids.len() - KEEP..] {
         assert_eq!(engine.get(*id).await.unwrap().status, JobStatus::Succeeded);
