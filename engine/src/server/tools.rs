@@ -52,6 +52,10 @@ async fn register(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
+    // The body first, even when the query is refused: a refusal that left
+    // it unread would close the connection under a client that may already
+    // be sending its next request on it.
+    let wasm = component(request, &state).await?;
     let grants = grants(query.as_deref().unwrap_or(""))?;
     if !caller.is_operator() && grants != Grants::default() {
         // A grant opens the host to the guest: only the operator does that.
@@ -61,7 +65,6 @@ async fn register(
             "only the operator's key may grant a tool directories or environment variables",
         ));
     }
-    let wasm = component(request, &state).await?;
     let manifest = state
         .host
         .register_in(caller.tool_scope(), &wasm, grants)

@@ -442,6 +442,60 @@ async fn uploads_refuse_what_is_not_a_tool() {
     assert_eq!(response.status(), StatusCode::CREATED);
 }
 
+/// Sends `request` on `stream` and reads one answer (its head and a
+/// `Content-Length` body); `None` when the server closed the connection
+/// instead.
+async fn exchange(stream: &mut tokio::net::TcpStream, request: &[u8]) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await.ok()?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |n| n.trim().parse().unwrap());
+            if answer.len() >= end + 4 + length {
+                return Some(head);
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A refused grant reads the upload before answering, so the connection
+/// carries the client's next request (a client that had already sent it
+/// lost it when the server closed instead).
+#[tokio::test]
+async fn a_refused_grant_keeps_the_connection_open() {
+    let data = TempDir::new().unwrap();
+    let server = Served::start(data.path(), &[]);
+    let key = server.operator_key.clone().unwrap();
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let wasm = std::fs::read(guests::CALCULATOR).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut upload = format!(
+        "POST /v1/tools?allow_dir= HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/wasm\r\ncontent-length: {}\r\n\r\n",
+        wasm.len()
+    )
+    .into_bytes();
+    upload.extend_from_slice(&wasm);
+    let refused = exchange(&mut stream, &upload).await.expect("an answer");
+    assert!(refused.starts_with("http/1.1 422"), "{refused}");
+    assert!(!refused.contains("connection: close"), "{refused}");
+    let next = format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    let healthy = exchange(&mut stream, next.as_bytes())
+        .await
+        .expect("the connection still open");
+    assert!(healthy.starts_with("http/1.1 200"), "{healthy}");
+}
+
 #[tokio::test]
 async fn jobs_submit_read_list_wait_cancel_and_batches() {
     let data = TempDir::new().unwrap();
