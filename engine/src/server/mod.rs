@@ -292,31 +292,61 @@ async fn refuse_while_draining(
     next.run(request).await
 }
 
-/// A refusal that did not read the request's body (a missing key, a role
-/// too small, a body too large) closes the connection, and says so: the
-/// unread rest of the body is still on its way, so the connection cannot
-/// carry another request, and a client that saw no `Connection: close`
-/// might send its next request on it and lose it.
+/// An answer given without reading the request's body to its end (a
+/// missing key, a role too small, a body too large, a refusal before the
+/// handler reads it) closes the connection, and says so: the unread rest
+/// of the body is still on its way, so the connection cannot carry another
+/// request, and a client that saw no `Connection: close` might send its
+/// next request on it and lose it. Whether the body was read is watched
+/// on the body itself, so no route can forget to say it.
 async fn close_after_unread_body(request: Request, next: Next) -> Response {
-    let has_body = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .is_some_and(|length| length != "0")
-        || request
-            .headers()
-            .contains_key(axum::http::header::TRANSFER_ENCODING);
-    let mut response = next.run(request).await;
-    let refused_unread = matches!(
-        response.status(),
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::PAYLOAD_TOO_LARGE
-    );
-    if has_body && refused_unread {
+    let (parts, body) = request.into_parts();
+    // A request without a body has been read already.
+    let read = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(&body)));
+    let body = ReadToEnd {
+        inner: body,
+        read: Arc::clone(&read),
+    };
+    let mut response = next
+        .run(Request::from_parts(parts, axum::body::Body::new(body)))
+        .await;
+    if !read.load(Ordering::Relaxed) {
         response.headers_mut().insert(
             axum::http::header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),
         );
     }
     response
+}
+
+/// A request body that notes when it has been read to its end.
+struct ReadToEnd {
+    inner: axum::body::Body,
+    read: Arc<AtomicBool>,
+}
+
+impl http_body::Body for ReadToEnd {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn unknown_route(request: Request) -> ApiError {

@@ -130,10 +130,19 @@ async fn component(request: Request, state: &AppState) -> Result<Bytes, ApiError
             ));
         };
         if field.name() == Some("component") {
-            return field
+            let component = field
                 .bytes()
                 .await
-                .map_err(|err| body_rejection(err.status(), err.body_text()));
+                .map_err(|err| body_rejection(err.status(), err.body_text()))?;
+            // The rest of the form, read to its end: a body left unread
+            // closes the connection.
+            while form
+                .next_field()
+                .await
+                .map_err(|err| body_rejection(err.status(), err.body_text()))?
+                .is_some()
+            {}
+            return Ok(component);
         }
     }
 }

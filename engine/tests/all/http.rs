@@ -470,7 +470,8 @@ async fn exchange(stream: &mut tokio::net::TcpStream, request: &[u8]) -> Option<
 
 /// A refused grant reads the upload before answering, so the connection
 /// carries the client's next request (a client that had already sent it
-/// lost it when the server closed instead).
+/// lost it when the server closed instead); an answer that leaves a body
+/// unread says the connection closes.
 #[tokio::test]
 async fn a_refused_grant_keeps_the_connection_open() {
     let data = TempDir::new().unwrap();
@@ -494,6 +495,17 @@ async fn a_refused_grant_keeps_the_connection_open() {
         .await
         .expect("the connection still open");
     assert!(healthy.starts_with("http/1.1 200"), "{healthy}");
+    // Any answer that leaves a body unread says it closes the connection,
+    // whichever route gave it: here, no route at all.
+    let stray = format!(
+        "POST /v1/nowhere HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: 100000\r\n\r\n{{"
+    );
+    let closed = exchange(&mut stream, stray.as_bytes())
+        .await
+        .expect("an answer");
+    assert!(closed.starts_with("http/1.1 404"), "{closed}");
+    assert!(closed.contains("connection: close"), "{closed}");
 }
 
 #[tokio::test]
