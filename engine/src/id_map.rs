@@ -58,11 +58,16 @@ impl Hasher for IdHasher {
     fn write_usize(&mut self, _length_prefix: usize) {}
 }
 
+/// A job id's hash in an [`IdMap`].
+fn hash(id: &JobId) -> u64 {
+    BuildHasherDefault::<IdHasher>::default().hash_one(id)
+}
+
 /// A job id's hash bits for picking a shard: the upper half of the map's
 /// hash, so that the low bits a shard's table indexes by still vary among
 /// the ids of one shard.
 pub(crate) fn spread(id: &JobId) -> u64 {
-    BuildHasherDefault::<IdHasher>::default().hash_one(id) >> 32
+    hash(id) >> 32
 }
 
 #[cfg(test)]
@@ -84,8 +89,7 @@ mod tests {
             let shard = spread(id) % SHARDS;
             per_shard[shard as usize] += 1;
             if shard == 0 {
-                let hash = BuildHasherDefault::<IdHasher>::default().hash_one(id);
-                starts.insert(hash & 0xfff);
+                starts.insert(hash(id) & 0xfff);
             }
         }
         // 2,000 ids a shard on average.

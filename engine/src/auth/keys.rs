@@ -337,14 +337,13 @@ impl AuthStore {
              rate_per_second, capabilities FROM keys \
              WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)",
         )?;
-        let key = statement
+        let mut key = statement
             .query_row(params![id, tenant], key_info)
             .optional()?;
         drop(statement);
         drop(conn);
-        let mut keys: Vec<KeyInfo> = key.into_iter().collect();
-        self.fill_last_use(&mut keys)?;
-        Ok(keys.pop())
+        self.fill_last_use(key.as_mut_slice())?;
+        Ok(key)
     }
 
     /// Revokes the key `id` of `tenant` (any key for `None`): its next use

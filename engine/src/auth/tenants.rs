@@ -44,6 +44,16 @@ pub struct TenantQuota {
     pub effective: TenantConfig,
 }
 
+impl TenantQuota {
+    fn new(tenant: &str, limits: TenantLimits) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            effective: limits.effective(),
+            limits,
+        }
+    }
+}
+
 impl TenantLimits {
     /// Sets the operator's quota, and the weight when one is given.
     pub fn set_limit(&mut self, quota: Quota, weight: Option<u32>) {
@@ -89,12 +99,7 @@ impl AuthStore {
     ///
     /// [`AuthError::Sqlite`].
     pub fn tenant_quota(&self, tenant: &str) -> Result<TenantQuota, AuthError> {
-        let limits = self.tenant_limits(tenant)?;
-        Ok(TenantQuota {
-            tenant: tenant.to_owned(),
-            effective: limits.effective(),
-            limits,
-        })
+        Ok(TenantQuota::new(tenant, self.tenant_limits(tenant)?))
     }
 
     /// Every tenant with something set.
@@ -141,10 +146,6 @@ impl AuthStore {
         )?;
         let detail = serde_json::to_value(&limits).unwrap_or_default();
         self.record(actor, Some(tenant), "quota.set", Some(tenant), detail);
-        Ok(TenantQuota {
-            tenant: tenant.to_owned(),
-            effective: limits.effective(),
-            limits,
-        })
+        Ok(TenantQuota::new(tenant, limits))
     }
 }
