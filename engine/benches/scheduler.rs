@@ -37,7 +37,7 @@ use work_engine::backends::MockBackend;
 use work_engine::runtime::{CallOptions, Grants, RuntimeConfig};
 use work_engine::{Capacity, Engine, JobStatus, NewJob, Resources, ToolHost};
 
-/// The allocator the `work-engine` binary uses.
+/// The allocator the `work-engine` binary uses, tuned as it tunes it.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -226,6 +226,7 @@ async fn scheduled_calls(engine: &Engine, n: usize) -> f64 {
 }
 
 fn main() {
+    work_engine::commands::tune_allocator();
     let rounds = env("BENCH_ROUNDS", 5);
     let jobs = env("BENCH_JOBS", 200_000);
     let queued = env("BENCH_QUEUED", 1_000_000);

@@ -367,7 +367,7 @@ impl ToolHost {
         args: &str,
         options: CallOptions,
     ) -> Result<CallReport> {
-        self.runtime.check_args_size(args)?;
+        self.runtime.check_args_size(args.len())?;
         let value: serde_json::Value =
             serde_json::from_str(args).map_err(|err| Error::InvalidArgs {
                 tool: ready.manifest.name.clone(),
@@ -391,8 +391,14 @@ impl ToolHost {
         args: &serde_json::Value,
         options: CallOptions,
     ) -> Result<CallReport> {
-        let text = args.to_string();
-        self.runtime.check_args_size(&text)?;
+        let text = serde_json::to_string(args).map_err(|err| Error::InvalidArgs {
+            tool: ready.manifest.name.clone(),
+            violations: vec![Violation {
+                path: String::new(),
+                message: format!("arguments cannot be written as JSON: {err}"),
+            }],
+        })?;
+        self.runtime.check_args_size(text.len())?;
         self.call_checked(ready, args, &text, options).await
     }
 

@@ -498,11 +498,11 @@ impl NewJob {
         tool: &str,
         args: serde_json::Value,
     ) -> Self {
-        Self::new(
-            JobKind::ToolCall,
-            tenant,
-            serde_json::json!({ "tool": tool, "args": args }),
-        )
+        // Built by hand: `json!` would copy `args` through a serializer.
+        let mut payload = serde_json::Map::new();
+        payload.insert("tool".to_owned(), tool.into());
+        payload.insert("args".to_owned(), args);
+        Self::new(JobKind::ToolCall, tenant, payload.into())
     }
 
     /// With this priority.

@@ -62,6 +62,25 @@ impl WasmBackend {
     }
 }
 
+/// The length of `value`'s JSON text, counted without building it.
+fn json_size(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` fails only when the writer does, and this one
+    // never does.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 fn admit_error(err: Error) -> AdmitError {
     match err {
         Error::InvalidArgs { violations, .. } => AdmitError::InvalidArgs(violations),
@@ -90,7 +109,7 @@ impl Backend for WasmBackend {
         }
         self.host
             .runtime()
-            .check_args_size(&args.to_string())
+            .check_args_size(json_size(args))
             .map_err(admit_error)?;
         ready.validate(args).map_err(admit_error)
     }

@@ -184,7 +184,7 @@ impl Runtime {
         args: &str,
         options: CallOptions,
     ) -> Result<CallReport> {
-        self.check_args_size(args)?;
+        self.check_args_size(args.len())?;
         let run = self
             .run(tool, name, grants, Entry::Call(args), options)
             .await?;
@@ -200,21 +200,19 @@ impl Runtime {
         })
     }
 
-    /// Refuses argument text over [`RuntimeConfig::max_args_bytes`], before
-    /// anything parses it.
+    /// Refuses arguments whose JSON text is `size` bytes, over
+    /// [`RuntimeConfig::max_args_bytes`]: checked before anything parses
+    /// the text.
     ///
     /// # Errors
     ///
     /// [`Error::ArgsTooLarge`].
     ///
     /// [`RuntimeConfig::max_args_bytes`]: super::RuntimeConfig::max_args_bytes
-    pub fn check_args_size(&self, args: &str) -> Result<()> {
+    pub fn check_args_size(&self, size: usize) -> Result<()> {
         let max = self.config.max_args_bytes;
-        if args.len() > max {
-            return Err(Error::ArgsTooLarge {
-                size: args.len(),
-                max,
-            });
+        if size > max {
+            return Err(Error::ArgsTooLarge { size, max });
         }
         Ok(())
     }

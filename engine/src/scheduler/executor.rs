@@ -125,11 +125,15 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) {
         let mut attempt = Box::pin(attempt(Arc::clone(inner), start, job));
         // Polled with a waker that does nothing: if it is not finished,
         // the task it moves to polls it again first thing, and that poll
-        // registers the real waker.
+        // registers the real waker. Outside Tokio's cooperative budget:
+        // the runner's task spends it over a batch, and a spent budget
+        // makes any `select!` in the attempt answer `Pending`, which would
+        // send a quick attempt to a task of its own for nothing.
+        // IN_PLACE_BUDGET bounds the time spent here instead.
         if began.elapsed() < IN_PLACE_BUDGET
-            && let Poll::Ready(finished) = attempt
-                .as_mut()
-                .poll(&mut Context::from_waker(Waker::noop()))
+            && let Poll::Ready(finished) =
+                std::pin::pin!(tokio::task::unconstrained(attempt.as_mut()))
+                    .poll(&mut Context::from_waker(Waker::noop()))
         {
             done.push(finished);
             continue;

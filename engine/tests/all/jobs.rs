@@ -115,6 +115,33 @@ async fn bad_tool_calls_are_refused_at_admission_with_every_violation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_argument_size_limit_counts_the_json_text_at_admission() {
+    let (_dir, engine) = engine_with(&[guests::CALCULATOR]).await;
+    let limit = config().max_args_bytes;
+    // Arguments whose JSON text is exactly `len` bytes.
+    let sized = |len: usize| {
+        let bare = json!({"op": "add", "a": 1, "b": 2, "pad": ""})
+            .to_string()
+            .len();
+        let args = json!({"op": "add", "a": 1, "b": 2, "pad": "x".repeat(len - bare)});
+        assert_eq!(args.to_string().len(), len);
+        NewJob::tool_call("acme", "calculator", args)
+    };
+
+    let over = engine.submit(sized(limit + 1)).await.unwrap_err();
+    assert_eq!(over.code(), "invalid_job", "{over}");
+    let expected = format!(
+        "arguments of {} bytes are over the {limit}-byte limit",
+        limit + 1
+    );
+    assert!(over.to_string().contains(&expected), "{over}");
+
+    let at = engine.submit(sized(limit)).await.unwrap();
+    let done = engine.wait(at.id, LONG).await.unwrap();
+    assert_eq!(done.result, Some(json!(3.0)), "{done:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_one_invalid_job_is_refused_whole() {
     let (_dir, engine) = engine_with(&[guests::CALCULATOR]).await;
     let good =
