@@ -11,7 +11,8 @@
 //! - **(b) memory**: resident memory per queued job with 1,000,000 jobs
 //!   queued (`BENCH_QUEUED` to change), measured from `/proc/self/statm`.
 //! - **(c) tool calls**: `calculator` `tool_call` jobs through the
-//!   scheduler against direct `ToolHost::call`s, both on two threads, and
+//!   scheduler against direct `ToolHost::call`s, both on two threads (rate,
+//!   and CPU time per call summed over the process's threads), and
 //!   one-at-a-time latency (submit → wait) against one direct call.
 //!
 //! Everything runs in tasks on a Tokio runtime with two worker threads.
@@ -142,6 +143,26 @@ async fn mpsc_floor(n: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// CPU time this process's threads have run, in µs, from each thread's
+/// `/proc/self/task/*/schedstat` (nanosecond counters, unlike `stat`'s
+/// 10 ms ticks). Less noisy than throughput on a shared machine: time
+/// lost to other tenants or to idle threads does not count.
+fn cpu_us() -> f64 {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("schedstat")) else {
+            continue; // the thread ended
+        };
+        ns += stat
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+    }
+    ns as f64 / 1e3
+}
+
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -188,9 +209,9 @@ fn calc_job() -> NewJob {
     NewJob::tool_call("bench", "calculator", json!({"op": "add", "a": 2, "b": 2}))
 }
 
-/// Direct calls per second from two tasks.
-async fn direct_calls(host: &Arc<ToolHost>, n: usize) -> f64 {
-    let start = Instant::now();
+/// Calls per second and CPU µs per call of direct calls from two tasks.
+async fn direct_calls(host: &Arc<ToolHost>, n: usize) -> (f64, f64) {
+    let (start, cpu) = (Instant::now(), cpu_us());
     let workers: Vec<_> = (0..2)
         .map(|_| {
             let host = Arc::clone(host);
@@ -208,13 +229,15 @@ async fn direct_calls(host: &Arc<ToolHost>, n: usize) -> f64 {
     for worker in workers {
         worker.await.unwrap();
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    (rate, (cpu_us() - cpu) / n as f64)
 }
 
-/// `tool_call` jobs per second through the scheduler.
-async fn scheduled_calls(engine: &Engine, n: usize) -> f64 {
+/// Jobs per second and CPU µs per job of `tool_call` jobs through the
+/// scheduler.
+async fn scheduled_calls(engine: &Engine, n: usize) -> (f64, f64) {
     let before = engine.stats().finished_total;
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_us());
     let mut next = 0;
     while next < n {
         let jobs = (next..(next + 500).min(n)).map(|_| calc_job()).collect();
@@ -222,7 +245,8 @@ async fn scheduled_calls(engine: &Engine, n: usize) -> f64 {
         next += 500;
     }
     wait_finished(engine, before + n as u64).await;
-    n as f64 / start.elapsed().as_secs_f64()
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    (rate, (cpu_us() - cpu) / n as f64)
 }
 
 fn main() {
@@ -292,21 +316,27 @@ fn tool_call_section(rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) 
         // Warm up both paths.
         direct_calls(&host, 2_000).await;
         scheduled_calls(&engine, 2_000).await;
-        let mut direct = Vec::new();
-        let mut scheduled = Vec::new();
+        let (mut direct, mut direct_cpu) = (Vec::new(), Vec::new());
+        let (mut scheduled, mut scheduled_cpu) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            direct.push(direct_calls(&host, calls).await);
-            scheduled.push(scheduled_calls(&engine, calls).await);
+            let (rate, cpu) = direct_calls(&host, calls).await;
+            direct.push(rate);
+            direct_cpu.push(cpu);
+            let (rate, cpu) = scheduled_calls(&engine, calls).await;
+            scheduled.push(rate);
+            scheduled_cpu.push(cpu);
         }
         let (direct, scheduled) = (median(direct), median(scheduled));
+        let (direct_cpu, scheduled_cpu) = (median(direct_cpu), median(scheduled_cpu));
         println!(
-            "  direct ToolHost::call, 2 tasks  {direct:>10.0} calls/s  {:>7.2} us/call",
+            "  direct ToolHost::call, 2 tasks  {direct:>10.0} calls/s  {:>7.2} us/call  {direct_cpu:>6.2} us CPU/call",
             1e6 / direct
         );
         println!(
-            "  tool_call jobs, scheduler       {scheduled:>10.0} jobs/s   {:>7.2} us/job  ({:.2}x the direct path)",
+            "  tool_call jobs, scheduler       {scheduled:>10.0} jobs/s   {:>7.2} us/job   {scheduled_cpu:>6.2} us CPU/job  ({:.2}x the direct path; {:.2}x its CPU)",
             1e6 / scheduled,
-            direct / scheduled
+            direct / scheduled,
+            scheduled_cpu / direct_cpu
         );
 
         let mut direct_latency = Vec::new();
