@@ -85,9 +85,9 @@ const USAGE: u8 = 2;
 /// memory as it allocates (the memory store retires its oldest finished
 /// jobs as new ones arrive), so pages went back to the OS and were faulted
 /// in again, zeroed by the kernel 2 MiB at a time: 6 to 10 % of the CPU
-/// time of `tool_call` jobs in `cargo bench --bench scheduler`, and 80,000
-/// to 100,000 page faults in 8 seconds instead of about 1,500. A delay of
-/// one second keeps them through the churn and still gives memory back
+/// time of `tool_call` jobs in `cargo bench --bench scheduler`, and 70,000
+/// to 117,000 page faults in 8 seconds instead of 1,200 to 2,200. A delay
+/// of one second keeps them through the churn and still gives memory back
 /// soon after a burst.
 pub fn tune_allocator() {
     /// `mi_option_purge_delay` in mimalloc v2's `mimalloc.h`, which the
