@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -118,33 +119,21 @@ async fn component(request: Request, state: &AppState) -> Result<Bytes, ApiError
     let mut form = Multipart::from_request(request, state)
         .await
         .map_err(|rejection| ApiError::bad_request("invalid_multipart", rejection.body_text()))?;
-    loop {
-        let field = form
-            .next_field()
-            .await
-            .map_err(|err| body_rejection(err.status(), err.body_text()))?;
-        let Some(field) = field else {
-            return Err(ApiError::bad_request(
-                "missing_component",
-                "the multipart body has no `component` part",
-            ));
-        };
-        if field.name() == Some("component") {
-            let component = field
-                .bytes()
-                .await
-                .map_err(|err| body_rejection(err.status(), err.body_text()))?;
-            // The rest of the form, read to its end: a body left unread
-            // closes the connection.
-            while form
-                .next_field()
-                .await
-                .map_err(|err| body_rejection(err.status(), err.body_text()))?
-                .is_some()
-            {}
-            return Ok(component);
+    let refused = |err: MultipartError| body_rejection(err.status(), err.body_text());
+    // Every part is read, the ones after `component` too: a body left
+    // unread closes the connection.
+    let mut component = None;
+    while let Some(field) = form.next_field().await.map_err(refused)? {
+        if component.is_none() && field.name() == Some("component") {
+            component = Some(field.bytes().await.map_err(refused)?);
         }
     }
+    component.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_component",
+            "the multipart body has no `component` part",
+        )
+    })
 }
 
 /// The newest version of every tool the caller sees: its tenant's own and
