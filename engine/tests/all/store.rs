@@ -7,7 +7,7 @@ use serde_json::json;
 use work_engine::store::{
     Commit, Durability, Inserted, MemoryStore, SqliteStore, Store, StoreError, Transition,
 };
-use work_engine::{Job, JobError, JobQuery, JobStatus, OutcomeClass, Priority, Resources};
+use work_engine::{Job, JobError, JobId, JobQuery, JobStatus, OutcomeClass, Priority, Resources};
 
 /// What the engine hands a store: shared copies.
 fn shared<const N: usize>(jobs: [&Job; N]) -> Vec<Arc<Job>> {
@@ -63,6 +63,13 @@ fn finish(epoch: u64, status: JobStatus) -> Transition {
 }
 
 /// Every `Store` must pass this.
+/// The ids `list` finds in `status`, newest first.
+async fn ids_in(store: &dyn Store, tenant: &str, status: JobStatus) -> Vec<JobId> {
+    let query = JobQuery::tenant(tenant).status(status).limit(100);
+    let page = store.list(&query).await.unwrap();
+    page.jobs.iter().map(|j| j.id).collect()
+}
+
 async fn conformance(store: &dyn Store) {
     // Batch insert, idempotency within and across batches, per tenant.
     let mut a = job("t1", "ns");
@@ -182,6 +189,7 @@ async fn conformance(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(dead.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[0]]);
+    assert_eq!(ids_in(store, "t3", JobStatus::Failed).await, [ids[0]]);
 
     // Revival, cancellation, and the unfinished set for recovery.
     let revived = store.transition(ids[0], Transition::Revive).await.unwrap();
@@ -196,6 +204,12 @@ async fn conformance(store: &dyn Store) {
             .unwrap()
             .jobs
             .is_empty()
+    );
+    assert!(ids_in(store, "t3", JobStatus::Failed).await.is_empty());
+    assert!(
+        ids_in(store, "t3", JobStatus::Queued)
+            .await
+            .contains(&ids[0])
     );
     store.transition(ids[1], cancel()).await.unwrap();
     let unfinished = store.unfinished().await.unwrap();
