@@ -95,9 +95,6 @@ impl Ascending {
 
     /// Removes the ids in `gone` (sorted) in one pass.
     fn remove_sorted(&mut self, gone: &[JobId]) {
-        if gone.is_empty() {
-            return;
-        }
         let mut next = gone.iter().peekable();
         self.0.retain(|id| {
             while next.next_if(|g| *g < id).is_some() {}
@@ -145,23 +142,11 @@ impl StatusIndex {
         }
     }
 
-    /// Removes `jobs` from their statuses' sets: each finished set in one
-    /// pass.
-    fn remove_jobs(&mut self, jobs: &[Arc<Job>]) {
-        for status in JobStatus::ALL {
-            let mut gone: Vec<JobId> = jobs
-                .iter()
-                .filter(|job| job.status == status)
-                .map(|job| job.id)
-                .collect();
-            if status.is_terminal() {
-                gone.sort_unstable();
-                self.finished[status as usize].remove_sorted(&gone);
-            } else {
-                for id in &gone {
-                    self.active[status as usize].remove(id);
-                }
-            }
+    /// Removes the finished jobs `ids` (sorted), one pass over each
+    /// finished set.
+    fn remove_finished(&mut self, ids: &[JobId]) {
+        for set in &mut self.finished {
+            set.remove_sorted(ids);
         }
     }
 
@@ -229,9 +214,10 @@ impl TenantIndex {
         }
     }
 
-    /// Forgets `jobs`, sorted by namespace then id, which have left the
-    /// store.
+    /// Forgets `jobs`, finished and sorted by namespace then id, which
+    /// have left the store.
     fn forget(&mut self, jobs: &[Arc<Job>]) {
+        debug_assert!(jobs.iter().all(|job| job.status.is_terminal()));
         let mut ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
         ids.sort_unstable();
         self.all.remove_sorted(&ids);
@@ -245,7 +231,7 @@ impl TenantIndex {
                 }
             }
         }
-        self.by_status.remove_jobs(jobs);
+        self.by_status.remove_finished(&ids);
         for job in jobs {
             // A key or external id may name a newer job by now.
             if let Some(key) = &job.constraints.idempotency_key

@@ -62,7 +62,6 @@ fn finish(epoch: u64, status: JobStatus) -> Transition {
     }
 }
 
-/// Every `Store` must pass this.
 /// The ids `list` finds in `status`, newest first.
 async fn ids_in(store: &dyn Store, tenant: &str, status: JobStatus) -> Vec<JobId> {
     let query = JobQuery::tenant(tenant).status(status).limit(100);
@@ -70,6 +69,7 @@ async fn ids_in(store: &dyn Store, tenant: &str, status: JobStatus) -> Vec<JobId
     page.jobs.iter().map(|j| j.id).collect()
 }
 
+/// Every `Store` must pass this.
 async fn conformance(store: &dyn Store) {
     // Batch insert, idempotency within and across batches, per tenant.
     let mut a = job("t1", "ns");
