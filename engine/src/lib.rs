@@ -58,6 +58,7 @@ pub mod runtime;
 pub mod scheduler;
 #[cfg(feature = "server")]
 pub mod server;
+mod spinning_mutex;
 pub mod store;
 mod token_bucket;
 mod tool_host;

@@ -29,7 +29,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +39,7 @@ use work_host_api::{
 };
 
 use crate::events::{EventData, EventStream, Telemetry};
+use crate::spinning_mutex::SpinningMutex;
 use crate::store::{Commit, Inserted, JobPage, JobQuery, MemoryStore, Store, Transition};
 use crate::tool_host::ToolHost;
 
@@ -77,7 +77,7 @@ impl std::fmt::Debug for Engine {
 }
 
 pub(crate) struct Inner {
-    state: Mutex<State>,
+    state: SpinningMutex<State>,
     store: Arc<dyn Store>,
     backends: Vec<Arc<dyn Backend>>,
     telemetry: Telemetry,
@@ -287,7 +287,7 @@ impl EngineBuilder {
             shutdown: CancellationToken::new(),
             defaults: self.defaults,
             records: Arc::new(tokio::sync::Semaphore::new(executor::RECORDS_IN_FLIGHT)),
-            state: Mutex::new(state),
+            state: SpinningMutex::new(state),
         });
         runtime.spawn(timer_loop(
             Arc::downgrade(&inner),

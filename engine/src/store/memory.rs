@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
 
 use crate::id_map::{IdMap, NameMap, spread};
+use crate::spinning_mutex::SpinningMutex;
 use work_host_api::{CompactString, Job, JobId, JobStatus};
 
 use super::{Commit, Inserted, JobPage, JobQuery, Store, StoreError, Transition};
@@ -31,8 +32,8 @@ const SHARDS: usize = 32;
 ///
 /// Lock order: a tenant's index, then a shard; never the other way round.
 pub struct MemoryStore {
-    shards: [Mutex<IdMap<Arc<Job>>>; SHARDS],
-    tenants: RwLock<NameMap<CompactString, Arc<Mutex<TenantIndex>>>>,
+    shards: [SpinningMutex<IdMap<Arc<Job>>>; SHARDS],
+    tenants: RwLock<NameMap<CompactString, Arc<SpinningMutex<TenantIndex>>>>,
     keep_finished: usize,
     /// Finished jobs (not dead letters), in the order they finished, with
     /// their `finished_at`: a job revived and finished again is entered
@@ -276,15 +277,15 @@ impl MemoryStore {
         }
     }
 
-    fn shard(&self, id: &JobId) -> &Mutex<IdMap<Arc<Job>>> {
+    fn shard(&self, id: &JobId) -> &SpinningMutex<IdMap<Arc<Job>>> {
         &self.shards[spread(id) as usize % SHARDS]
     }
 
-    fn tenant(&self, tenant: &str) -> Option<Arc<Mutex<TenantIndex>>> {
+    fn tenant(&self, tenant: &str) -> Option<Arc<SpinningMutex<TenantIndex>>> {
         self.tenants.read().get(tenant).cloned()
     }
 
-    fn tenant_or_new(&self, tenant: &str) -> Arc<Mutex<TenantIndex>> {
+    fn tenant_or_new(&self, tenant: &str) -> Arc<SpinningMutex<TenantIndex>> {
         if let Some(index) = self.tenant(tenant) {
             return index;
         }
@@ -317,7 +318,7 @@ impl MemoryStore {
             .collect();
         // By tenant, so each index is locked once: look each tenant's
         // index up once (batches are mostly one tenant's), then order by it.
-        let mut indexes: Vec<(&str, Arc<Mutex<TenantIndex>>)> = Vec::new();
+        let mut indexes: Vec<(&str, Arc<SpinningMutex<TenantIndex>>)> = Vec::new();
         let mut grouped: Vec<(usize, JobId, JobStatus, usize)> = Vec::with_capacity(moved.len());
         for (id, before, i) in moved {
             let Ok(job) = &results[i] else { continue };
