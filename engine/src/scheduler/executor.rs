@@ -386,11 +386,11 @@ fn announce(inner: &Inner, d: Done, requeued: Option<usize>) {
 /// store's record decide what the scheduler does with the job.
 async fn abandon_attempt(inner: &Arc<Inner>, start: &Start) {
     let stored = inner.store.get(start.id).await.ok().flatten();
-    let released = {
+    let (released, wake) = {
         let mut state = inner.state.lock();
         let now = Instant::now();
         state.end_attempt(start.id, now);
-        match stored.map(|job| job.status) {
+        let released = match stored.map(|job| job.status) {
             Some(JobStatus::Queued) => {
                 state.retry(start.id, now + Duration::from_secs(1), now);
                 Released::default()
@@ -398,8 +398,10 @@ async fn abandon_attempt(inner: &Arc<Inner>, start: &Start) {
             Some(status) if status.is_terminal() => state.finished(start.id, status, now),
             // Running elsewhere, or gone: not ours to track.
             _ => state.finished(start.id, JobStatus::Canceled, now),
-        }
+        };
+        (released, state.dispatch(now))
     };
+    inner.wake_runner(wake);
     inner.timer.notify_one();
     inner.settle(released).await;
 }

@@ -794,6 +794,7 @@ impl Engine {
             let live = live_for(&mut state, &job, backend, now)?;
             state.admit(vec![(id, live)], now).map_err(|(err, _)| err)?;
         }
+        let was = job.status;
         let job = match inner.store.transition(id, Transition::Revive).await {
             Ok(job) => job,
             Err(err) => {
@@ -804,6 +805,7 @@ impl Engine {
         let wake = {
             let mut state = inner.state.lock();
             let now = Instant::now();
+            state.revive(id, was);
             let outcome = state.place(id, &[], false, None, now);
             let wake = state.dispatch(now);
             drop(state);
@@ -825,7 +827,7 @@ impl Engine {
     ///
     /// [`EngineError::NotFound`]; [`EngineError::Store`].
     pub async fn cancel(&self, id: JobId) -> Result<Arc<Job>, EngineError> {
-        let action = self.inner.state.lock().request_cancel(id);
+        let action = self.inner.state.lock().request_cancel(id, Instant::now());
         match action {
             CancelAction::Dequeued => {
                 let error = JobError {
@@ -1208,7 +1210,15 @@ impl Inner {
                 (None, status)
             }
         };
-        let released = self.state.lock().finished(id, status, Instant::now());
+        // What it held or blocked (a reservation, a group's slot) may let
+        // others start.
+        let (released, wake) = {
+            let mut state = self.state.lock();
+            let now = Instant::now();
+            let released = state.finished(id, status, now);
+            (released, state.dispatch(now))
+        };
+        self.wake_runner(wake);
         (job, released)
     }
 
@@ -1229,7 +1239,7 @@ impl Inner {
             }
         }
         if let Some(dep) = failed {
-            let action = self.state.lock().request_cancel(id);
+            let action = self.state.lock().request_cancel(id, Instant::now());
             if let CancelAction::Dequeued = action {
                 self.cancel_waiting(id, dependency_failed(format!("dependency {dep} failed")))
                     .await;

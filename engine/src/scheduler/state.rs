@@ -579,6 +579,16 @@ impl State {
         }
     }
 
+    /// A dead letter taken back (before [`State::place`]): it no longer
+    /// counts as having ended `was`.
+    pub(crate) fn revive(&mut self, id: JobId, was: JobStatus) {
+        let Some(live) = self.jobs.get(&id) else {
+            return;
+        };
+        let (tenant, priority) = (Arc::clone(&live.tenant), live.priority);
+        self.count(&tenant, priority, Some(was), None);
+    }
+
     /// A new job whose dependency had already failed: counted as pending
     /// and on its way to `canceled`.
     pub(crate) fn doom(&mut self, id: JobId) {
@@ -636,7 +646,18 @@ impl State {
         live.place = Place::Queued;
         live.since = now;
         let tenant = Arc::clone(&live.tenant);
-        let level = &mut self.levels[live.level.index()];
+        let level_index = live.level.index();
+        if front
+            && let Some(reserved) = self.reservation.and_then(|r| self.jobs.get(&r))
+            && reserved.level.index() == level_index
+            && Arc::ptr_eq(&reserved.tenant, &tenant)
+        {
+            // The reserved job is no longer first in its queue, where only
+            // backfill would ever reach it: room held for it would hold up
+            // everyone, for good if the job now in front cannot start.
+            self.reservation = None;
+        }
+        let level = &mut self.levels[level_index];
         let queue = level.queues.entry(Arc::clone(&tenant)).or_insert_with(|| {
             level.ring.push_back(Arc::clone(&tenant));
             TenantQueue::default()
@@ -719,6 +740,9 @@ impl State {
             }
             self.levels[level].depth -= lifted.len();
             for id in lifted {
+                // It goes to the back of the level above: no longer first
+                // in line, it holds no room (it reserves again once it is).
+                self.drop_reservation(id);
                 if let Some(live) = self.jobs.get_mut(&id) {
                     live.level = Priority::ALL[level - 1];
                 }
@@ -861,9 +885,10 @@ impl State {
     }
 
     /// When a tenant's first job waits for resources, one of its next few
-    /// jobs that fits what is free (less the reservation) may start ahead
-    /// of it: backfill that never delays the reserved job. Takes it out of
-    /// the queue.
+    /// jobs that fits what is free (less the reservation), and its
+    /// tenant's quotas and its group's limit, may start ahead of it:
+    /// backfill that never delays the reserved job. Takes it out of the
+    /// queue.
     fn backfill(&mut self, level: usize, tenant: &Arc<str>) -> Option<JobId> {
         const LOOKAHEAD: usize = 8;
         let queue = self.levels[level].queues.get(tenant)?;
@@ -871,6 +896,7 @@ impl State {
             self.jobs.get(id).is_some_and(|live| {
                 matches!(live.place, Place::Queued)
                     && live.level.index() == level
+                    && !self.over_quota(live)
                     && live.group.as_ref().is_none_or(|group| {
                         self.groups.get(group).map_or(0, |g| g.running) < self.group_limit(group)
                     })
@@ -884,36 +910,47 @@ impl State {
             .remove(position + 1)
     }
 
+    /// Whether starting `live` now would take its tenant past a quota.
+    fn over_quota(&self, live: &Live) -> bool {
+        let Some(tenant) = self.tenants.get(&live.tenant) else {
+            return false;
+        };
+        let quota = &tenant.config.quota;
+        quota.max_running.is_some_and(|max| tenant.running >= max)
+            || quota
+                .max_cpu
+                .is_some_and(|max| tenant.cpu_milli + live.need.cpu_milli > (max * 1000.0) as u64)
+            || quota
+                .max_memory_mb
+                .is_some_and(|max| tenant.memory_mb + live.need.memory_mb > max)
+            || quota
+                .max_gpus
+                .is_some_and(|max| tenant.gpus + live.need.gpu().map_or(0, |(_, n)| n) > max)
+    }
+
     fn check(&mut self, id: JobId) -> Check {
         let Some(live) = self.jobs.get(&id) else {
             return Check::Blocked;
         };
-        if let Some(tenant) = self.tenants.get(&live.tenant) {
-            let quota = &tenant.config.quota;
-            let over = quota.max_running.is_some_and(|max| tenant.running >= max)
-                || quota.max_cpu.is_some_and(|max| {
-                    tenant.cpu_milli + live.need.cpu_milli > (max * 1000.0) as u64
-                })
-                || quota
-                    .max_memory_mb
-                    .is_some_and(|max| tenant.memory_mb + live.need.memory_mb > max)
-                || quota
-                    .max_gpus
-                    .is_some_and(|max| tenant.gpus + live.need.gpu().map_or(0, |(_, n)| n) > max);
-            if over {
-                return Check::Blocked;
-            }
+        if self.over_quota(live) {
+            // Held for a job that cannot start anyway, room would only
+            // keep others waiting.
+            self.drop_reservation(id);
+            return Check::Blocked;
         }
         if let Some(group) = &live.group {
             let running = self.groups.get(group).map_or(0, |g| g.running);
             if running >= self.group_limit(group) {
-                return Check::Park(Arc::clone(group));
+                let group = Arc::clone(group);
+                // Parked, it is looked at again only when a slot of its
+                // group frees: room held for it meanwhile would hold up
+                // everyone else, for good if nothing of its group runs.
+                self.drop_reservation(id);
+                return Check::Park(group);
             }
         }
         if self.fits(id, &live.need) {
-            if self.reservation == Some(id) {
-                self.reservation = None;
-            }
+            self.drop_reservation(id);
             return Check::Start;
         }
         let outranks = match self.reservation.and_then(|r| self.jobs.get(&r)) {
@@ -921,9 +958,35 @@ impl State {
             None => true,
         };
         if outranks {
-            self.reservation = Some(id);
+            let displaced = self.reservation.replace(id);
+            // What the job it displaced was holding may be all it needed.
+            if displaced.is_some() && self.fits(id, &live.need) {
+                self.reservation = None;
+                return Check::Start;
+            }
         }
         Check::NoRoom
+    }
+
+    fn drop_reservation(&mut self, id: JobId) {
+        if self.reservation == Some(id) {
+            self.reservation = None;
+        }
+    }
+
+    /// A slot of `group` may be free: its longest-parked job goes back to
+    /// the front of its queue (and parks again if another job takes the
+    /// slot first).
+    fn unpark(&mut self, group: &str, now: Instant) {
+        let limit = self.group_limit(group);
+        let next = self
+            .groups
+            .get_mut(group)
+            .filter(|g| g.running < limit)
+            .and_then(|g| g.parked.pop_front());
+        if let Some(next) = next {
+            self.enqueue_at(next, now, true);
+        }
     }
 
     /// Whether `need` fits the free pool, less what the reservation (if it
@@ -1046,14 +1109,11 @@ impl State {
         let run = now.saturating_duration_since(started);
         self.runs_us.push(micros(run));
         self.run_seconds.observe(run.as_secs_f64());
-        if let Some(group) = group.and_then(|g| self.groups.get_mut(&g)) {
-            group.running = group.running.saturating_sub(1);
-            // One slot freed: the longest-parked job goes back to the front
-            // of its queue.
-            let next = group.parked.pop_front();
-            if let Some(next) = next {
-                self.enqueue_at(next, now, true);
+        if let Some(group) = group {
+            if let Some(g) = self.groups.get_mut(&group) {
+                g.running = g.running.saturating_sub(1);
             }
+            self.unpark(&group, now);
         }
     }
 
@@ -1088,9 +1148,7 @@ impl State {
         let Some(live) = self.jobs.remove(&id) else {
             return released;
         };
-        if self.reservation == Some(id) {
-            self.reservation = None;
-        }
+        self.drop_reservation(id);
         let from = live.status();
         if from != JobStatus::Running {
             // Ended while waiting (cancelled, or a dependency failed).
@@ -1137,7 +1195,7 @@ impl State {
     }
 
     /// Takes a waiting job out of the running, or signals a running one.
-    pub(crate) fn request_cancel(&mut self, id: JobId) -> CancelAction {
+    pub(crate) fn request_cancel(&mut self, id: JobId, now: Instant) -> CancelAction {
         let Some(live) = self.jobs.get_mut(&id) else {
             return CancelAction::NotLive;
         };
@@ -1152,16 +1210,22 @@ impl State {
             Place::Admitting => CancelAction::Nothing,
             Place::Pending { .. } | Place::Delayed | Place::Queued | Place::GroupWait => {
                 let group = live.group.clone();
+                let queued = matches!(live.place, Place::Queued);
                 live.place = Place::Ending {
                     from: live.status(),
-                    queued: matches!(live.place, Place::Queued),
+                    queued,
                 };
-                if let Some(group) = group.and_then(|g| self.groups.get_mut(&g)) {
-                    group.parked.retain(|parked| *parked != id);
+                if let Some(group) = group {
+                    if let Some(g) = self.groups.get_mut(&group) {
+                        g.parked.retain(|parked| *parked != id);
+                    }
+                    // It may have been the parked job a freed slot was
+                    // meant for: the next one gets its chance.
+                    if queued {
+                        self.unpark(&group, now);
+                    }
                 }
-                if self.reservation == Some(id) {
-                    self.reservation = None;
-                }
+                self.drop_reservation(id);
                 CancelAction::Dequeued
             }
         }

@@ -16,6 +16,7 @@ mod examples;
 mod guests;
 mod http;
 mod jobs;
+mod random_workloads;
 mod registry;
 mod scheduler;
 mod store;
