@@ -72,8 +72,6 @@ struct Model {
     /// Every job, in submission order (a `HashMap`'s order would make the
     /// workload differ between runs of one seed).
     all: Vec<JobId>,
-    /// In submission order, per tenant.
-    ids: HashMap<&'static str, Vec<JobId>>,
     /// First job of each (tenant, idempotency key).
     keys: HashMap<(&'static str, String), JobId>,
     /// Cancels that found the job waiting: when they returned.
@@ -82,6 +80,17 @@ struct Model {
     signalled: BTreeSet<JobId>,
     revived: BTreeSet<JobId>,
     refused_batches: usize,
+}
+
+impl Model {
+    /// `tenant`'s jobs, in submission order.
+    fn of(&self, tenant: &str) -> Vec<JobId> {
+        self.all
+            .iter()
+            .copied()
+            .filter(|id| self.specs[id].tenant == tenant)
+            .collect()
+    }
 }
 
 fn engine(mock: &MockBackend) -> Engine {
@@ -255,7 +264,7 @@ async fn run_workload(seed: u64, steps: usize) -> Exercised {
 
     for _ in 0..steps {
         let tenant = TENANTS[rng.usize(0..TENANTS.len())];
-        let earlier = model.ids.get(tenant).cloned().unwrap_or_default();
+        let earlier = model.of(tenant);
         match rng.u32(0..100) {
             0..65 => {
                 let (mut job, spec) = random_job(&mut rng, tenant, &earlier);
@@ -280,7 +289,6 @@ async fn run_workload(seed: u64, steps: usize) -> Exercised {
                         }
                     }
                 }
-                model.ids.entry(tenant).or_default().push(job.id);
                 model.all.push(job.id);
                 model.specs.insert(job.id, spec);
             }
@@ -308,7 +316,6 @@ async fn run_workload(seed: u64, steps: usize) -> Exercised {
                     Ok(batch) => {
                         assert!(!refuse, "seed {seed}: a batch with a bad job was admitted");
                         for (job, spec) in batch.jobs.iter().zip(specs) {
-                            model.ids.entry(tenant).or_default().push(job.id);
                             model.all.push(job.id);
                             model.specs.insert(job.id, spec);
                         }
@@ -567,13 +574,7 @@ async fn check_reads(seed: u64, engine: &Engine, model: &Model, finals: &HashMap
         }
     };
     for tenant in TENANTS {
-        let mine: BTreeSet<JobId> = model
-            .ids
-            .get(tenant)
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect();
+        let mine: BTreeSet<JobId> = model.of(tenant).into_iter().collect();
         let listed = pages(JobQuery::tenant(tenant)).await;
         assert_eq!(
             listed.len(),
@@ -673,15 +674,8 @@ fn check_events(
     // A job's end is announced just after its waiters wake: on two
     // threads the last events may still be on their way.
     let ended = |seen: Option<&Vec<EventData>>| {
-        seen.and_then(|events| events.last()).is_some_and(|last| {
-            matches!(
-                last,
-                EventData::Completed { .. }
-                    | EventData::Failed { .. }
-                    | EventData::TimedOut { .. }
-                    | EventData::Canceled { .. }
-            )
-        })
+        seen.and_then(|events| events.last())
+            .is_some_and(EventData::is_terminal)
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
