@@ -259,9 +259,10 @@ impl EventStream {
 }
 
 /// Sees the events it wants as they are emitted, on the thread that emits
-/// them: unlike a subscriber it can never fall behind and lose one, so it
-/// must be quick (hand the event on, don't work on it). An audit trail is
-/// its use.
+/// them and mostly under the scheduler's lock: unlike a subscriber it can
+/// never fall behind and lose one, so it must be quick (hand the event on,
+/// don't work on it) and must not call the engine. An audit trail is its
+/// use.
 #[derive(Clone)]
 pub struct EventObserver {
     wants: fn(&EventData) -> bool,

@@ -293,22 +293,30 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
     };
 
     let mut released = Released::default();
-    let mut requeued = vec![None; done.len()];
+    let mut refused = Vec::new();
     let wake = {
         let mut state = inner.state.lock();
         let now = Instant::now();
-        for (i, (d, recorded)) in done.iter().zip(&recorded).enumerate() {
-            if recorded.is_err() {
+        for (d, recorded) in done.into_iter().zip(recorded) {
+            if let Err(err) = recorded {
+                refused.push((d.start, err));
                 continue;
             }
             state.end_attempt(d.id, now);
             state.count_outcome(d.class);
-            match &d.decision {
+            // Announced under the lock, in the same pass as the change:
+            // no other thread can act on the job (run it again, revive
+            // it) and announce that first, and the waiters woken by
+            // `finished` find the end on the stream.
+            match d.decision {
                 Decision::Retry { delay, .. } => {
-                    requeued[i] = state.retry(d.id, now + *delay, now);
+                    let requeued = state.retry(d.id, now + delay, now);
+                    announce(inner, d, requeued);
                 }
                 Decision::Finish { status, .. } => {
-                    released.absorb(state.finished(d.id, *status, now));
+                    let id = d.id;
+                    announce(inner, d, None);
+                    released.absorb(state.finished(id, status, now));
                 }
             }
         }
@@ -316,15 +324,11 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
     };
     inner.wake_runner(wake);
 
-    for (i, (d, recorded)) in done.into_iter().zip(recorded).enumerate() {
-        if let Err(err) = recorded {
-            // Someone else owns the job now (a newer epoch); their record
-            // stands. Give the resources back and forget it here.
-            tracing::warn!(id = %d.id, %err, "attempt result refused by the store");
-            abandon_attempt(inner, &d.start).await;
-            continue;
-        }
-        announce(inner, d, requeued[i]);
+    for (start, err) in refused {
+        // Someone else owns the job now (a newer epoch); their record
+        // stands. Give the resources back and forget it here.
+        tracing::warn!(id = %start.id, %err, "attempt result refused by the store");
+        abandon_attempt(inner, &start).await;
     }
     inner.settle(released).await;
 }

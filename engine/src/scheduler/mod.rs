@@ -48,7 +48,7 @@ pub use error::EngineError;
 pub use stats::{Histogram, LevelStats, ResourceStats, Stats, StatusCounts, Summary, TenantStats};
 
 use config::{JobDefaults, SchedulerConfig};
-use state::{CancelAction, Live, Need, Place, PlaceOutcome, Released, State};
+use state::{CancelAction, Live, Need, Place, PlaceOutcome, Released, Revival, State};
 
 /// Jobs accepted together by [`Engine::submit_batch`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -325,16 +325,15 @@ async fn timer_loop(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: Cancellatio
         }
         let Some(inner) = inner.upgrade() else { return };
         let now = Instant::now();
-        let (enqueued, wake) = {
+        let wake = {
             let mut state = inner.state.lock();
-            let enqueued = state.tick(now);
-            (enqueued, state.dispatch(now))
+            for (id, tenant, priority, depth) in state.tick(now) {
+                inner
+                    .telemetry
+                    .job(id, &tenant, || EventData::Enqueued { priority, depth });
+            }
+            state.dispatch(now)
         };
-        for (id, tenant, priority, depth) in enqueued {
-            inner
-                .telemetry
-                .job(id, &tenant, || EventData::Enqueued { priority, depth });
-        }
         inner.wake_runner(wake);
     }
 }
@@ -473,9 +472,13 @@ impl Engine {
             let mut state = inner.state.lock();
             let mut lives = Vec::with_capacity(prepared.len());
             for (index, p) in prepared.iter().enumerate() {
-                let live =
-                    live_for(&mut state, &p.job, p.backend, now).map_err(batch_error(index))?;
-                lives.push((p.job.id, live));
+                match live_for(&mut state, &p.job, p.backend, now) {
+                    Ok(live) => lives.push((p.job.id, live)),
+                    Err(err) => {
+                        state.discard(lives);
+                        return Err(batch_error(index)(err));
+                    }
+                }
             }
             if let Err((err, overflow)) = state.admit(lives, now) {
                 drop(state);
@@ -515,8 +518,6 @@ impl Engine {
         };
 
         let mut accepted = Vec::with_capacity(prepared.len());
-        // (index in `accepted`, backend, where it was placed) of new jobs.
-        let mut placed = Vec::with_capacity(prepared.len());
         let mut doomed = Vec::new();
         let mut holds = Vec::new();
         let (wake, backlogged) = {
@@ -541,27 +542,14 @@ impl Engine {
                     }
                     outcome
                 };
-                placed.push((accepted.len(), p.backend, outcome));
+                // Announced before the jobs are dispatched, under the
+                // lock: a runner that starts one at once announces that
+                // after.
+                inner.announce_admitted(&p.job, p.backend, outcome);
                 accepted.push(p.job);
             }
             (state.dispatch(now), state.backlogged(executor::BATCH))
         };
-        for &(index, backend, outcome) in &placed {
-            let job = &accepted[index];
-            inner
-                .telemetry
-                .job(job.id, &job.tenant_id, || EventData::Submitted {
-                    kind: job.kind.clone(),
-                    priority: job.priority,
-                    namespace: job.namespace.to_string(),
-                });
-            inner
-                .telemetry
-                .job(job.id, &job.tenant_id, || EventData::Admitted {
-                    backend: inner.backends[backend].name().to_owned(),
-                });
-            inner.announce_queued(job, outcome);
-        }
         inner.wake_runner(wake);
         if wake && backlogged {
             // The woken runner waits in this worker's next-task slot, which
@@ -677,7 +665,6 @@ impl Engine {
                                 .next_run_at
                                 .and_then(|at| instant_of(at, Utc::now(), now));
                             let outcome = state.place(job.id, &open_deps, false, run_at, now);
-                            drop(state);
                             inner.announce_queued(&job, outcome);
                         }
                         None
@@ -780,20 +767,34 @@ impl Engine {
     /// admission errors of [`Engine::submit`] for quotas and capacity.
     pub async fn retry_dead_letter(&self, id: JobId) -> Result<Arc<Job>, EngineError> {
         let inner = &self.inner;
-        let job = self.get(id).await?;
-        if !job.dead_letter {
-            return Err(EngineError::NotDeadLettered {
-                id,
-                status: job.status,
-            });
-        }
-        let backend = inner.select_backend(&job)?;
-        let now = Instant::now();
-        {
-            let mut state = inner.state.lock();
-            let live = live_for(&mut state, &job, backend, now)?;
-            state.admit(vec![(id, live)], now).map_err(|(err, _)| err)?;
-        }
+        let job = loop {
+            let job = self.get(id).await?;
+            if !job.dead_letter {
+                return Err(EngineError::NotDeadLettered {
+                    id,
+                    status: job.status,
+                });
+            }
+            let backend = inner.select_backend(&job)?;
+            let now = Instant::now();
+            let ending = {
+                let mut state = inner.state.lock();
+                match state.revival(id) {
+                    Revival::Free => {
+                        let live = live_for(&mut state, &job, backend, now)?;
+                        state.admit(vec![(id, live)], now).map_err(|(err, _)| err)?;
+                        break job;
+                    }
+                    Revival::Busy(status) => {
+                        return Err(EngineError::NotDeadLettered { id, status });
+                    }
+                    Revival::Ending(ending) => ending,
+                }
+            };
+            // The store has its end, the scheduler is about to let go of
+            // it: taking it in before would lose it.
+            let _ = ending.await;
+        };
         let was = job.status;
         let job = match inner.store.transition(id, Transition::Revive).await {
             Ok(job) => job,
@@ -807,10 +808,8 @@ impl Engine {
             let now = Instant::now();
             state.revive(id, was);
             let outcome = state.place(id, &[], false, None, now);
-            let wake = state.dispatch(now);
-            drop(state);
             inner.announce_queued(&job, outcome);
-            wake
+            state.dispatch(now)
         };
         inner.wake_runner(wake);
         Ok(job)
@@ -1148,6 +1147,24 @@ impl Inner {
         })
     }
 
+    /// The events of a job just admitted and placed.
+    fn announce_admitted(&self, job: &Job, backend: usize, outcome: PlaceOutcome) {
+        self.telemetry
+            .job(job.id, &job.tenant_id, || EventData::Submitted {
+                kind: job.kind.clone(),
+                priority: job.priority,
+                namespace: job.namespace.to_string(),
+            });
+        self.telemetry
+            .job(job.id, &job.tenant_id, || EventData::Admitted {
+                backend: self.backends[backend].name().to_owned(),
+            });
+        self.announce_queued(job, outcome);
+    }
+
+    /// The events of a job placed in the state. Called under the state's
+    /// lock, before it dispatches: a job's events then reach the stream in
+    /// the order its changes were made, whichever threads made them.
     fn announce_queued(&self, job: &Job, outcome: PlaceOutcome) {
         let (id, tenant, priority) = (job.id, job.tenant_id.as_str(), job.priority);
         match outcome {
@@ -1263,15 +1280,14 @@ impl Inner {
             for id in std::mem::take(&mut released.ready) {
                 match self.store.transition(id, Transition::Ready).await {
                     Ok(job) => {
-                        let (depth, wake) = {
+                        let wake = {
                             let mut state = self.state.lock();
                             let now = Instant::now();
-                            let depth = state.ready(id, now);
-                            (depth, state.dispatch(now))
+                            if let Some(depth) = state.ready(id, now) {
+                                self.announce_queued(&job, PlaceOutcome::Queued(depth));
+                            }
+                            state.dispatch(now)
                         };
-                        if let Some(depth) = depth {
-                            self.announce_queued(&job, PlaceOutcome::Queued(depth));
-                        }
                         self.wake_runner(wake);
                     }
                     Err(err) => tracing::warn!(%id, %err, "could not queue a ready dependent"),
@@ -1287,5 +1303,83 @@ impl Inner {
                 released.absorb(more);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::backends::MockBackend;
+    use work_host_api::Resources;
+
+    fn grouped(group: &str, mock: serde_json::Value) -> NewJob {
+        NewJob::new("sim", "acme", json!({ "mock": mock })).with_concurrency_group(group)
+    }
+
+    /// A group is kept while a live job names it, and no longer.
+    #[tokio::test(start_paused = true)]
+    async fn a_group_is_forgotten_once_none_of_its_jobs_is_live() {
+        let engine = Engine::builder()
+            .capacity(Capacity {
+                cpu: 4.0,
+                memory_mb: 1024,
+                gpus: Vec::new(),
+            })
+            .backend(MockBackend::new())
+            .build()
+            .unwrap();
+        let groups = || engine.inner.state.lock().group_count();
+
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            let job = grouped(&format!("experiment-{i}"), json!({ "delay_ms": 10 }));
+            ids.push(engine.submit(job).await.unwrap().id);
+        }
+        // Two jobs of one group: one runs, one is parked.
+        for _ in 0..2 {
+            let job = grouped("shared", json!({ "delay_ms": 10 }));
+            ids.push(engine.submit(job).await.unwrap().id);
+        }
+        assert_eq!(groups(), 21);
+        for id in ids {
+            let job = engine.wait(id, Duration::from_secs(60)).await.unwrap();
+            assert_eq!(job.status, JobStatus::Succeeded);
+        }
+        assert_eq!(groups(), 0);
+
+        // Refused submissions leave no group behind either: a batch with
+        // a job too big for the capacity, a single one over the queue's
+        // quota, and a cancelled one.
+        let too_big = grouped("refused", json!({})).with_resources(Resources {
+            cpu: 64.0,
+            ..Resources::default()
+        });
+        let batch = vec![grouped("refused", json!({})), too_big];
+        assert!(engine.submit_batch(batch).await.is_err());
+        engine.set_tenant(
+            "acme",
+            TenantConfig {
+                quota: Quota {
+                    max_queued: Some(0),
+                    ..Quota::default()
+                },
+                ..TenantConfig::default()
+            },
+        );
+        assert!(engine.submit(grouped("refused", json!({}))).await.is_err());
+        engine.set_tenant("acme", TenantConfig::default());
+        let hang = engine
+            .submit(grouped("canceled", json!({ "hang": true })))
+            .await
+            .unwrap();
+        let waiting = engine.submit(grouped("canceled", json!({}))).await.unwrap();
+        assert_eq!(groups(), 1);
+        engine.cancel(waiting.id).await.unwrap();
+        engine.cancel(hang.id).await.unwrap();
+        let hang = engine.wait(hang.id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(hang.status, JobStatus::Canceled);
+        assert_eq!(groups(), 0);
     }
 }

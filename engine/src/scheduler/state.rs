@@ -118,6 +118,16 @@ impl Live {
     }
 }
 
+/// See [`State::revival`].
+pub(crate) enum Revival {
+    /// Not live: it may be admitted again.
+    Free,
+    /// Its last attempt is still ending: wait for it, then look again.
+    Ending(oneshot::Receiver<()>),
+    /// Live again already, with this status.
+    Busy(JobStatus),
+}
+
 /// A job dispatched: what its attempt task needs.
 #[derive(Debug)]
 pub(crate) struct Start {
@@ -407,6 +417,35 @@ impl State {
         name
     }
 
+    /// Lets go of a job's reference to its group, and forgets the group
+    /// once no live job names it: an engine that gives each experiment a
+    /// group of its own does not grow by one entry per group.
+    fn release_group(&mut self, group: Option<Arc<str>>) {
+        let Some(group) = group else { return };
+        // The map's key and `group` are the last references.
+        if Arc::strong_count(&group) == 2
+            && self
+                .groups
+                .get(&group)
+                .is_some_and(|g| g.running == 0 && g.parked.is_empty())
+        {
+            self.groups.remove(&group);
+        }
+    }
+
+    /// Drops jobs that were never admitted (their submission was refused).
+    pub(crate) fn discard(&mut self, lives: Vec<(JobId, Live)>) {
+        for (_, live) in lives {
+            self.release_group(live.group);
+        }
+    }
+
+    /// How many concurrency groups the state keeps.
+    #[cfg(test)]
+    pub(crate) fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
     fn group_limit(&self, group: &str) -> u32 {
         self.config
             .concurrency_limits
@@ -455,9 +494,24 @@ impl State {
         jobs: Vec<(JobId, Live)>,
         now: Instant,
     ) -> Result<(), (EngineError, Option<Priority>)> {
+        if let Err(err) = self.check_admission(&jobs, now) {
+            self.discard(jobs);
+            return Err(err);
+        }
+        for (id, live) in jobs {
+            self.readmit(id, live, now);
+        }
+        Ok(())
+    }
+
+    fn check_admission(
+        &mut self,
+        jobs: &[(JobId, Live)],
+        now: Instant,
+    ) -> Result<(), (EngineError, Option<Priority>)> {
         let mut per_level = [0usize; 4];
         let mut per_tenant: Vec<(Arc<str>, u64)> = Vec::with_capacity(1);
-        for (_, live) in &jobs {
+        for (_, live) in jobs {
             per_level[live.priority.index()] += 1;
             // Tenant names are interned: one pointer per tenant.
             match per_tenant
@@ -508,9 +562,6 @@ impl State {
                 })?;
             }
         }
-        for (id, live) in jobs {
-            self.readmit(id, live, now);
-        }
         Ok(())
     }
 
@@ -532,6 +583,7 @@ impl State {
                 if let Some(t) = self.tenants.get_mut(&live.tenant) {
                     t.waiting = t.waiting.saturating_sub(1);
                 }
+                self.release_group(live.group);
             }
         }
     }
@@ -1191,6 +1243,7 @@ impl State {
                 released.doomed.push(dependent);
             }
         }
+        self.release_group(live.group);
         released
     }
 
@@ -1232,6 +1285,28 @@ impl State {
     }
 
     /// A channel that fires when `id` ends, or `None` when it is not live.
+    /// Whether a dead-lettered job can be taken in again: not while the
+    /// scheduler still holds it.
+    pub(crate) fn revival(&mut self, id: JobId) -> Revival {
+        let Some(live) = self.jobs.get(&id) else {
+            return Revival::Free;
+        };
+        match live.place {
+            // An attempt's end is in the store (that is how it became a
+            // dead letter), and the scheduler lets go of it in a moment.
+            Place::Running { .. }
+            | Place::Ending {
+                from: JobStatus::Running,
+                ..
+            } => match self.waiter(id) {
+                Some(waiter) => Revival::Ending(waiter),
+                None => Revival::Free,
+            },
+            // Taken in again already, by another caller.
+            _ => Revival::Busy(live.status()),
+        }
+    }
+
     pub(crate) fn waiter(&mut self, id: JobId) -> Option<oneshot::Receiver<()>> {
         if !self.jobs.contains_key(&id) {
             return None;

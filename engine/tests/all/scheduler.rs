@@ -2,12 +2,14 @@
 //! Tokio's paused clock: priorities, fairness, resources, groups,
 //! dependencies, retries, cancellation, quotas, events, stats.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use work_engine::backends::{MockBackend, MockRun};
+use work_engine::store::{Commit, Inserted, JobPage, MemoryStore, Store, StoreError, Transition};
 use work_engine::{
-    Backoff, Capacity, Engine, EngineBuilder, EngineError, EventData, EventStreamError, Job,
+    Backoff, Capacity, Engine, EngineBuilder, EngineError, EventData, EventStreamError, Job, JobId,
     JobQuery, JobStatus, NewJob, OutcomeClass, Priority, Quota, Resources, RetryPolicy,
     TenantConfig,
 };
@@ -35,7 +37,7 @@ pub fn job(tenant: &str, mock: Value) -> NewJob {
     NewJob::new("sim", tenant, json!({ "mock": mock }))
 }
 
-async fn run_all(engine: &Engine, ids: &[work_engine::JobId]) -> Vec<std::sync::Arc<Job>> {
+async fn run_all(engine: &Engine, ids: &[JobId]) -> Vec<Arc<Job>> {
     let mut jobs = Vec::new();
     for id in ids {
         let job = engine.wait(*id, LONG).await.unwrap();
@@ -45,13 +47,13 @@ async fn run_all(engine: &Engine, ids: &[work_engine::JobId]) -> Vec<std::sync::
     jobs
 }
 
-fn started_order(history: &[MockRun]) -> Vec<work_engine::JobId> {
+fn started_order(history: &[MockRun]) -> Vec<JobId> {
     let mut runs = history.to_vec();
     runs.sort_by_key(|run| run.started);
     runs.into_iter().map(|run| run.job_id).collect()
 }
 
-fn run_of(history: &[MockRun], id: work_engine::JobId) -> &MockRun {
+fn run_of(history: &[MockRun], id: JobId) -> &MockRun {
     history.iter().find(|run| run.job_id == id).unwrap()
 }
 
@@ -342,6 +344,93 @@ async fn exhausted_jobs_are_dead_lettered_and_can_be_retried() {
     );
 }
 
+/// A memory store that answers a finish only after a while, as a durable
+/// store does once its commit is on disk: the end is readable at once.
+struct SlowFinishes(MemoryStore);
+
+#[async_trait::async_trait]
+impl Store for SlowFinishes {
+    async fn insert(
+        &self,
+        jobs: Vec<Arc<Job>>,
+        commit: Commit,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        self.0.insert(jobs, commit).await
+    }
+    async fn get(&self, id: JobId) -> Result<Option<Arc<Job>>, StoreError> {
+        self.0.get(id).await
+    }
+    async fn get_by_external_id(
+        &self,
+        tenant: &str,
+        external_id: &str,
+    ) -> Result<Option<Arc<Job>>, StoreError> {
+        self.0.get_by_external_id(tenant, external_id).await
+    }
+    async fn list(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
+        self.0.list(query).await
+    }
+    async fn transition(&self, id: JobId, change: Transition) -> Result<Arc<Job>, StoreError> {
+        self.0.transition(id, change).await
+    }
+    async fn transition_batch(
+        &self,
+        changes: Vec<(JobId, Transition)>,
+        commit: Commit,
+    ) -> Vec<Result<Arc<Job>, StoreError>> {
+        let finishes = changes
+            .iter()
+            .any(|(_, change)| matches!(change, Transition::Finish { .. }));
+        let results = self.0.transition_batch(changes, commit).await;
+        if finishes {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        results
+    }
+    async fn unfinished(&self) -> Result<Vec<Arc<Job>>, StoreError> {
+        self.0.unfinished().await
+    }
+}
+
+/// A dead letter retried while the scheduler is still letting go of its
+/// last attempt (its end already readable in the store) runs again.
+#[tokio::test(start_paused = true)]
+async fn a_dead_letter_retried_as_it_lands_runs_again() {
+    let mock = MockBackend::new();
+    let engine = builder(2.0, &mock)
+        .store(Arc::new(SlowFinishes(MemoryStore::new())))
+        .build()
+        .unwrap();
+    let policy = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    };
+    let doomed = engine
+        .submit(job("a", json!({"fail": true})).with_retry_policy(policy))
+        .await
+        .unwrap();
+    // Takes the whole capacity as the doomed job ends, so that its revival
+    // waits in the queue.
+    let blocker = job("a", json!({"delay_ms": 500})).with_resources(Resources {
+        cpu: 2.0,
+        ..Resources::default()
+    });
+    let blocker = engine.submit(blocker).await.unwrap();
+    while !engine.get(doomed.id).await.unwrap().dead_letter {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let revived = engine.retry_dead_letter(doomed.id).await.unwrap();
+    assert_eq!((revived.status, revived.attempt), (JobStatus::Queued, 0));
+    let again = engine.wait(doomed.id, LONG).await.unwrap();
+    assert_eq!((again.status, again.attempt), (JobStatus::Failed, 1));
+    let blocker = engine.wait(blocker.id, LONG).await.unwrap();
+    assert_eq!(blocker.status, JobStatus::Succeeded);
+    assert_eq!(mock.history().len(), 3);
+    let stats = engine.stats();
+    assert_eq!(stats.resources.cpu_in_use, 0.0);
+    assert_eq!((stats.jobs.failed, stats.jobs.queued), (1, 0));
+}
+
 #[tokio::test(start_paused = true)]
 async fn deterministic_failures_are_not_retried_unless_the_policy_says_so() {
     let mock = MockBackend::new();
@@ -498,7 +587,7 @@ async fn a_concurrency_group_of_limit_one_never_runs_two_at_once() {
     run_all(&engine, &pair).await;
     engine.wait(free.id, LONG).await.unwrap();
     let history = mock.history();
-    let concurrency = |ids: &[work_engine::JobId]| {
+    let concurrency = |ids: &[JobId]| {
         let runs: Vec<_> = ids.iter().map(|id| run_of(&history, *id)).collect();
         runs.iter()
             .map(|r| {
