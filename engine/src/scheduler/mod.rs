@@ -791,9 +791,12 @@ impl Engine {
                     Revival::Ending(ending) => ending,
                 }
             };
-            // The store has its end, the scheduler is about to let go of
-            // it: taking it in before would lose it.
-            let _ = ending.await;
+            // Either the store has its end and the scheduler is about to
+            // let go of it (taking it in before would lose it), or another
+            // caller took it in again since it was read (read it again).
+            if self.get(id).await?.dead_letter {
+                let _ = ending.await;
+            }
         };
         let was = job.status;
         let job = match inner.store.transition(id, Transition::Revive).await {

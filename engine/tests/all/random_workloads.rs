@@ -737,10 +737,20 @@ fn check_events(
     );
 }
 
+/// `count` seeds from `first`, or as many as `RANDOM_WORKLOAD_SEEDS` says,
+/// for a longer soak: `RANDOM_WORKLOAD_SEEDS=500 cargo test random_workloads`.
+fn seeds(first: u64, count: u64) -> std::ops::Range<u64> {
+    let count = std::env::var("RANDOM_WORKLOAD_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(count);
+    first..first + count
+}
+
 #[tokio::test(start_paused = true)]
 async fn random_workloads_keep_every_invariant() {
     let mut exercised = Exercised::default();
-    for seed in 1..=40 {
+    for seed in seeds(1, 40) {
         exercised.add(run_workload(seed, 300, None).await);
     }
     exercised.assert_all();
@@ -754,7 +764,7 @@ async fn random_workloads_keep_every_invariant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_workloads_keep_every_invariant_on_two_threads() {
     let mut exercised = Exercised::default();
-    for seed in 101..=103 {
+    for seed in seeds(101, 3) {
         exercised.add(run_workload(seed, 200, None).await);
     }
     exercised.assert_but_signalled();
@@ -768,7 +778,7 @@ async fn random_workloads_keep_every_invariant_on_two_threads() {
 async fn random_workloads_keep_every_invariant_on_sqlite() {
     let dir = tempfile::TempDir::new().unwrap();
     let mut exercised = Exercised::default();
-    for seed in 201..=203 {
+    for seed in seeds(201, 3) {
         let store = SqliteStore::open(dir.path().join(format!("{seed}.db"))).unwrap();
         exercised.add(run_workload(seed, 200, Some(Arc::new(store))).await);
     }
