@@ -1284,7 +1284,6 @@ impl State {
         }
     }
 
-    /// A channel that fires when `id` ends, or `None` when it is not live.
     /// Whether a dead-lettered job can be taken in again: not while the
     /// scheduler still holds it.
     pub(crate) fn revival(&mut self, id: JobId) -> Revival {
@@ -1307,6 +1306,7 @@ impl State {
         }
     }
 
+    /// A channel that fires when `id` ends, or `None` when it is not live.
     pub(crate) fn waiter(&mut self, id: JobId) -> Option<oneshot::Receiver<()>> {
         if !self.jobs.contains_key(&id) {
             return None;
