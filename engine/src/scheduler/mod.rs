@@ -1286,9 +1286,11 @@ impl Inner {
                         let wake = {
                             let mut state = self.state.lock();
                             let now = Instant::now();
-                            if let Some(depth) = state.ready(id, now) {
-                                self.announce_queued(&job, PlaceOutcome::Queued(depth));
-                            }
+                            let run_at = job
+                                .next_run_at
+                                .and_then(|at| instant_of(at, Utc::now(), now));
+                            let outcome = state.ready(id, run_at, now);
+                            self.announce_queued(&job, outcome);
                             state.dispatch(now)
                         };
                         self.wake_runner(wake);

@@ -622,13 +622,7 @@ impl State {
             return PlaceOutcome::Pending;
         }
         self.count(&tenant, priority, None, Some(JobStatus::Queued));
-        match run_at {
-            Some(at) if at > now => {
-                self.delay(id, at);
-                PlaceOutcome::Delayed
-            }
-            _ => PlaceOutcome::Queued(self.enqueue(id, now)),
-        }
+        self.queue_or_delay(id, run_at, now)
     }
 
     /// A dead letter taken back (before [`State::place`]): it no longer
@@ -672,9 +666,17 @@ impl State {
     }
 
     /// A pending job whose dependencies succeeded, now `queued` in the
-    /// store.
-    pub(crate) fn ready(&mut self, id: JobId, now: Instant) -> Option<usize> {
-        let live = self.jobs.get(&id)?;
+    /// store: queued, or held until `run_at` (its `not_before`) if that is
+    /// still to come.
+    pub(crate) fn ready(
+        &mut self,
+        id: JobId,
+        run_at: Option<Instant>,
+        now: Instant,
+    ) -> PlaceOutcome {
+        let Some(live) = self.jobs.get(&id) else {
+            return PlaceOutcome::Gone;
+        };
         let (tenant, priority) = (Arc::clone(&live.tenant), live.priority);
         self.count(
             &tenant,
@@ -682,7 +684,17 @@ impl State {
             Some(JobStatus::Pending),
             Some(JobStatus::Queued),
         );
-        Some(self.enqueue(id, now))
+        self.queue_or_delay(id, run_at, now)
+    }
+
+    fn queue_or_delay(&mut self, id: JobId, run_at: Option<Instant>, now: Instant) -> PlaceOutcome {
+        match run_at {
+            Some(at) if at > now => {
+                self.delay(id, at);
+                PlaceOutcome::Delayed
+            }
+            _ => PlaceOutcome::Queued(self.enqueue(id, now)),
+        }
     }
 
     /// Puts a live job at the back of its tenant's queue at its level and

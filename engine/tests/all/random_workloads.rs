@@ -65,6 +65,9 @@ struct Spec {
     deps: Vec<JobId>,
     behavior: Behavior,
     max_attempts: u32,
+    /// With a `not_before`: it must not start before this (half its delay
+    /// after it was made, to allow for the clocks' reading).
+    not_before: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -161,7 +164,7 @@ fn random_job(rng: &mut fastrand::Rng, tenant: &'static str, earlier: &[JobId]) 
     } else {
         0
     };
-    let spec = Spec {
+    let mut spec = Spec {
         tenant,
         cpu: [0.5, 1.0, 2.0, 4.0][rng.usize(0..4)],
         memory_mb: [0, 512, 2048][rng.usize(0..3)],
@@ -184,6 +187,7 @@ fn random_job(rng: &mut fastrand::Rng, tenant: &'static str, earlier: &[JobId]) 
         } else {
             2
         },
+        not_before: None,
     };
     let priority = Priority::ALL[rng.usize(0..Priority::ALL.len())];
     let mut job = NewJob::new("sim", tenant, json!({ "mock": mock }))
@@ -210,6 +214,11 @@ fn random_job(rng: &mut fastrand::Rng, tenant: &'static str, earlier: &[JobId]) 
     }
     if !spec.deps.is_empty() {
         job = job.with_depends_on(spec.deps.clone());
+    }
+    if rng.u32(0..10) == 0 {
+        let delay = Duration::from_millis(rng.u64(10..30));
+        job.constraints.not_before = Some(chrono::Utc::now() + delay);
+        spec.not_before = Some(Instant::now() + delay / 2);
     }
     (job, spec)
 }
@@ -523,6 +532,12 @@ fn check_jobs(seed: u64, model: &Model, finals: &HashMap<JobId, Arc<Job>>, histo
             .iter()
             .all(|dep| finals[dep].status == JobStatus::Succeeded);
         if let Some(first) = runs.first() {
+            if let Some(not_before) = spec.not_before {
+                assert!(
+                    first.started >= not_before,
+                    "{context}: ran before not_before"
+                );
+            }
             for dep in &spec.deps {
                 assert_eq!(finals[dep].status, JobStatus::Succeeded, "{context}");
                 let dep_end = runs_of(*dep).last().map(|r| r.ended);

@@ -762,6 +762,25 @@ async fn not_before_holds_a_job_until_its_time() {
     assert!(waited >= Duration::from_millis(29_900), "{waited:?}");
 }
 
+/// A dependent's `not_before` still holds once its dependencies succeed.
+#[tokio::test(start_paused = true)]
+async fn a_dependent_waits_for_its_not_before_too() {
+    let mock = MockBackend::new();
+    let engine = builder(2.0, &mock).build().unwrap();
+    let t0 = tokio::time::Instant::now();
+    let first = engine
+        .submit(job("a", json!({"delay_ms": 10})))
+        .await
+        .unwrap();
+    let mut later = job("a", json!({})).with_depends_on([first.id]);
+    later.constraints.not_before = Some(chrono::Utc::now() + chrono::Duration::seconds(30));
+    let later = engine.submit(later).await.unwrap();
+    let done = engine.wait(later.id, LONG).await.unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+    let waited = run_of(&mock.history(), later.id).started - t0;
+    assert!(waited >= Duration::from_millis(29_900), "{waited:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn quotas_rates_and_capacity_are_enforced_at_admission() {
     let mock = MockBackend::new();
