@@ -1,15 +1,16 @@
 //! Random mixes of work through the public `Engine` API, checked against
 //! the scheduler's invariants once everything has ended.
 //!
-//! A workload mixes the four priorities, three tenants (one weighted, one
-//! with running and CPU quotas), CPU, memory and GPU needs, concurrency
-//! groups, dependencies, idempotency keys, retries, timeouts, batches
-//! (some refused whole), cancels of waiting and running jobs and retries
-//! of dead letters. Whatever the mix: resources, quotas and group limits
-//! are never exceeded, no GPU is given to two jobs at once, a job runs
-//! only after its dependencies succeeded, a cancelled job never starts
-//! again, each job ends as its behaviour says it must, and `get`, `list`,
-//! `dead_letters`, `stats` and the event stream all agree with what ran.
+//! A workload mixes the four priorities (with aging), three tenants (one
+//! weighted, one with running and CPU quotas), CPU, memory and GPU needs,
+//! concurrency groups, dependencies, `not_before` times, idempotency keys,
+//! retries, timeouts, batches (some refused whole), cancels of waiting and
+//! running jobs and retries of dead letters. Whatever the mix: resources,
+//! quotas and group limits are never exceeded, no GPU is given to two jobs
+//! at once, a job runs only after its dependencies succeeded and its
+//! `not_before`, a cancelled job never starts again, each job ends as its
+//! behaviour says it must, and `get`, `list`, `dead_letters`, `stats` and
+//! the event stream (each job's events in order) all agree with what ran.
 //!
 //! Each seed is one fixed workload, so a failure names the seed that
 //! reproduces it.
@@ -98,7 +99,7 @@ impl Model {
 }
 
 /// An engine on `store` (the memory store when `None`).
-fn engine(mock: &MockBackend, store: Option<Arc<dyn Store>>) -> Engine {
+fn engine(mock: &MockBackend, store: Option<Arc<dyn Store>>, aging: Duration) -> Engine {
     let capacity = Capacity {
         cpu: CPU,
         memory_mb: MEMORY_MB,
@@ -108,6 +109,7 @@ fn engine(mock: &MockBackend, store: Option<Arc<dyn Store>>) -> Engine {
     let mut builder = Engine::builder()
         .capacity(capacity)
         .backend(mock.clone())
+        .aging(Some(aging))
         .event_capacity(1 << 17)
         .tenant(
             "heavy",
@@ -272,7 +274,13 @@ impl Exercised {
 async fn run_workload(seed: u64, steps: usize, store: Option<Arc<dyn Store>>) -> Exercised {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mock = MockBackend::new();
-    let engine = engine(&mock, store);
+    // Aging (lifting jobs that waited longer than this a level up) often
+    // enough to take part, or rarely.
+    let aging = match rng.u32(0..3) {
+        0 => Duration::from_secs(60),
+        _ => Duration::from_millis(rng.u64(5..50)),
+    };
+    let engine = engine(&mock, store, aging);
     let mut events = engine.subscribe();
     let mut model = Model::default();
 
