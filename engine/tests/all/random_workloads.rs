@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use work_engine::backends::{MockBackend, MockRun};
 use work_engine::store::{SqliteStore, Store};
 use work_engine::{
-    Backoff, Capacity, Engine, EventData, EventStream, Job, JobId, JobQuery, JobStatus, NewJob,
+    Backoff, Capacity, Engine, EngineError, EventData, EventStream, Job, JobId, JobQuery, JobStatus, NewJob,
     Priority, Quota, Resources, RetryPolicy, TenantConfig,
 };
 
@@ -35,6 +35,8 @@ const TENANTS: [&str; 3] = ["light", "heavy", "capped"];
 /// The quota of `capped`.
 const CAPPED_RUNNING: usize = 2;
 const CAPPED_CPU: f64 = 2.0;
+/// Jobs `capped` may have waiting at once; more are refused.
+const CAPPED_QUEUED: u64 = 12;
 /// Concurrency groups and their limits.
 const GROUPS: [(&str, usize); 2] = [("solo", 1), ("pair", 2)];
 
@@ -85,6 +87,8 @@ struct Model {
     signalled: BTreeSet<JobId>,
     revived: BTreeSet<JobId>,
     refused_batches: usize,
+    /// Submissions `capped`'s queue quota refused.
+    quota_refusals: usize,
 }
 
 impl Model {
@@ -125,6 +129,7 @@ fn engine(mock: &MockBackend, store: Option<Arc<dyn Store>>, aging: Duration) ->
                 quota: Quota {
                     max_running: Some(CAPPED_RUNNING as u32),
                     max_cpu: Some(CAPPED_CPU),
+                    max_queued: Some(CAPPED_QUEUED),
                     ..Quota::default()
                 },
             },
@@ -231,6 +236,19 @@ fn refused(spec: &Spec) -> bool {
     spec.tenant == "capped" && spec.cpu > CAPPED_CPU
 }
 
+/// Whether `err` is `capped`'s queue quota, which refuses a submission
+/// whenever it has too many jobs waiting.
+fn queue_quota(tenant: &str, err: &EngineError) -> bool {
+    tenant == "capped"
+        && matches!(
+            err,
+            EngineError::QuotaExceeded {
+                limit: "max_queued",
+                ..
+            }
+        )
+}
+
 fn total(engine: &Engine) -> u64 {
     let c = engine.stats().jobs;
     c.pending + c.queued + c.running + c.succeeded + c.failed + c.canceled + c.timeout
@@ -240,6 +258,7 @@ fn total(engine: &Engine) -> u64 {
 #[derive(Debug, Default)]
 struct Exercised {
     refused_batches: usize,
+    quota_refusals: usize,
     dequeued: usize,
     signalled: usize,
     revived: usize,
@@ -248,6 +267,7 @@ struct Exercised {
 impl Exercised {
     fn add(&mut self, other: Self) {
         self.refused_batches += other.refused_batches;
+        self.quota_refusals += other.quota_refusals;
         self.dequeued += other.dequeued;
         self.signalled += other.signalled;
         self.revived += other.revived;
@@ -264,6 +284,7 @@ impl Exercised {
     /// rare: on the real clock most jobs end within a few milliseconds.
     fn assert_but_signalled(&self) {
         assert!(self.refused_batches > 0, "{self:?}");
+        assert!(self.quota_refusals > 0, "{self:?}");
         assert!(self.dequeued > 0, "{self:?}");
         assert!(self.revived > 0, "{self:?}");
     }
@@ -294,9 +315,17 @@ async fn run_workload(seed: u64, steps: usize, store: Option<Arc<dyn Store>>) ->
                 if let Some(key) = &key {
                     job = job.with_idempotency_key(key.clone());
                 }
+                let before = total(&engine);
                 let submitted = engine.submit(job).await;
                 if refused(&spec) {
                     assert!(submitted.is_err(), "seed {seed}: {spec:?} was admitted");
+                    continue;
+                }
+                if let Err(err) = &submitted
+                    && queue_quota(tenant, err)
+                {
+                    assert_eq!(total(&engine), before, "seed {seed}: {err}");
+                    model.quota_refusals += 1;
                     continue;
                 }
                 let job = submitted.unwrap_or_else(|e| panic!("seed {seed}: {spec:?}: {e}"));
@@ -343,7 +372,12 @@ async fn run_workload(seed: u64, steps: usize, store: Option<Arc<dyn Store>>) ->
                         }
                     }
                     Err(err) => {
-                        assert!(refuse, "seed {seed}: batch refused: {err}");
+                        let quota = match &err {
+                            EngineError::Batch { source, .. } => queue_quota(tenant, source),
+                            _ => false,
+                        };
+                        assert!(refuse || quota, "seed {seed}: batch refused: {err}");
+                        model.quota_refusals += usize::from(quota);
                         // All or none: nothing of it was kept.
                         assert_eq!(total(&engine), before, "seed {seed}: {err}");
                         model.refused_batches += 1;
@@ -385,7 +419,13 @@ async fn run_workload(seed: u64, steps: usize, store: Option<Arc<dyn Store>>) ->
                     continue;
                 }
                 let id = letters[rng.usize(0..letters.len())].id;
-                let job = engine.retry_dead_letter(id).await.unwrap();
+                let job = match engine.retry_dead_letter(id).await {
+                    Err(err) if queue_quota(tenant, &err) => {
+                        model.quota_refusals += 1;
+                        continue;
+                    }
+                    job => job.unwrap(),
+                };
                 assert!(!job.status.is_terminal(), "seed {seed}: {job:?}");
                 model.revived.insert(id);
             }
@@ -429,6 +469,7 @@ async fn run_workload(seed: u64, steps: usize, store: Option<Arc<dyn Store>>) ->
     assert!(model.specs.len() > steps / 3, "seed {seed}: too few jobs");
     Exercised {
         refused_batches: model.refused_batches,
+        quota_refusals: model.quota_refusals,
         dequeued: model.dequeued.len(),
         signalled: model.signalled.len(),
         revived: model.revived.len(),
