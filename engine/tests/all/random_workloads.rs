@@ -24,8 +24,8 @@ use tokio::time::Instant;
 use work_engine::backends::{MockBackend, MockRun};
 use work_engine::store::{SqliteStore, Store};
 use work_engine::{
-    Backoff, Capacity, Engine, EngineError, EventData, EventStream, Job, JobId, JobQuery, JobStatus, NewJob,
-    Priority, Quota, Resources, RetryPolicy, TenantConfig,
+    Backoff, Capacity, Engine, EngineError, EventData, EventStream, Job, JobId, JobQuery,
+    JobStatus, NewJob, Priority, Quota, Resources, RetryPolicy, TenantConfig,
 };
 
 const CPU: f64 = 4.0;
