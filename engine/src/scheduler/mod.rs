@@ -468,7 +468,7 @@ impl Engine {
 
         // Quotas and capacity, for the whole submission at once.
         let now = Instant::now();
-        {
+        let refused = {
             let mut state = inner.state.lock();
             let mut lives = Vec::with_capacity(prepared.len());
             for (index, p) in prepared.iter().enumerate() {
@@ -480,25 +480,27 @@ impl Engine {
                     }
                 }
             }
-            if let Err((err, overflow)) = state.admit(lives, now) {
-                drop(state);
-                if let (Some(priority), EngineError::QueueFull { capacity, .. }) = (overflow, &err)
-                {
-                    let capacity = *capacity;
-                    let tenant = prepared.first().map(|p| p.job.tenant_id.clone());
-                    inner
-                        .telemetry
-                        .emit(None, tenant.as_deref(), || EventData::Overflow {
-                            priority,
-                            capacity,
-                        });
-                }
-                return Err(if prepared.len() == 1 && batch.is_none() {
-                    err
-                } else {
-                    batch_error(0)(err)
-                });
+            state.admit(lives, now).err()
+        };
+        if let Some((err, overflow)) = refused {
+            if let Some(existing) = inner.retried(&prepared).await? {
+                return Ok(existing);
             }
+            if let (Some(priority), EngineError::QueueFull { capacity, .. }) = (overflow, &err) {
+                let capacity = *capacity;
+                let tenant = prepared.first().map(|p| p.job.tenant_id.clone());
+                inner
+                    .telemetry
+                    .emit(None, tenant.as_deref(), || EventData::Overflow {
+                        priority,
+                        capacity,
+                    });
+            }
+            return Err(if prepared.len() == 1 && batch.is_none() {
+                err
+            } else {
+                batch_error(0)(err)
+            });
         }
 
         let ids: Vec<JobId> = prepared.iter().map(|p| p.job.id).collect();
@@ -1148,6 +1150,28 @@ impl Inner {
             open_deps,
             doomed,
         })
+    }
+
+    /// The jobs a submission refused for its quotas, its rate or a full
+    /// queue names by idempotency key, when each of its jobs has a key
+    /// already taken: it is a retry of submissions accepted before, and is
+    /// answered with their jobs whatever the limits say now.
+    async fn retried(&self, prepared: &[Prepared]) -> Result<Option<Vec<Arc<Job>>>, EngineError> {
+        let mut existing = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let Some(key) = p.job.constraints.idempotency_key.as_deref() else {
+                return Ok(None);
+            };
+            match self
+                .store
+                .get_by_idempotency_key(&p.job.tenant_id, key)
+                .await?
+            {
+                Some(job) => existing.push(job),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(existing))
     }
 
     /// The events of a job just admitted and placed.

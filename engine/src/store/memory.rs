@@ -477,6 +477,18 @@ impl Store for MemoryStore {
         Ok(index.external.get(external_id).and_then(|id| self.read(id)))
     }
 
+    async fn get_by_idempotency_key(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<Arc<Job>>, StoreError> {
+        let Some(index) = self.tenant(tenant) else {
+            return Ok(None);
+        };
+        let index = index.lock();
+        Ok(index.idempotency.get(key).and_then(|id| self.read(id)))
+    }
+
     async fn list(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
         let cursor = query.cursor_id()?;
         let limit = query.page_size();

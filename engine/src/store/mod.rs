@@ -391,6 +391,18 @@ pub trait Store: Send + Sync + 'static {
         external_id: &str,
     ) -> Result<Option<Arc<Job>>, StoreError>;
 
+    /// The job `tenant` submitted with idempotency key `key`: what a
+    /// second submission with that key is answered with.
+    ///
+    /// # Errors
+    ///
+    /// Storage failures only.
+    async fn get_by_idempotency_key(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<Arc<Job>>, StoreError>;
+
     /// A page of a tenant's jobs, newest first, served from indexes by
     /// tenant, namespace and status rather than a scan of every job.
     ///

@@ -937,6 +937,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn get_by_idempotency_key(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<Arc<Job>>, StoreError> {
+        let (tenant, key) = (tenant.to_owned(), key.to_owned());
+        self.read(move |conn| {
+            let body: Option<String> = conn
+                .prepare_cached(
+                    "SELECT body FROM jobs WHERE tenant_id = ?1 AND idempotency_key = ?2",
+                )
+                .map_err(backend)?
+                .query_row(params![tenant, key], |row| row.get(0))
+                .optional()
+                .map_err(backend)?;
+            Ok(body.as_deref().map(decode).transpose()?.map(Arc::new))
+        })
+        .await
+    }
+
     async fn list(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
         let cursor = query.cursor_id()?;
         let limit = query.page_size();

@@ -367,6 +367,13 @@ impl Store for SlowFinishes {
     ) -> Result<Option<Arc<Job>>, StoreError> {
         self.0.get_by_external_id(tenant, external_id).await
     }
+    async fn get_by_idempotency_key(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<Arc<Job>>, StoreError> {
+        self.0.get_by_idempotency_key(tenant, key).await
+    }
     async fn list(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
         self.0.list(query).await
     }
@@ -746,6 +753,84 @@ async fn idempotent_resubmission_returns_the_first_job() {
             .len(),
         1
     );
+}
+
+/// A resubmission is a retry of a submission that was accepted: it gets
+/// its job even when the tenant's quota or rate would refuse a new one.
+#[tokio::test(start_paused = true)]
+async fn an_idempotent_resubmission_is_answered_over_quota_and_rate() {
+    let mock = MockBackend::new();
+    let quota = |quota| TenantConfig {
+        quota,
+        ..TenantConfig::default()
+    };
+    let engine = builder(1.0, &mock)
+        .tenant(
+            "a",
+            quota(Quota {
+                max_queued: Some(1),
+                ..Quota::default()
+            }),
+        )
+        .tenant(
+            "r",
+            quota(Quota {
+                submits_per_second: Some(1.0),
+                ..Quota::default()
+            }),
+        )
+        .build()
+        .unwrap();
+    // `a`: one job runs, one (keyed) waits, and the queue quota is full.
+    let running = engine
+        .submit(job("a", json!({"delay_ms": 1000})))
+        .await
+        .unwrap();
+    let waiting = engine
+        .submit(job("a", json!({})).with_idempotency_key("order-17"))
+        .await
+        .unwrap();
+    let refused = engine.submit(job("a", json!({}))).await;
+    assert!(
+        matches!(refused, Err(EngineError::QuotaExceeded { .. })),
+        "{refused:?}"
+    );
+    let again = engine
+        .submit(job("a", json!({})).with_idempotency_key("order-17"))
+        .await
+        .unwrap();
+    assert_eq!(again.id, waiting.id);
+    let batch = engine
+        .submit_batch(vec![job("a", json!({})).with_idempotency_key("order-17")])
+        .await
+        .unwrap();
+    assert_eq!(batch.jobs[0].id, waiting.id);
+    // Not when one of the jobs is new: that one would go over.
+    let mixed = engine
+        .submit_batch(vec![
+            job("a", json!({})).with_idempotency_key("order-17"),
+            job("a", json!({})).with_idempotency_key("order-18"),
+        ])
+        .await;
+    assert!(matches!(mixed, Err(EngineError::Batch { .. })), "{mixed:?}");
+
+    // `r`: its one submission a second is spent, but a retry is answered.
+    let first = engine
+        .submit(job("r", json!({})).with_idempotency_key("x"))
+        .await
+        .unwrap();
+    let again = engine
+        .submit(job("r", json!({})).with_idempotency_key("x"))
+        .await
+        .unwrap();
+    assert_eq!(again.id, first.id);
+    let limited = engine.submit(job("r", json!({}))).await;
+    assert!(
+        matches!(limited, Err(EngineError::RateLimited { .. })),
+        "{limited:?}"
+    );
+    run_all(&engine, &[running.id, waiting.id, first.id]).await;
+    assert_eq!(mock.history().len(), 3);
 }
 
 #[tokio::test(start_paused = true)]

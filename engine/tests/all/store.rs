@@ -88,6 +88,14 @@ async fn conformance(store: &dyn Store) {
     assert!(store.get(dup.id).await.unwrap().is_none());
     let again = store.insert(shared([&dup]), Commit::Durable).await.unwrap();
     assert!(matches!(&again[0], Inserted::Existing(j) if j.id == a.id));
+    let by_key = |tenant, key| store.get_by_idempotency_key(tenant, key);
+    assert_eq!(by_key("t1", "k").await.unwrap().map(|j| j.id), Some(a.id));
+    assert_eq!(
+        by_key("t2", "k").await.unwrap().map(|j| j.id),
+        Some(other_tenant.id)
+    );
+    assert!(by_key("t1", "other").await.unwrap().is_none());
+    assert!(by_key("t3", "k").await.unwrap().is_none());
     assert_eq!(
         store.insert(shared([&a]), Commit::Durable).await,
         Err(StoreError::Duplicate(a.id))
