@@ -881,12 +881,17 @@ impl Engine {
         self.inner.telemetry.subscribe()
     }
 
-    /// Changes a tenant's weight and quota from now on.
+    /// Changes a tenant's weight and quota from now on. Jobs a raised
+    /// quota no longer holds back start at once (a lowered one stops no
+    /// running job: it holds back the next).
     pub fn set_tenant(&self, tenant: &str, config: TenantConfig) {
-        self.inner
-            .state
-            .lock()
-            .set_tenant_config(tenant, config, Instant::now());
+        let wake = {
+            let mut state = self.inner.state.lock();
+            let now = Instant::now();
+            state.set_tenant_config(tenant, config, now);
+            state.dispatch(now)
+        };
+        self.inner.wake_runner(wake);
     }
 
     /// A tenant's weight and quota.

@@ -1048,6 +1048,37 @@ async fn max_running_caps_a_tenant_while_others_proceed() {
     assert_eq!(run_of(&history, other.id).started, starts[0]);
 }
 
+/// A quota raised at run time lets the jobs it held back start at once,
+/// not when the next job happens to end.
+#[tokio::test(start_paused = true)]
+async fn raising_a_quota_starts_the_jobs_it_held_back() {
+    let mock = MockBackend::new();
+    let capped = |max_running| TenantConfig {
+        quota: Quota {
+            max_running: Some(max_running),
+            ..Quota::default()
+        },
+        ..TenantConfig::default()
+    };
+    let engine = builder(8.0, &mock)
+        .tenant("capped", capped(1))
+        .build()
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let long = job("capped", json!({"delay_ms": 3_600_000}));
+        ids.push(engine.submit(long).await.unwrap().id);
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(engine.stats().jobs.running, 1);
+    engine.set_tenant("capped", capped(3));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(engine.stats().jobs.running, 3);
+    for id in ids {
+        engine.cancel(id).await.unwrap();
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn unknown_kinds_are_refused() {
     let mock = MockBackend::new().only_kinds(["inference"]);
