@@ -285,6 +285,16 @@ impl MemoryStore {
         self.tenants.read().get(tenant).cloned()
     }
 
+    /// The job of `tenant` that `find` names in its index.
+    fn read_by(
+        &self,
+        tenant: &str,
+        find: impl FnOnce(&TenantIndex) -> Option<JobId>,
+    ) -> Option<Arc<Job>> {
+        let id = find(&self.tenant(tenant)?.lock())?;
+        self.read(&id)
+    }
+
     fn tenant_or_new(&self, tenant: &str) -> Arc<SpinningMutex<TenantIndex>> {
         if let Some(index) = self.tenant(tenant) {
             return index;
@@ -470,11 +480,7 @@ impl Store for MemoryStore {
         tenant: &str,
         external_id: &str,
     ) -> Result<Option<Arc<Job>>, StoreError> {
-        let Some(index) = self.tenant(tenant) else {
-            return Ok(None);
-        };
-        let index = index.lock();
-        Ok(index.external.get(external_id).and_then(|id| self.read(id)))
+        Ok(self.read_by(tenant, |index| index.external.get(external_id).copied()))
     }
 
     async fn get_by_idempotency_key(
@@ -482,11 +488,7 @@ impl Store for MemoryStore {
         tenant: &str,
         key: &str,
     ) -> Result<Option<Arc<Job>>, StoreError> {
-        let Some(index) = self.tenant(tenant) else {
-            return Ok(None);
-        };
-        let index = index.lock();
-        Ok(index.idempotency.get(key).and_then(|id| self.read(id)))
+        Ok(self.read_by(tenant, |index| index.idempotency.get(key).copied()))
     }
 
     async fn list(&self, query: &JobQuery) -> Result<JobPage, StoreError> {

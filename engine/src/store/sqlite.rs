@@ -213,6 +213,26 @@ fn commit_failed() -> StoreError {
 }
 
 impl SqliteStore {
+    /// The job `sql` finds by a tenant (`?1`) and one of its names (`?2`).
+    async fn read_one_by(
+        &self,
+        sql: &'static str,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<Arc<Job>>, StoreError> {
+        let (tenant, name) = (tenant.to_owned(), name.to_owned());
+        self.read(move |conn| {
+            let body: Option<String> = conn
+                .prepare_cached(sql)
+                .map_err(backend)?
+                .query_row(params![tenant, name], |row| row.get(0))
+                .optional()
+                .map_err(backend)?;
+            Ok(body.as_deref().map(decode).transpose()?.map(Arc::new))
+        })
+        .await
+    }
+
     /// Opens (creating if needed) the database at `path` and brings its
     /// schema up to date.
     ///
@@ -921,19 +941,12 @@ impl Store for SqliteStore {
         tenant: &str,
         external_id: &str,
     ) -> Result<Option<Arc<Job>>, StoreError> {
-        let (tenant, external_id) = (tenant.to_owned(), external_id.to_owned());
-        self.read(move |conn| {
-            let body: Option<String> = conn
-                .prepare_cached(
-                    "SELECT body FROM jobs WHERE tenant_id = ?1 AND external_id = ?2
-                     ORDER BY id DESC LIMIT 1",
-                )
-                .map_err(backend)?
-                .query_row(params![tenant, external_id], |row| row.get(0))
-                .optional()
-                .map_err(backend)?;
-            Ok(body.as_deref().map(decode).transpose()?.map(Arc::new))
-        })
+        self.read_one_by(
+            "SELECT body FROM jobs WHERE tenant_id = ?1 AND external_id = ?2
+             ORDER BY id DESC LIMIT 1",
+            tenant,
+            external_id,
+        )
         .await
     }
 
@@ -942,18 +955,11 @@ impl Store for SqliteStore {
         tenant: &str,
         key: &str,
     ) -> Result<Option<Arc<Job>>, StoreError> {
-        let (tenant, key) = (tenant.to_owned(), key.to_owned());
-        self.read(move |conn| {
-            let body: Option<String> = conn
-                .prepare_cached(
-                    "SELECT body FROM jobs WHERE tenant_id = ?1 AND idempotency_key = ?2",
-                )
-                .map_err(backend)?
-                .query_row(params![tenant, key], |row| row.get(0))
-                .optional()
-                .map_err(backend)?;
-            Ok(body.as_deref().map(decode).transpose()?.map(Arc::new))
-        })
+        self.read_one_by(
+            "SELECT body FROM jobs WHERE tenant_id = ?1 AND idempotency_key = ?2",
+            tenant,
+            key,
+        )
         .await
     }
 
