@@ -80,8 +80,24 @@ pub(super) struct Record {
     tenant: Option<String>,
     action: &'static str,
     target: Option<String>,
-    /// JSON text.
-    detail: Option<String>,
+    detail: Option<Detail>,
+}
+
+/// An entry's detail, made JSON text by the writer: an event observed
+/// under the scheduler's lock costs a copy there, not a serialization.
+pub(super) enum Detail {
+    Text(String),
+    Event(crate::events::EventData),
+}
+
+impl Detail {
+    fn into_text(self) -> Option<String> {
+        match self {
+            Self::Text(text) => Some(text),
+            // As the event's JSON, `type` and all.
+            Self::Event(data) => serde_json::to_string(&data).ok(),
+        }
+    }
 }
 
 /// The most entries one transaction writes.
@@ -159,7 +175,7 @@ fn write_group(
                         entry.tenant,
                         entry.action,
                         entry.target,
-                        entry.detail,
+                        entry.detail.and_then(Detail::into_text),
                     ])?;
                 }
                 Op::Used(id, at) => {
@@ -184,7 +200,7 @@ impl AuthStore {
         target: Option<&str>,
         detail: serde_json::Value,
     ) {
-        let detail = (!detail.is_null()).then(|| detail.to_string());
+        let detail = (!detail.is_null()).then(|| Detail::Text(detail.to_string()));
         self.push_record(actor.to_owned(), tenant, action, target, detail);
     }
 
@@ -194,7 +210,7 @@ impl AuthStore {
         tenant: Option<&str>,
         action: &'static str,
         target: Option<&str>,
-        detail: Option<String>,
+        detail: Option<Detail>,
     ) {
         let record = Record {
             at: chrono::Utc::now().timestamp_micros(),
@@ -307,8 +323,7 @@ impl AuthStore {
     pub fn observer(self: &std::sync::Arc<Self>) -> crate::events::EventObserver {
         let store = std::sync::Arc::clone(self);
         crate::events::EventObserver::new(is_state_change, move |event| {
-            // As the event's JSON, `type` and all: one serialization.
-            let detail = serde_json::to_string(&event.data).ok();
+            let detail = Some(Detail::Event(event.data.clone()));
             let actor = ACTOR
                 .try_with(Clone::clone)
                 .unwrap_or_else(|_| "engine".to_owned());
