@@ -483,7 +483,7 @@ impl Engine {
             state.admit(lives, now).err()
         };
         if let Some((err, overflow)) = refused {
-            if let Some(existing) = inner.retried(&prepared).await? {
+            if let Some(existing) = inner.retried(&prepared).await {
                 return Ok(existing);
             }
             if let (Some(priority), EngineError::QueueFull { capacity, .. }) = (overflow, &err) {
@@ -1160,23 +1160,16 @@ impl Inner {
     /// The jobs a submission refused for its quotas, its rate or a full
     /// queue names by idempotency key, when each of its jobs has a key
     /// already taken: it is a retry of submissions accepted before, and is
-    /// answered with their jobs whatever the limits say now.
-    async fn retried(&self, prepared: &[Prepared]) -> Result<Option<Vec<Arc<Job>>>, EngineError> {
+    /// answered with their jobs whatever the limits say now. A store that
+    /// cannot be read leaves the refusal as it was.
+    async fn retried(&self, prepared: &[Prepared]) -> Option<Vec<Arc<Job>>> {
         let mut existing = Vec::with_capacity(prepared.len());
         for p in prepared {
-            let Some(key) = p.job.constraints.idempotency_key.as_deref() else {
-                return Ok(None);
-            };
-            match self
-                .store
-                .get_by_idempotency_key(&p.job.tenant_id, key)
-                .await?
-            {
-                Some(job) => existing.push(job),
-                None => return Ok(None),
-            }
+            let key = p.job.constraints.idempotency_key.as_deref()?;
+            let found = self.store.get_by_idempotency_key(&p.job.tenant_id, key);
+            existing.push(found.await.ok().flatten()?);
         }
-        Ok(Some(existing))
+        Some(existing)
     }
 
     /// The events of a job just admitted and placed.
