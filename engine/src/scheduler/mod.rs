@@ -663,9 +663,7 @@ impl Engine {
                         if failed_dep.is_some() {
                             state.doom(job.id);
                         } else {
-                            let run_at = job
-                                .next_run_at
-                                .and_then(|at| instant_of(at, Utc::now(), now));
+                            let run_at = next_run_instant(&job, now);
                             let outcome = state.place(job.id, &open_deps, false, run_at, now);
                             inner.announce_queued(&job, outcome);
                         }
@@ -769,8 +767,8 @@ impl Engine {
     /// admission errors of [`Engine::submit`] for quotas and capacity.
     pub async fn retry_dead_letter(&self, id: JobId) -> Result<Arc<Job>, EngineError> {
         let inner = &self.inner;
+        let mut job = self.get(id).await?;
         let job = loop {
-            let job = self.get(id).await?;
             if !job.dead_letter {
                 return Err(EngineError::NotDeadLettered {
                     id,
@@ -795,9 +793,12 @@ impl Engine {
             };
             // Either the store has its end and the scheduler is about to
             // let go of it (taking it in before would lose it), or another
-            // caller took it in again since it was read (read it again).
-            if self.get(id).await?.dead_letter {
+            // caller took it in again since it was read (as the next read
+            // says).
+            job = self.get(id).await?;
+            if job.dead_letter {
                 let _ = ending.await;
+                job = self.get(id).await?;
             }
         };
         let was = job.status;
@@ -909,6 +910,13 @@ impl Engine {
 /// for a time already past.
 fn instant_of(at: DateTime<Utc>, utc_now: DateTime<Utc>, now: Instant) -> Option<Instant> {
     (at - utc_now).to_std().ok().map(|delay| now + delay)
+}
+
+/// When a stored job may run next (its `not_before`, or a retry's
+/// backoff), if that is still to come.
+fn next_run_instant(job: &Job, now: Instant) -> Option<Instant> {
+    job.next_run_at
+        .and_then(|at| instant_of(at, Utc::now(), now))
 }
 
 fn dependency_failed(message: impl Into<String>) -> JobError {
@@ -1163,9 +1171,12 @@ impl Inner {
     /// answered with their jobs whatever the limits say now. A store that
     /// cannot be read leaves the refusal as it was.
     async fn retried(&self, prepared: &[Prepared]) -> Option<Vec<Arc<Job>>> {
+        let keys: Vec<&str> = prepared
+            .iter()
+            .map(|p| p.job.constraints.idempotency_key.as_deref())
+            .collect::<Option<_>>()?;
         let mut existing = Vec::with_capacity(prepared.len());
-        for p in prepared {
-            let key = p.job.constraints.idempotency_key.as_deref()?;
+        for (p, key) in prepared.iter().zip(keys) {
             let found = self.store.get_by_idempotency_key(&p.job.tenant_id, key);
             existing.push(found.await.ok().flatten()?);
         }
@@ -1305,12 +1316,10 @@ impl Inner {
             for id in std::mem::take(&mut released.ready) {
                 match self.store.transition(id, Transition::Ready).await {
                     Ok(job) => {
+                        let now = Instant::now();
+                        let run_at = next_run_instant(&job, now);
                         let wake = {
                             let mut state = self.state.lock();
-                            let now = Instant::now();
-                            let run_at = job
-                                .next_run_at
-                                .and_then(|at| instant_of(at, Utc::now(), now));
                             let outcome = state.ready(id, run_at, now);
                             self.announce_queued(&job, outcome);
                             state.dispatch(now)

@@ -1309,10 +1309,7 @@ impl State {
             | Place::Ending {
                 from: JobStatus::Running,
                 ..
-            } => match self.waiter(id) {
-                Some(waiter) => Revival::Ending(waiter),
-                None => Revival::Free,
-            },
+            } => self.waiter(id).map_or(Revival::Free, Revival::Ending),
             // Taken in again already, by another caller.
             _ => Revival::Busy(live.status()),
         }
