@@ -801,23 +801,30 @@ fn check_events(
     );
 }
 
-/// `count` seeds from `first`, or as many as `RANDOM_WORKLOAD_SEEDS` says,
-/// for a longer soak: `RANDOM_WORKLOAD_SEEDS=500 cargo test random_workloads`.
-fn seeds(first: u64, count: u64) -> std::ops::Range<u64> {
+/// Runs workloads of `steps` operations for `count` seeds from `first`,
+/// or as many as `RANDOM_WORKLOAD_SEEDS` says, for a longer soak
+/// (`RANDOM_WORKLOAD_SEEDS=500 cargo test random_workloads`), each on the
+/// store `store` makes for its seed.
+async fn run_seeds(
+    first: u64,
+    count: u64,
+    steps: usize,
+    store: impl Fn(u64) -> Option<Arc<dyn Store>>,
+) -> Exercised {
     let count = std::env::var("RANDOM_WORKLOAD_SEEDS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(count);
-    first..first + count
+    let mut exercised = Exercised::default();
+    for seed in first..first + count {
+        exercised.add(run_workload(seed, steps, store(seed)).await);
+    }
+    exercised
 }
 
 #[tokio::test(start_paused = true)]
 async fn random_workloads_keep_every_invariant() {
-    let mut exercised = Exercised::default();
-    for seed in seeds(1, 40) {
-        exercised.add(run_workload(seed, 300, None).await);
-    }
-    exercised.assert_all();
+    run_seeds(1, 40, 300, |_| None).await.assert_all();
 }
 
 /// The same on two worker threads and the real clock: runners, submitters
@@ -827,11 +834,9 @@ async fn random_workloads_keep_every_invariant() {
 /// job and the resources that attempt held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_workloads_keep_every_invariant_on_two_threads() {
-    let mut exercised = Exercised::default();
-    for seed in seeds(101, 3) {
-        exercised.add(run_workload(seed, 200, None).await);
-    }
-    exercised.assert_but_signalled();
+    run_seeds(101, 3, 200, |_| None)
+        .await
+        .assert_but_signalled();
 }
 
 /// The same on a SQLite file: a result is answered after its commit, so
@@ -841,10 +846,9 @@ async fn random_workloads_keep_every_invariant_on_two_threads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_workloads_keep_every_invariant_on_sqlite() {
     let dir = tempfile::TempDir::new().unwrap();
-    let mut exercised = Exercised::default();
-    for seed in seeds(201, 3) {
+    let sqlite = |seed| {
         let store = SqliteStore::open(dir.path().join(format!("{seed}.db"))).unwrap();
-        exercised.add(run_workload(seed, 200, Some(Arc::new(store))).await);
-    }
-    exercised.assert_but_signalled();
+        Some(Arc::new(store) as Arc<dyn Store>)
+    };
+    run_seeds(201, 3, 200, sqlite).await.assert_but_signalled();
 }
