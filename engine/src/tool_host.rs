@@ -391,8 +391,16 @@ impl ToolHost {
         args: &serde_json::Value,
         options: CallOptions,
     ) -> Result<CallReport> {
-        // A `Value` always prints (its keys are strings): nothing to refuse.
-        let text = args.to_string();
+        // `serde_json::to_string`, not `Display`: it starts with room for
+        // the usual arguments instead of growing the string write by write.
+        // (A `Value` always prints: its keys are strings.)
+        let text = serde_json::to_string(args).map_err(|err| Error::InvalidArgs {
+            tool: ready.manifest.name.clone(),
+            violations: vec![Violation {
+                path: String::new(),
+                message: format!("arguments cannot be printed as JSON: {err}"),
+            }],
+        })?;
         self.runtime.check_args_size(text.len())?;
         self.call_checked(ready, args, &text, options).await
     }
