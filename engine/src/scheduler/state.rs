@@ -956,16 +956,23 @@ impl State {
     fn backfill(&mut self, level: usize, tenant: &Arc<str>) -> Option<JobId> {
         const LOOKAHEAD: usize = 8;
         let queue = self.levels[level].queues.get(tenant)?;
+        // A job fits only in what the reservation leaves, and needs no
+        // less than nothing: when that is short of CPU or memory, as when
+        // every slot is taken, only the reserved job itself (which may sit
+        // behind the head) can fit, and the others are not looked up.
+        let room = self.room_beyond_reservation();
         let position = queue.jobs.iter().skip(1).take(LOOKAHEAD).position(|id| {
-            self.jobs.get(id).is_some_and(|live| {
-                matches!(live.place, Place::Queued)
-                    && live.level.index() == level
-                    && !self.over_quota(live)
-                    && live.group.as_ref().is_none_or(|group| {
-                        self.groups.get(group).map_or(0, |g| g.running) < self.group_limit(group)
-                    })
-                    && self.fits(*id, &live.need)
-            })
+            (room || self.reservation == Some(*id))
+                && self.jobs.get(id).is_some_and(|live| {
+                    matches!(live.place, Place::Queued)
+                        && live.level.index() == level
+                        && !self.over_quota(live)
+                        && live.group.as_ref().is_none_or(|group| {
+                            self.groups.get(group).map_or(0, |g| g.running)
+                                < self.group_limit(group)
+                        })
+                        && self.fits(*id, &live.need)
+                })
         })?;
         self.levels[level]
             .queues
@@ -1051,6 +1058,18 @@ impl State {
         if let Some(next) = next {
             self.enqueue_at(next, now, true);
         }
+    }
+
+    /// Whether the free pool, less what the reservation is waiting for,
+    /// has any CPU and memory left: if not, no job but the reserved one
+    /// [`fits`](State::fits).
+    fn room_beyond_reservation(&self) -> bool {
+        self.reservation
+            .and_then(|r| self.jobs.get(&r))
+            .is_none_or(|reserved| {
+                reserved.need.cpu_milli <= self.free.cpu_milli
+                    && reserved.need.memory_mb <= self.free.memory_mb
+            })
     }
 
     /// Whether `need` fits the free pool, less what the reservation (if it
