@@ -958,8 +958,9 @@ impl State {
         let queue = self.levels[level].queues.get(tenant)?;
         // A job fits only in what the reservation leaves, and needs no
         // less than nothing: when that is short of CPU or memory, as when
-        // every slot is taken, only the reserved job itself (which may sit
-        // behind the head) can fit, and the others are not looked up.
+        // every slot is taken, no job but the reserved one (whose own
+        // reservation does not count against it) can fit, and the others
+        // are not looked up.
         let room = self.room_beyond_reservation();
         let position = queue.jobs.iter().skip(1).take(LOOKAHEAD).position(|id| {
             (room || self.reservation == Some(*id))
