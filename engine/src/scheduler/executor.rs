@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use work_host_api::{ExecContext, ExecError, Job, JobError, JobId, JobStatus, OutcomeClass};
 
-use super::Inner;
-use super::state::{Released, Start};
+use super::state::{PlaceOutcome, Released, Start};
+use super::{Inner, canceled_by_request};
 use crate::events::EventData;
 use crate::store::{Commit, Transition};
 
@@ -294,6 +294,7 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
 
     let mut released = Released::default();
     let mut refused = Vec::new();
+    let mut canceled = Vec::new();
     let wake = {
         let mut state = inner.state.lock();
         let now = Instant::now();
@@ -311,7 +312,15 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
             match d.decision {
                 Decision::Retry { delay, .. } => {
                     let requeued = state.retry(d.id, now + delay, now);
-                    announce(inner, d, requeued);
+                    let depth = match requeued {
+                        PlaceOutcome::Queued(depth) => Some(depth),
+                        PlaceOutcome::Canceled => {
+                            canceled.push(d.id);
+                            None
+                        }
+                        _ => None,
+                    };
+                    announce(inner, d, depth);
                 }
                 Decision::Finish { status, .. } => {
                     let id = d.id;
@@ -329,6 +338,10 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
         // stands. Give the resources back and forget it here.
         tracing::warn!(id = %start.id, %err, "attempt result refused by the store");
         abandon_attempt(inner, &start).await;
+    }
+    // Asked to stop while the failed attempt ran: no more attempts.
+    for id in canceled {
+        inner.cancel_waiting(id, canceled_by_request()).await;
     }
     inner.settle(released).await;
 }
@@ -390,23 +403,26 @@ fn announce(inner: &Inner, d: Done, requeued: Option<usize>) {
 /// store's record decide what the scheduler does with the job.
 async fn abandon_attempt(inner: &Arc<Inner>, start: &Start) {
     let stored = inner.store.get(start.id).await.ok().flatten();
-    let (released, wake) = {
+    let (released, canceled, wake) = {
         let mut state = inner.state.lock();
         let now = Instant::now();
         state.end_attempt(start.id, now);
-        let released = match stored.map(|job| job.status) {
+        let (released, canceled) = match stored.map(|job| job.status) {
             Some(JobStatus::Queued) => {
-                state.retry(start.id, now + Duration::from_secs(1), now);
-                Released::default()
+                let requeued = state.retry(start.id, now + Duration::from_secs(1), now);
+                (Released::default(), requeued == PlaceOutcome::Canceled)
             }
-            Some(status) if status.is_terminal() => state.finished(start.id, status, now),
+            Some(status) if status.is_terminal() => (state.finished(start.id, status, now), false),
             // Running elsewhere, or gone: not ours to track.
-            _ => state.finished(start.id, JobStatus::Canceled, now),
+            _ => (state.finished(start.id, JobStatus::Canceled, now), false),
         };
-        (released, state.dispatch(now))
+        (released, canceled, state.dispatch(now))
     };
     inner.wake_runner(wake);
     inner.timer.notify_one();
+    if canceled {
+        inner.cancel_waiting(start.id, canceled_by_request()).await;
+    }
     inner.settle(released).await;
 }
 

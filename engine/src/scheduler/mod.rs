@@ -521,6 +521,7 @@ impl Engine {
 
         let mut accepted = Vec::with_capacity(prepared.len());
         let mut doomed = Vec::new();
+        let mut canceled = Vec::new();
         let mut holds = Vec::new();
         let (wake, backlogged) = {
             let mut state = inner.state.lock();
@@ -539,7 +540,9 @@ impl Engine {
                 } else {
                     let hold = !p.open_deps.is_empty();
                     let outcome = state.place(id, &p.open_deps, hold, p.run_at, now);
-                    if hold {
+                    if outcome == PlaceOutcome::Canceled {
+                        canceled.push(id);
+                    } else if hold {
                         holds.push((id, p.open_deps));
                     }
                     outcome
@@ -568,6 +571,9 @@ impl Engine {
             inner
                 .cancel_waiting(id, dependency_failed("a dependency had already failed"))
                 .await;
+        }
+        for id in canceled {
+            inner.cancel_waiting(id, canceled_by_request()).await;
         }
         for (id, deps) in holds {
             inner.resolve_hold(id, &deps).await;
@@ -809,15 +815,18 @@ impl Engine {
                 return Err(err.into());
             }
         };
-        let wake = {
+        let (wake, canceled) = {
             let mut state = inner.state.lock();
             let now = Instant::now();
             state.revive(id, was);
             let outcome = state.place(id, &[], false, None, now);
             inner.announce_queued(&job, outcome);
-            state.dispatch(now)
+            (state.dispatch(now), outcome == PlaceOutcome::Canceled)
         };
         inner.wake_runner(wake);
+        if canceled {
+            inner.cancel_waiting(id, canceled_by_request()).await;
+        }
         Ok(job)
     }
 
@@ -835,12 +844,7 @@ impl Engine {
         let action = self.inner.state.lock().request_cancel(id, Instant::now());
         match action {
             CancelAction::Dequeued => {
-                let error = JobError {
-                    code: "canceled".to_owned(),
-                    message: "canceled by request".to_owned(),
-                    retryable: false,
-                };
-                if let Some(job) = self.inner.cancel_waiting(id, error).await {
+                if let Some(job) = self.inner.cancel_waiting(id, canceled_by_request()).await {
                     return Ok(job);
                 }
                 self.get(id).await
@@ -917,6 +921,14 @@ fn instant_of(at: DateTime<Utc>, utc_now: DateTime<Utc>, now: Instant) -> Option
 fn next_run_instant(job: &Job, now: Instant) -> Option<Instant> {
     job.next_run_at
         .and_then(|at| instant_of(at, Utc::now(), now))
+}
+
+fn canceled_by_request() -> JobError {
+    JobError {
+        code: "canceled".to_owned(),
+        message: "canceled by request".to_owned(),
+        retryable: false,
+    }
 }
 
 fn dependency_failed(message: impl Into<String>) -> JobError {
@@ -1219,7 +1231,7 @@ impl Inner {
                 });
                 self.timer.notify_one();
             }
-            PlaceOutcome::Pending | PlaceOutcome::Gone => {}
+            PlaceOutcome::Pending | PlaceOutcome::Canceled | PlaceOutcome::Gone => {}
         }
     }
 

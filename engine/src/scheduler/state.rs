@@ -589,11 +589,10 @@ impl State {
     }
 
     /// Places a stored job: pending on the dependencies still live, or
-    /// queued (at `run_at` if in the future). `unresolved` is how many
-    /// dependencies ended while it was being submitted and still need
-    /// checking; they hold it pending until [`State::release_dependency`].
-    ///
-    /// Returns the live dependencies it now waits on.
+    /// queued (at `run_at` if in the future). `hold` holds it pending until
+    /// [`State::release_dependency`], while the dependencies that ended
+    /// during its submission are checked. A job cancelled since it was
+    /// admitted is not placed but left ending ([`PlaceOutcome::Canceled`]).
     pub(crate) fn place(
         &mut self,
         id: JobId,
@@ -602,6 +601,25 @@ impl State {
         run_at: Option<Instant>,
         now: Instant,
     ) -> PlaceOutcome {
+        if let Some(live) = self.jobs.get(&id)
+            && live.cancel_requested
+        {
+            // Cancelled while it was being stored: it never runs.
+            let status = if hold || depends_on.iter().any(|dep| self.jobs.contains_key(dep)) {
+                JobStatus::Pending
+            } else {
+                JobStatus::Queued
+            };
+            let (tenant, priority) = (Arc::clone(&live.tenant), live.priority);
+            if let Some(live) = self.jobs.get_mut(&id) {
+                live.place = Place::Ending {
+                    from: status,
+                    queued: false,
+                };
+            }
+            self.count(&tenant, priority, None, Some(status));
+            return PlaceOutcome::Canceled;
+        }
         let mut waiting_on = 0u32;
         for dep in depends_on {
             if self.jobs.contains_key(dep) {
@@ -1202,12 +1220,22 @@ impl State {
     }
 
     /// After [`State::end_attempt`]: the job goes back to its queue at
-    /// `run_at`. Returns the level's depth when it is queued right away.
-    pub(crate) fn retry(&mut self, id: JobId, run_at: Instant, now: Instant) -> Option<usize> {
-        let live = self.jobs.get_mut(&id)?;
+    /// `run_at`, unless it was asked to stop meanwhile: then it is left
+    /// ending ([`PlaceOutcome::Canceled`]) and does not run again.
+    pub(crate) fn retry(&mut self, id: JobId, run_at: Instant, now: Instant) -> PlaceOutcome {
+        let Some(live) = self.jobs.get_mut(&id) else {
+            return PlaceOutcome::Gone;
+        };
         // A retry starts over at its own level.
         live.level = live.priority;
         live.since = now;
+        let canceled = live.cancel_requested;
+        if canceled {
+            live.place = Place::Ending {
+                from: JobStatus::Queued,
+                queued: false,
+            };
+        }
         let (tenant, priority) = (Arc::clone(&live.tenant), live.priority);
         self.levels[priority.index()].waiting += 1;
         self.tenant_mut(&tenant, now).waiting += 1;
@@ -1217,12 +1245,10 @@ impl State {
             Some(JobStatus::Running),
             Some(JobStatus::Queued),
         );
-        if run_at > now {
-            self.delay(id, run_at);
-            None
-        } else {
-            Some(self.enqueue(id, now))
+        if canceled {
+            return PlaceOutcome::Canceled;
         }
+        self.queue_or_delay(id, Some(run_at), now)
     }
 
     /// The job is now terminal in the store: forgets it, wakes waiters and
@@ -1291,7 +1317,7 @@ impl State {
                 CancelAction::Signalled
             }
             Place::Ending { .. } => CancelAction::Nothing,
-            // Admitting: the submitter places it next; it starts cancelled.
+            // Admitting: whoever admits it ends it when it places it.
             Place::Admitting => CancelAction::Nothing,
             Place::Pending { .. } | Place::Delayed | Place::Queued | Place::GroupWait => {
                 let group = live.group.clone();
@@ -1456,6 +1482,9 @@ pub(crate) enum PlaceOutcome {
     Delayed,
     /// In its queue; the level's depth.
     Queued(usize),
+    /// Cancelled while it was being stored: the caller ends it `canceled`
+    /// ([`Inner::cancel_waiting`](super::Inner::cancel_waiting)).
+    Canceled,
     /// Cancelled meanwhile.
     Gone,
 }

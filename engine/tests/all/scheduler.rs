@@ -344,58 +344,96 @@ async fn exhausted_jobs_are_dead_lettered_and_can_be_retried() {
     );
 }
 
-/// A memory store that answers a finish only after a while, as a durable
-/// store does once its commit is on disk: the end is readable at once.
-struct SlowFinishes(MemoryStore);
+/// A memory store that answers some writes only after a while, as a
+/// durable store does once its commit is on disk: what was written is
+/// readable at once.
+#[derive(Default)]
+struct SlowStore {
+    store: MemoryStore,
+    /// Answer an attempt's record (a finish or a retry) late.
+    records: bool,
+    /// Answer inserts and revivals late.
+    admissions: bool,
+    /// The ids of the jobs inserted or revived, in order.
+    admitted: parking_lot::Mutex<Vec<JobId>>,
+}
+
+impl SlowStore {
+    const LATE: Duration = Duration::from_millis(50);
+
+    /// The first job this store has taken in, once it has one.
+    async fn first_admitted(&self) -> JobId {
+        loop {
+            if let Some(id) = self.admitted.lock().first() {
+                return *id;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
 
 #[async_trait::async_trait]
-impl Store for SlowFinishes {
+impl Store for SlowStore {
     async fn insert(
         &self,
         jobs: Vec<Arc<Job>>,
         commit: Commit,
     ) -> Result<Vec<Inserted>, StoreError> {
-        self.0.insert(jobs, commit).await
+        let ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
+        let inserted = self.store.insert(jobs, commit).await;
+        self.admitted.lock().extend(ids);
+        if self.admissions {
+            tokio::time::sleep(Self::LATE).await;
+        }
+        inserted
     }
     async fn get(&self, id: JobId) -> Result<Option<Arc<Job>>, StoreError> {
-        self.0.get(id).await
+        self.store.get(id).await
     }
     async fn get_by_external_id(
         &self,
         tenant: &str,
         external_id: &str,
     ) -> Result<Option<Arc<Job>>, StoreError> {
-        self.0.get_by_external_id(tenant, external_id).await
+        self.store.get_by_external_id(tenant, external_id).await
     }
     async fn get_by_idempotency_key(
         &self,
         tenant: &str,
         key: &str,
     ) -> Result<Option<Arc<Job>>, StoreError> {
-        self.0.get_by_idempotency_key(tenant, key).await
+        self.store.get_by_idempotency_key(tenant, key).await
     }
     async fn list(&self, query: &JobQuery) -> Result<JobPage, StoreError> {
-        self.0.list(query).await
+        self.store.list(query).await
     }
     async fn transition(&self, id: JobId, change: Transition) -> Result<Arc<Job>, StoreError> {
-        self.0.transition(id, change).await
+        let revival = matches!(change, Transition::Revive);
+        let result = self.store.transition(id, change).await;
+        if revival {
+            self.admitted.lock().push(id);
+            if self.admissions {
+                tokio::time::sleep(Self::LATE).await;
+            }
+        }
+        result
     }
     async fn transition_batch(
         &self,
         changes: Vec<(JobId, Transition)>,
         commit: Commit,
     ) -> Vec<Result<Arc<Job>, StoreError>> {
-        let finishes = changes
-            .iter()
-            .any(|(_, change)| matches!(change, Transition::Finish { .. }));
-        let results = self.0.transition_batch(changes, commit).await;
-        if finishes {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let records = changes.iter().any(|(_, change)| {
+            matches!(change, Transition::Finish { .. } | Transition::Retry { .. })
+        });
+        let results = self.store.transition_batch(changes, commit).await;
+        if records && self.records {
+            tokio::time::sleep(Self::LATE).await;
         }
         results
     }
     async fn unfinished(&self) -> Result<Vec<Arc<Job>>, StoreError> {
-        self.0.unfinished().await
+        self.store.unfinished().await
     }
 }
 
@@ -405,7 +443,10 @@ impl Store for SlowFinishes {
 async fn a_dead_letter_retried_as_it_lands_runs_again() {
     let mock = MockBackend::new();
     let engine = builder(2.0, &mock)
-        .store(Arc::new(SlowFinishes(MemoryStore::new())))
+        .store(Arc::new(SlowStore {
+            records: true,
+            ..SlowStore::default()
+        }))
         .build()
         .unwrap();
     let policy = RetryPolicy {
@@ -436,6 +477,103 @@ async fn a_dead_letter_retried_as_it_lands_runs_again() {
     let stats = engine.stats();
     assert_eq!(stats.resources.cpu_in_use, 0.0);
     assert_eq!((stats.jobs.failed, stats.jobs.queued), (1, 0));
+}
+
+/// A job cancelled while the store is still taking it in (its id already
+/// readable) never runs: it ends `canceled` as soon as it is placed.
+#[tokio::test(start_paused = true)]
+async fn a_job_cancelled_while_it_is_stored_never_runs() {
+    let mock = MockBackend::new();
+    let store = Arc::new(SlowStore {
+        admissions: true,
+        ..SlowStore::default()
+    });
+    let engine = builder(2.0, &mock).store(store.clone()).build().unwrap();
+    let submitting = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.submit(job("a", json!({}))).await }
+    });
+    let id = store.first_admitted().await;
+    let during = engine.cancel(id).await.unwrap();
+    assert_eq!(during.status, JobStatus::Queued, "not placed yet");
+    let submitted = submitting.await.unwrap().unwrap();
+    assert_eq!(submitted.id, id);
+    let done = engine.wait(id, LONG).await.unwrap();
+    assert_eq!(done.status, JobStatus::Canceled);
+    assert_eq!(done.error.as_ref().unwrap().code, "canceled");
+    assert!(mock.history().is_empty(), "a cancelled job ran");
+    let stats = engine.stats();
+    assert_eq!((stats.jobs.canceled, stats.jobs.queued), (1, 0));
+    assert_eq!(stats.resources.cpu_in_use, 0.0);
+}
+
+/// The same for a dead letter cancelled while it is being taken back.
+#[tokio::test(start_paused = true)]
+async fn a_dead_letter_cancelled_while_it_is_revived_never_runs_again() {
+    let mock = MockBackend::new();
+    let store = Arc::new(SlowStore {
+        admissions: true,
+        ..SlowStore::default()
+    });
+    let engine = builder(2.0, &mock).store(store.clone()).build().unwrap();
+    let policy = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    };
+    let doomed = engine
+        .submit(job("a", json!({"fail": true})).with_retry_policy(policy))
+        .await
+        .unwrap();
+    let dead = engine.wait(doomed.id, LONG).await.unwrap();
+    assert!(dead.dead_letter);
+    store.admitted.lock().clear();
+    let reviving = tokio::spawn({
+        let engine = engine.clone();
+        let id = doomed.id;
+        async move { engine.retry_dead_letter(id).await }
+    });
+    assert_eq!(store.first_admitted().await, doomed.id);
+    engine.cancel(doomed.id).await.unwrap();
+    reviving.await.unwrap().unwrap();
+    let done = engine.wait(doomed.id, LONG).await.unwrap();
+    assert_eq!(done.status, JobStatus::Canceled);
+    assert_eq!(mock.history().len(), 1, "the cancelled revival ran");
+    let stats = engine.stats();
+    assert_eq!((stats.jobs.canceled, stats.jobs.failed), (1, 0));
+    assert_eq!(stats.resources.cpu_in_use, 0.0);
+}
+
+/// A job cancelled after an attempt failed, while that failure is being
+/// recorded, is not retried: it ends `canceled`.
+#[tokio::test(start_paused = true)]
+async fn a_job_cancelled_as_its_attempt_fails_is_not_retried() {
+    let mock = MockBackend::new();
+    let engine = builder(2.0, &mock)
+        .store(Arc::new(SlowStore {
+            records: true,
+            ..SlowStore::default()
+        }))
+        .build()
+        .unwrap();
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        base_delay_ms: 1,
+        ..RetryPolicy::default()
+    };
+    let flaky = engine
+        .submit(job("a", json!({"fail": true})).with_retry_policy(policy))
+        .await
+        .unwrap();
+    while mock.history().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    engine.cancel(flaky.id).await.unwrap();
+    let done = engine.wait(flaky.id, LONG).await.unwrap();
+    assert_eq!(done.status, JobStatus::Canceled);
+    assert_eq!(done.error.as_ref().unwrap().code, "canceled");
+    assert_eq!(mock.history().len(), 1, "a cancelled job was retried");
+    let stats = engine.stats();
+    assert_eq!((stats.jobs.canceled, stats.jobs.queued), (1, 0));
 }
 
 #[tokio::test(start_paused = true)]
