@@ -437,26 +437,31 @@ impl Store for SlowStore {
     }
 }
 
+/// An engine over `store`, with room for two jobs.
+fn engine_over(store: SlowStore, mock: &MockBackend) -> Engine {
+    builder(2.0, mock).store(Arc::new(store)).build().unwrap()
+}
+
+/// A job whose every attempt fails, with `attempts` of them.
+fn failing(attempts: u32) -> NewJob {
+    job("a", json!({"fail": true})).with_retry_policy(RetryPolicy {
+        max_attempts: attempts,
+        base_delay_ms: 1,
+        ..RetryPolicy::default()
+    })
+}
+
 /// A dead letter retried while the scheduler is still letting go of its
 /// last attempt (its end already readable in the store) runs again.
 #[tokio::test(start_paused = true)]
 async fn a_dead_letter_retried_as_it_lands_runs_again() {
     let mock = MockBackend::new();
-    let engine = builder(2.0, &mock)
-        .store(Arc::new(SlowStore {
-            records: true,
-            ..SlowStore::default()
-        }))
-        .build()
-        .unwrap();
-    let policy = RetryPolicy {
-        max_attempts: 1,
-        ..RetryPolicy::default()
+    let slow = SlowStore {
+        records: true,
+        ..SlowStore::default()
     };
-    let doomed = engine
-        .submit(job("a", json!({"fail": true})).with_retry_policy(policy))
-        .await
-        .unwrap();
+    let engine = engine_over(slow, &mock);
+    let doomed = engine.submit(failing(1)).await.unwrap();
     // Takes the whole capacity as the doomed job ends, so that its revival
     // waits in the queue.
     let blocker = job("a", json!({"delay_ms": 500})).with_resources(Resources {
@@ -516,14 +521,7 @@ async fn a_dead_letter_cancelled_while_it_is_revived_never_runs_again() {
         ..SlowStore::default()
     });
     let engine = builder(2.0, &mock).store(store.clone()).build().unwrap();
-    let policy = RetryPolicy {
-        max_attempts: 1,
-        ..RetryPolicy::default()
-    };
-    let doomed = engine
-        .submit(job("a", json!({"fail": true})).with_retry_policy(policy))
-        .await
-        .unwrap();
+    let doomed = engine.submit(failing(1)).await.unwrap();
     let dead = engine.wait(doomed.id, LONG).await.unwrap();
     assert!(dead.dead_letter);
     store.admitted.lock().clear();
@@ -548,22 +546,12 @@ async fn a_dead_letter_cancelled_while_it_is_revived_never_runs_again() {
 #[tokio::test(start_paused = true)]
 async fn a_job_cancelled_as_its_attempt_fails_is_not_retried() {
     let mock = MockBackend::new();
-    let engine = builder(2.0, &mock)
-        .store(Arc::new(SlowStore {
-            records: true,
-            ..SlowStore::default()
-        }))
-        .build()
-        .unwrap();
-    let policy = RetryPolicy {
-        max_attempts: 3,
-        base_delay_ms: 1,
-        ..RetryPolicy::default()
+    let slow = SlowStore {
+        records: true,
+        ..SlowStore::default()
     };
-    let flaky = engine
-        .submit(job("a", json!({"fail": true})).with_retry_policy(policy))
-        .await
-        .unwrap();
+    let engine = engine_over(slow, &mock);
+    let flaky = engine.submit(failing(3)).await.unwrap();
     while mock.history().is_empty() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
