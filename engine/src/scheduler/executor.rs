@@ -172,48 +172,25 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) {
 
 /// One attempt of a claimed job, up to its decision.
 async fn attempt(inner: Arc<Inner>, start: Start, job: Arc<Job>) -> Done {
-    let backend = Arc::clone(&inner.backends[start.backend]);
     let (id, attempt) = (job.id, job.attempt);
-    let tenant = &start.tenant;
-    inner.telemetry.job(id, tenant, || EventData::Dequeued {
-        priority: start.level,
-        waited_ms: start.waited.as_millis() as u64,
-    });
     inner
         .telemetry
-        .job(id, tenant, || EventData::BackendSelected {
-            backend: backend.name().to_owned(),
-            attempt,
+        .job(id, &start.tenant, || EventData::Dequeued {
+            priority: start.level,
+            waited_ms: start.waited.as_millis() as u64,
         });
-    inner.telemetry.job(id, tenant, || EventData::Started {
-        attempt,
-        devices: start.devices.clone(),
-    });
-
-    let updates = {
-        let inner = Arc::clone(&inner);
-        let tenant = Arc::clone(tenant);
-        Arc::new(move |update| {
-            inner
-                .telemetry
-                .job(id, &tenant, || EventData::Progress { attempt, update });
-        })
-    };
-    let ctx = ExecContext::new(
-        attempt,
-        start.devices.clone(),
-        updates,
-        start.cancel.clone(),
-    );
-    let timeout = job.resources.timeout().or(inner.defaults.timeout);
     let started = Instant::now();
-    let outcome = supervise(
-        backend.execute(&job, ctx),
-        &start.cancel,
-        timeout,
-        inner.defaults.cancel_grace,
-    )
-    .await;
+    let outcome = if start.cancel.is_cancelled() {
+        // Cancelled between its dispatch and now: its backend is not
+        // started at all (it would be polled once before it looked at the
+        // signal).
+        Err(ExecError::new(
+            OutcomeClass::Canceled,
+            "canceled by request before it started",
+        ))
+    } else {
+        execute(&inner, &start, &job).await
+    };
     let run_time = started.elapsed();
     let class = match &outcome {
         Ok(_) => OutcomeClass::Ok,
@@ -230,6 +207,51 @@ async fn attempt(inner: Arc<Inner>, start: Start, job: Arc<Job>) -> Done {
         decision,
         start,
     }
+}
+
+/// Starts the attempt on its backend and supervises it to its end.
+async fn execute(
+    inner: &Arc<Inner>,
+    start: &Start,
+    job: &Job,
+) -> Result<serde_json::Value, ExecError> {
+    let backend = &inner.backends[start.backend];
+    let (id, attempt) = (job.id, job.attempt);
+    let tenant = &start.tenant;
+    inner
+        .telemetry
+        .job(id, tenant, || EventData::BackendSelected {
+            backend: backend.name().to_owned(),
+            attempt,
+        });
+    inner.telemetry.job(id, tenant, || EventData::Started {
+        attempt,
+        devices: start.devices.clone(),
+    });
+
+    let updates = {
+        let inner = Arc::clone(inner);
+        let tenant = Arc::clone(tenant);
+        Arc::new(move |update| {
+            inner
+                .telemetry
+                .job(id, &tenant, || EventData::Progress { attempt, update });
+        })
+    };
+    let ctx = ExecContext::new(
+        attempt,
+        start.devices.clone(),
+        updates,
+        start.cancel.clone(),
+    );
+    let timeout = job.resources.timeout().or(inner.defaults.timeout);
+    supervise(
+        backend.execute(job, ctx),
+        &start.cancel,
+        timeout,
+        inner.defaults.cancel_grace,
+    )
+    .await
 }
 
 /// Records finished attempts: their transitions in one store call, the

@@ -685,14 +685,19 @@ impl State {
 
     /// A pending job whose dependencies succeeded, now `queued` in the
     /// store: queued, or held until `run_at` (its `not_before`) if that is
-    /// still to come.
+    /// still to come. A job cancelled meanwhile (no longer pending here) is
+    /// left to its canceller.
     pub(crate) fn ready(
         &mut self,
         id: JobId,
         run_at: Option<Instant>,
         now: Instant,
     ) -> PlaceOutcome {
-        let Some(live) = self.jobs.get(&id) else {
+        let Some(live) = self
+            .jobs
+            .get(&id)
+            .filter(|live| matches!(live.place, Place::Pending { .. }))
+        else {
             return PlaceOutcome::Gone;
         };
         let (tenant, priority) = (Arc::clone(&live.tenant), live.priority);

@@ -352,7 +352,8 @@ struct SlowStore {
     store: MemoryStore,
     /// Answer an attempt's record (a finish or a retry) late.
     records: bool,
-    /// Answer inserts and revivals late.
+    /// Answer inserts and single transitions (a revival, a dependent made
+    /// ready, a cancel) late.
     admissions: bool,
     /// The ids of the jobs inserted or revived, in order.
     admitted: parking_lot::Mutex<Vec<JobId>>,
@@ -412,9 +413,9 @@ impl Store for SlowStore {
         let result = self.store.transition(id, change).await;
         if revival {
             self.admitted.lock().push(id);
-            if self.admissions {
-                tokio::time::sleep(Self::LATE).await;
-            }
+        }
+        if self.admissions {
+            tokio::time::sleep(Self::LATE).await;
         }
         result
     }
@@ -539,6 +540,73 @@ async fn a_dead_letter_cancelled_while_it_is_revived_never_runs_again() {
     let stats = engine.stats();
     assert_eq!((stats.jobs.canceled, stats.jobs.failed), (1, 0));
     assert_eq!(stats.resources.cpu_in_use, 0.0);
+}
+
+/// A dependent cancelled as its dependencies' success is making it ready
+/// (`queued` in the store, not yet in its queue) never runs, and leaves
+/// nothing behind in its queue.
+#[tokio::test(start_paused = true)]
+async fn a_dependent_cancelled_as_it_becomes_ready_never_runs() {
+    let mock = MockBackend::new();
+    let slow = SlowStore {
+        admissions: true,
+        ..SlowStore::default()
+    };
+    let engine = engine_over(slow, &mock);
+    let first = engine
+        .submit(job("a", json!({"delay_ms": 100})))
+        .await
+        .unwrap();
+    // Holds the other core, so that the dependent, which needs both,
+    // would wait in its queue.
+    let other = engine
+        .submit(job("a", json!({"delay_ms": 1000})))
+        .await
+        .unwrap();
+    let both = Resources {
+        cpu: 2.0,
+        ..Resources::default()
+    };
+    let dependent = engine
+        .submit(
+            job("a", json!({}))
+                .with_depends_on([first.id])
+                .with_resources(both),
+        )
+        .await
+        .unwrap();
+    while engine.get(dependent.id).await.unwrap().status != JobStatus::Queued {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    engine.cancel(dependent.id).await.unwrap();
+    let done = engine.wait(dependent.id, LONG).await.unwrap();
+    assert_eq!(done.status, JobStatus::Canceled);
+    engine.wait(other.id, LONG).await.unwrap();
+    assert_eq!(mock.history().len(), 2, "the cancelled dependent ran");
+    let stats = engine.stats();
+    assert_eq!((stats.jobs.canceled, stats.jobs.succeeded), (1, 2));
+    assert_eq!((stats.jobs.queued, stats.jobs.running), (0, 0));
+    assert!(
+        stats.levels.iter().all(|level| level.depth == 0),
+        "a queue still counts the cancelled dependent"
+    );
+    assert_eq!(stats.resources.cpu_in_use, 0.0);
+}
+
+/// A job cancelled once dispatched, before its attempt began, does not
+/// start its backend: it ends `canceled`.
+#[tokio::test(start_paused = true)]
+async fn a_job_cancelled_before_its_attempt_begins_does_not_start() {
+    let mock = MockBackend::new();
+    let engine = builder(2.0, &mock).build().unwrap();
+    // Dispatched as it is admitted; its runner gets to it only once this
+    // task awaits something that is not ready.
+    let quick = engine.submit(job("a", json!({}))).await.unwrap();
+    engine.cancel(quick.id).await.unwrap();
+    let done = engine.wait(quick.id, LONG).await.unwrap();
+    assert_eq!(done.status, JobStatus::Canceled);
+    assert_eq!(done.outcome, Some(OutcomeClass::Canceled));
+    assert!(mock.history().is_empty(), "the backend was started");
 }
 
 /// A job cancelled after an attempt failed, while that failure is being
