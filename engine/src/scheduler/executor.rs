@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use work_host_api::{ExecContext, ExecError, Job, JobError, JobId, JobStatus, OutcomeClass};
 
+use super::Inner;
 use super::state::{PlaceOutcome, Released, Start};
-use super::{Inner, canceled_by_request};
 use crate::events::EventData;
 use crate::store::{Commit, Transition};
 
@@ -316,7 +316,6 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
 
     let mut released = Released::default();
     let mut refused = Vec::new();
-    let mut canceled = Vec::new();
     let wake = {
         let mut state = inner.state.lock();
         let now = Instant::now();
@@ -337,7 +336,9 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
                     let depth = match requeued {
                         PlaceOutcome::Queued(depth) => Some(depth),
                         PlaceOutcome::Canceled => {
-                            canceled.push(d.id);
+                            // Asked to stop while the failed attempt ran:
+                            // no more attempts.
+                            released.canceled.push(d.id);
                             None
                         }
                         _ => None,
@@ -360,10 +361,6 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
         // stands. Give the resources back and forget it here.
         tracing::warn!(id = %start.id, %err, "attempt result refused by the store");
         abandon_attempt(inner, &start).await;
-    }
-    // Asked to stop while the failed attempt ran: no more attempts.
-    for id in canceled {
-        inner.cancel_waiting(id, canceled_by_request()).await;
     }
     inner.settle(released).await;
 }
@@ -425,26 +422,27 @@ fn announce(inner: &Inner, d: Done, requeued: Option<usize>) {
 /// store's record decide what the scheduler does with the job.
 async fn abandon_attempt(inner: &Arc<Inner>, start: &Start) {
     let stored = inner.store.get(start.id).await.ok().flatten();
-    let (released, canceled, wake) = {
+    let (released, wake) = {
         let mut state = inner.state.lock();
         let now = Instant::now();
         state.end_attempt(start.id, now);
-        let (released, canceled) = match stored.map(|job| job.status) {
+        let released = match stored.map(|job| job.status) {
             Some(JobStatus::Queued) => {
+                let mut released = Released::default();
                 let requeued = state.retry(start.id, now + Duration::from_secs(1), now);
-                (Released::default(), requeued == PlaceOutcome::Canceled)
+                if requeued == PlaceOutcome::Canceled {
+                    released.canceled.push(start.id);
+                }
+                released
             }
-            Some(status) if status.is_terminal() => (state.finished(start.id, status, now), false),
+            Some(status) if status.is_terminal() => state.finished(start.id, status, now),
             // Running elsewhere, or gone: not ours to track.
-            _ => (state.finished(start.id, JobStatus::Canceled, now), false),
+            _ => state.finished(start.id, JobStatus::Canceled, now),
         };
-        (released, canceled, state.dispatch(now))
+        (released, state.dispatch(now))
     };
     inner.wake_runner(wake);
     inner.timer.notify_one();
-    if canceled {
-        inner.cancel_waiting(start.id, canceled_by_request()).await;
-    }
     inner.settle(released).await;
 }
 

@@ -521,7 +521,7 @@ impl Engine {
 
         let mut accepted = Vec::with_capacity(prepared.len());
         let mut doomed = Vec::new();
-        let mut canceled = Vec::new();
+        let mut stopped = Released::default();
         let mut holds = Vec::new();
         let (wake, backlogged) = {
             let mut state = inner.state.lock();
@@ -541,7 +541,7 @@ impl Engine {
                     let hold = !p.open_deps.is_empty();
                     let outcome = state.place(id, &p.open_deps, hold, p.run_at, now);
                     if outcome == PlaceOutcome::Canceled {
-                        canceled.push(id);
+                        stopped.canceled.push(id);
                     } else if hold {
                         holds.push((id, p.open_deps));
                     }
@@ -572,9 +572,7 @@ impl Engine {
                 .cancel_waiting(id, dependency_failed("a dependency had already failed"))
                 .await;
         }
-        for id in canceled {
-            inner.cancel_waiting(id, canceled_by_request()).await;
-        }
+        inner.settle(stopped).await;
         for (id, deps) in holds {
             inner.resolve_hold(id, &deps).await;
         }
@@ -815,18 +813,20 @@ impl Engine {
                 return Err(err.into());
             }
         };
-        let (wake, canceled) = {
+        let mut stopped = Released::default();
+        let wake = {
             let mut state = inner.state.lock();
             let now = Instant::now();
             state.revive(id, was);
             let outcome = state.place(id, &[], false, None, now);
+            if outcome == PlaceOutcome::Canceled {
+                stopped.canceled.push(id);
+            }
             inner.announce_queued(&job, outcome);
-            (state.dispatch(now), outcome == PlaceOutcome::Canceled)
+            state.dispatch(now)
         };
         inner.wake_runner(wake);
-        if canceled {
-            inner.cancel_waiting(id, canceled_by_request()).await;
-        }
+        inner.settle(stopped).await;
         Ok(job)
     }
 
@@ -1315,14 +1315,15 @@ impl Inner {
         if ready {
             self.settle(Released {
                 ready: vec![id],
-                doomed: Vec::new(),
+                ..Released::default()
             })
             .await;
         }
     }
 
     /// Follows a job's end through its dependents: the ready ones are
-    /// queued, the doomed ones cancelled (and theirs after them).
+    /// queued, the doomed ones cancelled (and theirs after them); and ends
+    /// the jobs asked to stop while out of the state's hands.
     async fn settle(self: &Arc<Self>, mut released: Released) {
         loop {
             for id in std::mem::take(&mut released.ready) {
@@ -1341,12 +1342,16 @@ impl Inner {
                     Err(err) => tracing::warn!(%id, %err, "could not queue a ready dependent"),
                 }
             }
-            let doomed = std::mem::take(&mut released.doomed);
-            if doomed.is_empty() && released.ready.is_empty() {
+            if released.doomed.is_empty() && released.canceled.is_empty() {
                 return;
             }
-            for id in doomed {
-                let error = dependency_failed("a dependency did not succeed");
+            let doomed = std::mem::take(&mut released.doomed)
+                .into_iter()
+                .map(|id| (id, dependency_failed("a dependency did not succeed")));
+            let canceled = std::mem::take(&mut released.canceled)
+                .into_iter()
+                .map(|id| (id, canceled_by_request()));
+            for (id, error) in doomed.chain(canceled) {
                 let (_, more) = self.record_cancel(id, error).await;
                 released.absorb(more);
             }

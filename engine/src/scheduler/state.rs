@@ -227,14 +227,19 @@ struct Pool {
     gpus: Vec<Vec<Device>>,
 }
 
-/// What to do after a job reached a terminal state.
+/// What is left to do for jobs a step set free or stopped, most often a
+/// job reaching its terminal state.
 #[derive(Debug, Default)]
 pub(crate) struct Released {
     /// Dependents whose dependencies all succeeded: write `queued`, then
-    /// [`State::enqueue`].
+    /// [`State::ready`].
     pub(crate) ready: Vec<JobId>,
     /// Dependents to cancel because this job did not succeed.
     pub(crate) doomed: Vec<JobId>,
+    /// Jobs asked to stop while out of the state's hands (being stored, or
+    /// their attempt's end being recorded), now ending
+    /// ([`PlaceOutcome::Canceled`]): write `canceled`, by request.
+    pub(crate) canceled: Vec<JobId>,
 }
 
 impl Released {
@@ -242,6 +247,7 @@ impl Released {
     pub(crate) fn absorb(&mut self, other: Released) {
         self.ready.extend(other.ready);
         self.doomed.extend(other.doomed);
+        self.canceled.extend(other.canceled);
     }
 }
 
@@ -1487,8 +1493,8 @@ pub(crate) enum PlaceOutcome {
     Delayed,
     /// In its queue; the level's depth.
     Queued(usize),
-    /// Cancelled while it was being stored: the caller ends it `canceled`
-    /// ([`Inner::cancel_waiting`](super::Inner::cancel_waiting)).
+    /// Asked to stop while out of the state's hands: left ending, for the
+    /// caller to write `canceled` ([`Released::canceled`]).
     Canceled,
     /// Cancelled meanwhile.
     Gone,
