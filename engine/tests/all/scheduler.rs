@@ -362,6 +362,22 @@ struct SlowStore {
 impl SlowStore {
     const LATE: Duration = Duration::from_millis(50);
 
+    /// Answers attempts' records late.
+    fn late_records() -> Arc<Self> {
+        Arc::new(Self {
+            records: true,
+            ..Self::default()
+        })
+    }
+
+    /// Answers inserts and single transitions late.
+    fn late_admissions() -> Arc<Self> {
+        Arc::new(Self {
+            admissions: true,
+            ..Self::default()
+        })
+    }
+
     /// The first job this store has taken in, once it has one.
     async fn first_admitted(&self) -> JobId {
         loop {
@@ -439,8 +455,8 @@ impl Store for SlowStore {
 }
 
 /// An engine over `store`, with room for two jobs.
-fn engine_over(store: SlowStore, mock: &MockBackend) -> Engine {
-    builder(2.0, mock).store(Arc::new(store)).build().unwrap()
+fn engine_over(store: &Arc<SlowStore>, mock: &MockBackend) -> Engine {
+    builder(2.0, mock).store(store.clone()).build().unwrap()
 }
 
 /// A job whose every attempt fails, with `attempts` of them.
@@ -457,11 +473,7 @@ fn failing(attempts: u32) -> NewJob {
 #[tokio::test(start_paused = true)]
 async fn a_dead_letter_retried_as_it_lands_runs_again() {
     let mock = MockBackend::new();
-    let slow = SlowStore {
-        records: true,
-        ..SlowStore::default()
-    };
-    let engine = engine_over(slow, &mock);
+    let engine = engine_over(&SlowStore::late_records(), &mock);
     let doomed = engine.submit(failing(1)).await.unwrap();
     // Takes the whole capacity as the doomed job ends, so that its revival
     // waits in the queue.
@@ -490,11 +502,8 @@ async fn a_dead_letter_retried_as_it_lands_runs_again() {
 #[tokio::test(start_paused = true)]
 async fn a_job_cancelled_while_it_is_stored_never_runs() {
     let mock = MockBackend::new();
-    let store = Arc::new(SlowStore {
-        admissions: true,
-        ..SlowStore::default()
-    });
-    let engine = builder(2.0, &mock).store(store.clone()).build().unwrap();
+    let store = SlowStore::late_admissions();
+    let engine = engine_over(&store, &mock);
     let submitting = tokio::spawn({
         let engine = engine.clone();
         async move { engine.submit(job("a", json!({}))).await }
@@ -517,11 +526,8 @@ async fn a_job_cancelled_while_it_is_stored_never_runs() {
 #[tokio::test(start_paused = true)]
 async fn a_dead_letter_cancelled_while_it_is_revived_never_runs_again() {
     let mock = MockBackend::new();
-    let store = Arc::new(SlowStore {
-        admissions: true,
-        ..SlowStore::default()
-    });
-    let engine = builder(2.0, &mock).store(store.clone()).build().unwrap();
+    let store = SlowStore::late_admissions();
+    let engine = engine_over(&store, &mock);
     let doomed = engine.submit(failing(1)).await.unwrap();
     let dead = engine.wait(doomed.id, LONG).await.unwrap();
     assert!(dead.dead_letter);
@@ -548,11 +554,7 @@ async fn a_dead_letter_cancelled_while_it_is_revived_never_runs_again() {
 #[tokio::test(start_paused = true)]
 async fn a_dependent_cancelled_as_it_becomes_ready_never_runs() {
     let mock = MockBackend::new();
-    let slow = SlowStore {
-        admissions: true,
-        ..SlowStore::default()
-    };
-    let engine = engine_over(slow, &mock);
+    let engine = engine_over(&SlowStore::late_admissions(), &mock);
     let first = engine
         .submit(job("a", json!({"delay_ms": 100})))
         .await
@@ -614,11 +616,7 @@ async fn a_job_cancelled_before_its_attempt_begins_does_not_start() {
 #[tokio::test(start_paused = true)]
 async fn a_job_cancelled_as_its_attempt_fails_is_not_retried() {
     let mock = MockBackend::new();
-    let slow = SlowStore {
-        records: true,
-        ..SlowStore::default()
-    };
-    let engine = engine_over(slow, &mock);
+    let engine = engine_over(&SlowStore::late_records(), &mock);
     let flaky = engine.submit(failing(3)).await.unwrap();
     while mock.history().is_empty() {
         tokio::time::sleep(Duration::from_millis(1)).await;
