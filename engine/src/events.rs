@@ -1,6 +1,7 @@
 //! Lifecycle events (SPEC §7): one [`Event`] per step, as a `tracing` event
 //! and on the stream [`Engine::subscribe`](crate::Engine::subscribe) hands out.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -262,7 +263,8 @@ impl EventStream {
 /// them and mostly under the scheduler's lock: unlike a subscriber it can
 /// never fall behind and lose one, so it must be quick (hand the event on,
 /// don't work on it) and must not call the engine. An audit trail is its
-/// use.
+/// use. If it panics, that event is lost to it (and logged); the engine
+/// goes on.
 #[derive(Clone)]
 pub struct EventObserver {
     wants: fn(&EventData) -> bool,
@@ -362,7 +364,18 @@ impl Telemetry {
             );
         }
         if let Some(observer) = observer {
-            (observer.observe)(&event);
+            // Mostly under the scheduler's lock, halfway through a change:
+            // a panic unwinding from here would leave the scheduler's
+            // books half done and take the runner or caller down with it.
+            let observed =
+                std::panic::catch_unwind(AssertUnwindSafe(|| (observer.observe)(&event)));
+            if observed.is_err() {
+                tracing::error!(
+                    event = event.data.name(),
+                    job_id = event.job_id.map(|id| id.to_string()).as_deref(),
+                    "the event observer panicked; the event is lost to it"
+                );
+            }
         }
         // No receiver is fine: nobody asked.
         let _ = self.sender.send(event);

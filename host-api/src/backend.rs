@@ -59,6 +59,7 @@ pub trait Backend: Send + Sync + 'static {
     /// # Errors
     ///
     /// An [`ExecError`] whose class decides whether the engine retries.
+    /// A panic fails the attempt as [`OutcomeClass::BackendError`].
     ///
     /// # Cancel safety
     ///

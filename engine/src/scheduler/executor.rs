@@ -11,11 +11,13 @@
 //! its result alone.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -246,7 +248,8 @@ async fn execute(
     );
     let timeout = job.resources.timeout().or(inner.defaults.timeout);
     supervise(
-        backend.execute(job, ctx),
+        // The call inside: a backend may panic before it returns a future.
+        unwound(async move { backend.execute(job, ctx).await }),
         &start.cancel,
         timeout,
         inner.defaults.cancel_grace,
@@ -494,6 +497,30 @@ async fn supervise(
             }
         }
     }
+}
+
+/// `exec` with a panic in it turned into a `backend_error`: a backend
+/// that panics (a `local` closure meeting a payload it did not expect)
+/// fails that attempt. Unwinding on would take down the runner that
+/// polled it, with the other attempts of its batch, and leave the job
+/// running for good, holding its resources.
+async fn unwound(
+    exec: impl Future<Output = Result<serde_json::Value, ExecError>>,
+) -> Result<serde_json::Value, ExecError> {
+    AssertUnwindSafe(exec)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a value that is not a message");
+            Err(ExecError::new(
+                OutcomeClass::BackendError,
+                format!("the backend panicked: {what}"),
+            ))
+        })
 }
 
 fn stop_message(class: OutcomeClass, detail: &str) -> String {

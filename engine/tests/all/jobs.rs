@@ -342,3 +342,56 @@ async fn local_closures_run_native_kinds_with_devices() {
     assert_eq!(done.result, Some(json!({"devices": ["3"], "lr": 0.01})));
     assert_eq!(done.backend.as_deref(), Some("local"));
 }
+
+/// A backend that panics (a `local` closure meeting a payload it did not
+/// expect) fails that attempt as `backend_error`: the runner that polled
+/// it, the CPU the job held, and the jobs after it are not lost with it.
+/// Both ways an attempt runs: polled in place by a runner (a panic at
+/// once) and in a task of its own (a panic after a wait).
+#[tokio::test(start_paused = true)]
+async fn a_panicking_backend_fails_its_attempt_and_the_engine_goes_on() {
+    let local = LocalBackend::new().handle("step", |job, _ctx| async move {
+        match job.payload["panic"].as_str() {
+            Some("at once") => panic!("no field `x` in {}", job.payload),
+            Some("later") => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                panic!("gave up after a wait");
+            }
+            _ => Ok(json!("done")),
+        }
+    });
+    let engine = Engine::builder()
+        .capacity(Capacity {
+            cpu: 1.0,
+            memory_mb: 1024,
+            gpus: Vec::new(),
+        })
+        .backend(local)
+        .build()
+        .unwrap();
+    for (how, message) in [
+        ("at once", "no field `x` in"),
+        ("later", "gave up after a wait"),
+    ] {
+        let job = NewJob::new("step", "lab", json!({ "panic": how }));
+        let done = engine
+            .wait(engine.submit(job).await.unwrap().id, LONG)
+            .await
+            .unwrap();
+        assert_eq!(done.status, JobStatus::Failed, "{how}");
+        assert_eq!(done.outcome, Some(OutcomeClass::BackendError), "{how}");
+        let error = done.error.as_ref().unwrap();
+        assert!(
+            error.message.contains("panicked") && error.message.contains(message),
+            "{how}: {error:?}"
+        );
+    }
+    // The only core is free again, and a runner is there to use it.
+    let fine = NewJob::new("step", "lab", json!({}));
+    let done = engine
+        .wait(engine.submit(fine).await.unwrap().id, LONG)
+        .await
+        .unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(engine.stats().jobs.running, 0);
+}

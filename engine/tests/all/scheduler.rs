@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 use work_engine::backends::{MockBackend, MockRun};
 use work_engine::store::{Commit, Inserted, JobPage, MemoryStore, Store, StoreError, Transition};
 use work_engine::{
-    Backoff, Capacity, Engine, EngineBuilder, EngineError, EventData, EventStreamError, Job, JobId,
-    JobQuery, JobStatus, NewJob, OutcomeClass, Priority, Quota, Resources, RetryPolicy,
-    TenantConfig,
+    Backoff, Capacity, Engine, EngineBuilder, EngineError, EventData, EventObserver,
+    EventStreamError, Job, JobId, JobQuery, JobStatus, NewJob, OutcomeClass, Priority, Quota,
+    Resources, RetryPolicy, TenantConfig,
 };
 
 const LONG: Duration = Duration::from_secs(3600);
@@ -1506,4 +1506,24 @@ async fn an_attempt_that_waits_does_not_hold_up_its_runner() {
     assert_eq!(engine.cancel(hung.id).await.unwrap().id, hung.id);
     let hung = engine.wait(hung.id, LONG).await.unwrap();
     assert_eq!(hung.status, JobStatus::Canceled);
+}
+
+/// An observer that panics loses its event, not the engine: it is called
+/// under the scheduler's lock, halfway through recording an end, where
+/// unwinding would leave the books half done and the runner gone.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_event_observer_does_not_stop_the_engine() {
+    let mock = MockBackend::new();
+    let observer = EventObserver::new(
+        |data| matches!(data, EventData::Completed { .. }),
+        |_| panic!("the observer's own bug"),
+    );
+    let engine = builder(1.0, &mock).observer(observer).build().unwrap();
+    for _ in 0..3 {
+        let id = engine.submit(job("a", json!({}))).await.unwrap().id;
+        let done = engine.wait(id, LONG).await.unwrap();
+        assert_eq!(done.status, JobStatus::Succeeded);
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.jobs.succeeded, stats.jobs.running), (3, 0));
 }
