@@ -334,11 +334,14 @@ impl Runtime {
             .set_fuel(fuel)
             .map_err(|err| Error::runtime("cannot set fuel", &err))?;
         let start = Instant::now();
-        let deadline = start + timeout;
+        // A timeout past the clock's range is none.
+        let deadline = start.checked_add(timeout);
         let epoch_cancel = cancel.clone();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            if is_cancelled(epoch_cancel.as_ref()) || Instant::now() >= deadline {
+            if is_cancelled(epoch_cancel.as_ref())
+                || deadline.is_some_and(|deadline| Instant::now() >= deadline)
+            {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 // Yield so the timer and cancellation below are polled even
@@ -371,7 +374,10 @@ impl Runtime {
             // Both are lazy: a guest that returns without ever yielding
             // (most calls) never registers a timer.
             let backstop_deadline = async {
-                tokio::time::sleep_until((deadline + BACKSTOP_GRACE).into()).await;
+                match deadline.and_then(|deadline| deadline.checked_add(BACKSTOP_GRACE)) {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
             };
             let backstop_cancel = async {
                 match &cancel {

@@ -16,15 +16,15 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use work_host_api::{ExecContext, ExecError, Job, JobError, JobId, JobStatus, OutcomeClass};
 
-use super::Inner;
 use super::state::{PlaceOutcome, Released, Start};
+use super::{Inner, later};
 use crate::events::EventData;
 use crate::store::{Commit, Transition};
 
@@ -273,7 +273,12 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
                     epoch: d.epoch,
                     outcome: d.class,
                     error: error.clone(),
-                    next_run_at: at + chrono::Duration::from_std(*delay).unwrap_or_default(),
+                    // A delay past the calendar's end (a policy may ask for
+                    // u64::MAX ms) is the latest date there is: never.
+                    next_run_at: chrono::Duration::from_std(*delay)
+                        .ok()
+                        .and_then(|delay| at.checked_add_signed(delay))
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC),
                 },
                 Decision::Finish {
                     status,
@@ -335,7 +340,7 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
             // `finished` find the end on the stream.
             match d.decision {
                 Decision::Retry { delay, .. } => {
-                    let requeued = state.retry(d.id, now + delay, now);
+                    let requeued = state.retry(d.id, later(now, delay), now);
                     let depth = match requeued {
                         PlaceOutcome::Queued(depth) => Some(depth),
                         PlaceOutcome::Canceled => {
@@ -459,7 +464,8 @@ async fn supervise(
     timeout: Option<Duration>,
     grace: Duration,
 ) -> Result<serde_json::Value, ExecError> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // A timeout past the clock's range is none.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let sleep_until = |at: Option<Instant>| async move {
         match at {
             Some(at) => tokio::time::sleep_until(at).await,

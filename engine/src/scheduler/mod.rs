@@ -913,7 +913,14 @@ impl Engine {
 /// The instant `at` will be, given that it is `utc_now` at `now`; `None`
 /// for a time already past.
 fn instant_of(at: DateTime<Utc>, utc_now: DateTime<Utc>, now: Instant) -> Option<Instant> {
-    (at - utc_now).to_std().ok().map(|delay| now + delay)
+    (at - utc_now).to_std().ok().map(|delay| later(now, delay))
+}
+
+/// `now + delay`, or thirty years on (Tokio's own "far future") where the
+/// clock cannot hold the sum: a delay that long means never.
+pub(crate) fn later(now: Instant, delay: Duration) -> Instant {
+    now.checked_add(delay)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
 }
 
 /// When a stored job may run next (its `not_before`, or a retry's

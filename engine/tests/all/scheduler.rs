@@ -1527,3 +1527,51 @@ async fn a_panicking_event_observer_does_not_stop_the_engine() {
     let stats = engine.stats();
     assert_eq!((stats.jobs.succeeded, stats.jobs.running), (3, 0));
 }
+
+/// Durations too long for the clock (a timeout or a retry delay of
+/// `u64::MAX` ms, which a client may send) mean "never", not a panic in the
+/// runner that meets them.
+#[tokio::test(start_paused = true)]
+async fn timeouts_and_retry_delays_past_the_clocks_range_mean_never() {
+    let mock = MockBackend::new();
+    let engine = builder(1.0, &mock).build().unwrap();
+    let endless = job("a", json!({})).with_resources(Resources {
+        timeout_ms: Some(u64::MAX),
+        ..Resources::default()
+    });
+    let done = engine
+        .wait(engine.submit(endless).await.unwrap().id, LONG)
+        .await
+        .unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+
+    // u64::MAX ms is past what a date can say; 10^16 ms fits a date's
+    // offset but not a date.
+    for delay in [u64::MAX, 10_u64.pow(16)] {
+        let patient =
+            job("a", json!({"fail": true, "fail_class": "trap"})).with_retry_policy(RetryPolicy {
+                max_attempts: 2,
+                base_delay_ms: delay,
+                max_delay_ms: delay,
+                jitter: false,
+                ..RetryPolicy::default()
+            });
+        let id = engine.submit(patient).await.unwrap().id;
+        let waiting = engine.wait(id, LONG).await.unwrap();
+        assert_eq!(
+            (waiting.status, waiting.attempt),
+            (JobStatus::Queued, 1),
+            "{delay}"
+        );
+        let years = chrono::Duration::days(365 * 1000);
+        assert!(
+            waiting.next_run_at.unwrap() > waiting.created_at + years,
+            "{delay}"
+        );
+        // The runner that recorded that is still there for the next job.
+        let next = engine.submit(job("a", json!({}))).await.unwrap().id;
+        let done = engine.wait(next, LONG).await.unwrap();
+        assert_eq!(done.status, JobStatus::Succeeded, "{delay}");
+        assert_eq!(engine.cancel(id).await.unwrap().status, JobStatus::Canceled);
+    }
+}
