@@ -311,7 +311,7 @@ impl Runtime {
             }
         };
         let limiter = MemoryLimiter::new(
-            usize::try_from(memory_mb * MIB).unwrap_or(usize::MAX),
+            usize::try_from(memory_mb.saturating_mul(MIB)).unwrap_or(usize::MAX),
             config.max_table_elements,
             config.max_instance_parts,
         );
