@@ -213,7 +213,9 @@ impl Runtime {
                 .max_core_instances_per_component(parts)
                 .max_memories_per_component(parts.min(8))
                 .max_tables_per_component(parts)
-                .max_memory_size(usize::try_from(config.max_memory_mb.saturating_mul(MIB)).unwrap_or(usize::MAX))
+                .max_memory_size(
+                    usize::try_from(config.max_memory_mb.saturating_mul(MIB)).unwrap_or(usize::MAX),
+                )
                 .table_elements(config.max_table_elements)
                 .linear_memory_keep_resident(KEEP_RESIDENT)
                 .table_keep_resident(KEEP_RESIDENT / 16)
