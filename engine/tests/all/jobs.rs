@@ -15,7 +15,7 @@ use work_engine::{
 };
 use work_test_artifacts as guests;
 
-use crate::support::{config, wasm};
+use crate::support::{config, submit_and_wait, wasm};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -61,10 +61,7 @@ async fn a_tool_call_job_runs_in_the_sandbox() {
         "acme",
         json!({"tool_name": "calculator@0.1.0", "args": {"op": "add", "a": 1, "b": 1}}),
     );
-    let done = engine
-        .wait(engine.submit(aliased).await.unwrap().id, LONG)
-        .await
-        .unwrap();
+    let done = submit_and_wait(&engine, aliased, LONG).await;
     assert_eq!(done.result, Some(json!(2.0)));
 }
 
@@ -235,18 +232,12 @@ async fn guest_failures_follow_the_retry_policy() {
     };
     let flaky = NewJob::tool_call("acme", "flaky", json!({"succeed_on": 3}))
         .with_retry_policy(fast.clone());
-    let done = engine
-        .wait(engine.submit(flaky).await.unwrap().id, LONG)
-        .await
-        .unwrap();
+    let done = submit_and_wait(&engine, flaky, LONG).await;
     assert_eq!((done.status, done.attempt), (JobStatus::Succeeded, 3));
     assert_eq!(done.result, Some(json!(3)));
 
     let trap = NewJob::tool_call("acme", "trap", json!({})).with_retry_policy(fast.clone());
-    let done = engine
-        .wait(engine.submit(trap).await.unwrap().id, LONG)
-        .await
-        .unwrap();
+    let done = submit_and_wait(&engine, trap, LONG).await;
     assert_eq!((done.status, done.attempt), (JobStatus::Failed, 3));
     assert_eq!(done.outcome, Some(OutcomeClass::Trap));
     assert!(done.dead_letter);
@@ -261,10 +252,7 @@ async fn guest_failures_follow_the_retry_policy() {
             max_attempts: 2,
             ..fast
         });
-    let done = engine
-        .wait(engine.submit(spin).await.unwrap().id, LONG)
-        .await
-        .unwrap();
+    let done = submit_and_wait(&engine, spin, LONG).await;
     assert_eq!((done.status, done.attempt), (JobStatus::Timeout, 2));
     assert_eq!(done.error.as_ref().unwrap().code, "timeout");
 }
@@ -334,10 +322,7 @@ async fn local_closures_run_native_kinds_with_devices() {
         gpu_count: 1,
         ..Resources::default()
     });
-    let done = engine
-        .wait(engine.submit(job).await.unwrap().id, LONG)
-        .await
-        .unwrap();
+    let done = submit_and_wait(&engine, job, LONG).await;
     assert_eq!(done.status, JobStatus::Succeeded);
     assert_eq!(done.result, Some(json!({"devices": ["3"], "lr": 0.01})));
     assert_eq!(done.backend.as_deref(), Some("local"));
@@ -374,10 +359,7 @@ async fn a_panicking_backend_fails_its_attempt_and_the_engine_goes_on() {
         ("later", "gave up after a wait"),
     ] {
         let job = NewJob::new("step", "lab", json!({ "panic": how }));
-        let done = engine
-            .wait(engine.submit(job).await.unwrap().id, LONG)
-            .await
-            .unwrap();
+        let done = submit_and_wait(&engine, job, LONG).await;
         assert_eq!(done.status, JobStatus::Failed, "{how}");
         assert_eq!(done.outcome, Some(OutcomeClass::BackendError), "{how}");
         let error = done.error.as_ref().unwrap();
@@ -388,10 +370,7 @@ async fn a_panicking_backend_fails_its_attempt_and_the_engine_goes_on() {
     }
     // The only core is free again, and a runner is there to use it.
     let fine = NewJob::new("step", "lab", json!({}));
-    let done = engine
-        .wait(engine.submit(fine).await.unwrap().id, LONG)
-        .await
-        .unwrap();
+    let done = submit_and_wait(&engine, fine, LONG).await;
     assert_eq!(done.status, JobStatus::Succeeded);
     assert_eq!(engine.stats().jobs.running, 0);
 }

@@ -14,6 +14,8 @@ use work_engine::{
     Resources, RetryPolicy, TenantConfig,
 };
 
+use crate::support::submit_and_wait;
+
 const LONG: Duration = Duration::from_secs(3600);
 
 pub fn capacity(cpu: f64) -> Capacity {
@@ -642,10 +644,7 @@ async fn deterministic_failures_are_not_retried_unless_the_policy_says_so() {
     for class in ["tool_error", "out_of_fuel", "out_of_memory"] {
         let job =
             job("a", json!({"fail": true, "fail_class": class})).with_retry_policy(fast.clone());
-        let done = engine
-            .wait(engine.submit(job).await.unwrap().id, LONG)
-            .await
-            .unwrap();
+        let done = submit_and_wait(&engine, job, LONG).await;
         assert_eq!(
             (done.status, done.attempt),
             (JobStatus::Failed, 1),
@@ -657,10 +656,7 @@ async fn deterministic_failures_are_not_retried_unless_the_policy_says_so() {
     retry_fuel.retry_on.insert(OutcomeClass::OutOfFuel);
     let job =
         job("a", json!({"fail": true, "fail_class": "out_of_fuel"})).with_retry_policy(retry_fuel);
-    let done = engine
-        .wait(engine.submit(job).await.unwrap().id, LONG)
-        .await
-        .unwrap();
+    let done = submit_and_wait(&engine, job, LONG).await;
     assert_eq!((done.status, done.attempt), (JobStatus::Failed, 3));
 }
 
@@ -680,10 +676,7 @@ async fn a_hung_attempt_times_out_and_is_retried_then_ends_timeout() {
             ..Resources::default()
         })
         .with_retry_policy(policy);
-    let done = engine
-        .wait(engine.submit(hung).await.unwrap().id, LONG)
-        .await
-        .unwrap();
+    let done = submit_and_wait(&engine, hung, LONG).await;
     assert_eq!((done.status, done.attempt), (JobStatus::Timeout, 2));
     assert_eq!(done.outcome, Some(OutcomeClass::Timeout));
     assert!(done.dead_letter);
@@ -1520,8 +1513,7 @@ async fn a_panicking_event_observer_does_not_stop_the_engine() {
     );
     let engine = builder(1.0, &mock).observer(observer).build().unwrap();
     for _ in 0..3 {
-        let id = engine.submit(job("a", json!({}))).await.unwrap().id;
-        let done = engine.wait(id, LONG).await.unwrap();
+        let done = submit_and_wait(&engine, job("a", json!({})), LONG).await;
         assert_eq!(done.status, JobStatus::Succeeded);
     }
     let stats = engine.stats();
@@ -1539,10 +1531,7 @@ async fn timeouts_and_retry_delays_past_the_clocks_range_mean_never() {
         timeout_ms: Some(u64::MAX),
         ..Resources::default()
     });
-    let done = engine
-        .wait(engine.submit(endless).await.unwrap().id, LONG)
-        .await
-        .unwrap();
+    let done = submit_and_wait(&engine, endless, LONG).await;
     assert_eq!(done.status, JobStatus::Succeeded);
 
     // u64::MAX ms is past what a date can say; 10^16 ms fits a date's
@@ -1569,8 +1558,7 @@ async fn timeouts_and_retry_delays_past_the_clocks_range_mean_never() {
             "{delay}"
         );
         // The runner that recorded that is still there for the next job.
-        let next = engine.submit(job("a", json!({}))).await.unwrap().id;
-        let done = engine.wait(next, LONG).await.unwrap();
+        let done = submit_and_wait(&engine, job("a", json!({})), LONG).await;
         assert_eq!(done.status, JobStatus::Succeeded, "{delay}");
         assert_eq!(engine.cancel(id).await.unwrap().status, JobStatus::Canceled);
     }

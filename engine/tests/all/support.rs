@@ -1,9 +1,10 @@
 //! Shared set-up: a data directory, a host, registered guests.
 
+use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
-use work_engine::ToolHost;
 use work_engine::runtime::{CallOptions, Grants, RuntimeConfig};
+use work_engine::{Engine, Job, NewJob, ToolHost};
 
 /// A small pool: tests need few instances at once, and each test builds
 /// its own engine.
@@ -37,4 +38,11 @@ pub fn with_timeout(ms: u64) -> CallOptions {
         timeout: Some(Duration::from_millis(ms)),
         ..CallOptions::default()
     }
+}
+
+/// Submits `job` and waits up to `timeout` for it to end; the job as it is
+/// then.
+pub async fn submit_and_wait(engine: &Engine, job: NewJob, timeout: Duration) -> Arc<Job> {
+    let id = engine.submit(job).await.unwrap().id;
+    engine.wait(id, timeout).await.unwrap()
 }
