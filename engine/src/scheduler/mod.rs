@@ -876,7 +876,8 @@ impl Engine {
     /// Counts by level, tenant and status; resources in use against
     /// capacity; throughput; wait and run time summaries.
     pub fn stats(&self) -> Stats {
-        self.inner.state.lock().stats(Instant::now())
+        let counts = self.inner.state.lock().stats(Instant::now());
+        counts.summarize()
     }
 
     /// Every event from now on. The stream is bounded: a subscriber that

@@ -196,6 +196,30 @@ impl Tenant {
     }
 }
 
+/// [`Stats`] whose time summaries are still to be worked out from the
+/// samples copied with them.
+pub(crate) struct Unsummarized {
+    stats: Stats,
+    /// Per level, in the order of `stats.levels`.
+    waits_us: Vec<Vec<u32>>,
+    runs_us: Vec<u32>,
+}
+
+impl Unsummarized {
+    pub(crate) fn summarize(self) -> Stats {
+        let Self {
+            mut stats,
+            waits_us,
+            runs_us,
+        } = self;
+        for (level, samples) in stats.levels.iter_mut().zip(waits_us) {
+            level.wait = Summary::of(samples);
+        }
+        stats.run = Summary::of(runs_us);
+        stats
+    }
+}
+
 /// The most recent samples, overwritten in a circle.
 #[derive(Default)]
 struct Ring {
@@ -1384,7 +1408,10 @@ impl State {
         Some(receiver)
     }
 
-    pub(crate) fn stats(&self, now: Instant) -> Stats {
+    /// The counts as they stand, with copies of the time samples: their
+    /// summaries sort thousands of samples, which [`Unsummarized::summarize`]
+    /// does once the scheduler's lock is let go.
+    pub(crate) fn stats(&self, now: Instant) -> Unsummarized {
         let mut jobs = StatusCounts::default();
         let levels = Priority::ALL
             .into_iter()
@@ -1396,7 +1423,7 @@ impl State {
                     jobs: level.counts,
                     depth: level.depth,
                     capacity: self.config.queue_capacity[priority.index()],
-                    wait: Summary::of(&level.waits_us.samples),
+                    wait: Summary::default(),
                     wait_seconds: level.wait_seconds.clone(),
                 }
             })
@@ -1459,20 +1486,28 @@ impl State {
             }
             _ => 0.0,
         };
-        Stats {
+        let stats = Stats {
             jobs,
             levels,
             tenants,
             resources,
             finished_total: self.finished_total,
             throughput_per_second,
-            run: Summary::of(&self.runs_us.samples),
+            run: Summary::default(),
             run_seconds: self.run_seconds.clone(),
             outcomes: OutcomeClass::ALL
                 .into_iter()
                 .zip(self.outcomes)
                 .map(|(class, n)| (class.as_str(), n))
                 .collect(),
+        };
+        Unsummarized {
+            stats,
+            waits_us: Priority::ALL
+                .into_iter()
+                .map(|priority| self.levels[priority.index()].waits_us.samples.clone())
+                .collect(),
+            runs_us: self.runs_us.samples.clone(),
         }
     }
 

@@ -68,12 +68,12 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub(crate) fn of(samples_us: &[u32]) -> Self {
+    pub(crate) fn of(mut samples_us: Vec<u32>) -> Self {
         if samples_us.is_empty() {
             return Self::default();
         }
-        let mut sorted = samples_us.to_vec();
-        sorted.sort_unstable();
+        samples_us.sort_unstable();
+        let sorted = samples_us;
         let at = |q: f64| {
             let i = ((sorted.len() - 1) as f64 * q).round() as usize;
             f64::from(sorted[i]) / 1000.0
