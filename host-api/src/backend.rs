@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -182,6 +183,64 @@ pub struct ExecContext {
     devices: Vec<Device>,
     updates: UpdateSink,
     cancel: CancellationToken,
+    cost: Arc<CostMeter>,
+}
+
+/// What an attempt has charged ([`ExecContext::charge`]), against what its
+/// job may still spend ([`ExecContext::with_cost_limit`]): shared by the
+/// attempt's context and the engine, which adds the charges to the job's
+/// `cost_usd` when the attempt ends ([`ExecContext::cost_meter`]).
+///
+/// Counted in billionths of a dollar, so that charges from any thread add
+/// up exactly, without a lock.
+#[derive(Debug, Default)]
+pub struct CostMeter {
+    charged_nanos: AtomicU64,
+    limit_nanos: Option<u64>,
+}
+
+impl CostMeter {
+    /// A meter for an attempt that may spend at most `limit_usd` (none:
+    /// no limit).
+    pub fn new(limit_usd: Option<f64>) -> Self {
+        Self {
+            charged_nanos: AtomicU64::new(0),
+            limit_nanos: limit_usd.map(nanos),
+        }
+    }
+
+    /// Adds `usd` (ignored unless finite and above zero); true when this
+    /// charge took the total past the limit.
+    pub fn add(&self, usd: f64) -> bool {
+        if !(usd.is_finite() && usd > 0.0) {
+            return false;
+        }
+        let add = nanos(usd);
+        let before = self
+            .charged_nanos
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
+                Some(total.saturating_add(add))
+            })
+            .unwrap_or(u64::MAX);
+        self.limit_nanos
+            .is_some_and(|limit| before <= limit && before.saturating_add(add) > limit)
+    }
+
+    /// The charges so far, in US dollars.
+    pub fn charged_usd(&self) -> f64 {
+        self.charged_nanos.load(Ordering::Acquire) as f64 / 1e9
+    }
+
+    /// Whether the charges have gone past the limit.
+    pub fn over_limit(&self) -> bool {
+        self.limit_nanos
+            .is_some_and(|limit| self.charged_nanos.load(Ordering::Acquire) > limit)
+    }
+}
+
+/// `usd` in billionths, saturating (negative and NaN: zero).
+fn nanos(usd: f64) -> u64 {
+    (usd * 1e9).round() as u64
 }
 
 impl fmt::Debug for ExecContext {
@@ -207,7 +266,30 @@ impl ExecContext {
             devices,
             updates,
             cancel,
+            cost: Arc::default(),
         }
+    }
+
+    /// The same context, limited to spending `limit_usd` (none: no limit):
+    /// what the job may still spend under its `max_cost_usd`.
+    pub fn with_cost_limit(mut self, limit_usd: Option<f64>) -> Self {
+        let limit_nanos = limit_usd.map(nanos);
+        match Arc::get_mut(&mut self.cost) {
+            Some(meter) => meter.limit_nanos = limit_nanos,
+            None => {
+                self.cost = Arc::new(CostMeter {
+                    charged_nanos: AtomicU64::new(self.cost.charged_nanos.load(Ordering::Acquire)),
+                    limit_nanos,
+                });
+            }
+        }
+        self
+    }
+
+    /// This attempt's meter, which the engine keeps to read the charges
+    /// once the attempt is over.
+    pub fn cost_meter(&self) -> &Arc<CostMeter> {
+        &self.cost
     }
 
     /// A context that discards updates and is never cancelled: for tests.
@@ -261,5 +343,33 @@ impl ExecContext {
     /// The cancellation signal itself, to hand to code that takes one.
     pub fn cancel_token(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// Reports money this attempt has spent, in US dollars (a paid API
+    /// call, rented GPU time): the engine adds it to the job's `cost_usd`
+    /// and to its tenant's spending. Charges that are not finite or not
+    /// above zero are ignored.
+    ///
+    /// When the job has a `max_cost_usd` and this charge takes its cost past
+    /// it, the attempt is told to stop ([`ExecContext::is_cancelled`]) and
+    /// the job ends `canceled` with the error code `cost_limit`.
+    ///
+    /// ```
+    /// use work_host_api::ExecContext;
+    ///
+    /// let ctx = ExecContext::detached(1);
+    /// ctx.charge(0.002);
+    /// ctx.charge(0.003);
+    /// assert!((ctx.charged() - 0.005).abs() < 1e-12);
+    /// ```
+    pub fn charge(&self, usd: f64) {
+        if self.cost.add(usd) {
+            self.cancel.cancel();
+        }
+    }
+
+    /// What this attempt has charged so far, in US dollars.
+    pub fn charged(&self) -> f64 {
+        self.cost.charged_usd()
     }
 }

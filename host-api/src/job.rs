@@ -167,7 +167,9 @@ pub struct Resources {
     /// Instruction budget of one attempt of a tool call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel: Option<u64>,
-    /// The most the job may cost; recorded, for backends that charge.
+    /// The most the job may cost, in US dollars, over all its attempts:
+    /// the attempt whose charges ([`crate::ExecContext::charge`]) pass it
+    /// is stopped and the job ends `canceled` (code `cost_limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_usd: Option<f64>,
 }
@@ -621,7 +623,8 @@ pub struct Job {
     /// When it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
-    /// What it cost, for backends that charge.
+    /// What its attempts were charged, in US dollars
+    /// ([`crate::ExecContext::charge`]).
     #[serde(default)]
     pub cost_usd: f64,
 }

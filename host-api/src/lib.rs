@@ -32,7 +32,8 @@ mod outcome;
 
 pub use async_trait::async_trait;
 pub use backend::{
-    AdmitError, Backend, Device, ExecContext, ExecError, ExecUpdate, UpdateSink, Violation,
+    AdmitError, Backend, CostMeter, Device, ExecContext, ExecError, ExecUpdate, UpdateSink,
+    Violation,
 };
 pub use compact_str::CompactString;
 pub use job::{

@@ -224,6 +224,9 @@ struct QuotaFlags {
     /// GPUs in use at once.
     #[arg(long)]
     max_gpus: Option<u32>,
+    /// US dollars its jobs may be charged in all.
+    #[arg(long)]
+    cost_budget_usd: Option<f64>,
 }
 
 impl QuotaFlags {
@@ -235,6 +238,7 @@ impl QuotaFlags {
             max_cpu: self.max_cpu,
             max_memory_mb: self.max_memory_mb,
             max_gpus: self.max_gpus,
+            cost_budget_usd: self.cost_budget_usd,
         };
         (quota != Quota::default() || self.weight.is_some()).then_some(quota)
     }

@@ -121,6 +121,12 @@ pub struct Quota {
     /// GPUs in use at once.
     #[serde(default)]
     pub max_gpus: Option<u32>,
+    /// US dollars its jobs may be charged in all (by backends that charge,
+    /// [`work_host_api::ExecContext::charge`]), counted by this engine
+    /// since it started: once spent, its new jobs are refused. Jobs already
+    /// accepted still run, each held to its own `max_cost_usd`.
+    #[serde(default)]
+    pub cost_budget_usd: Option<f64>,
 }
 
 impl Quota {
@@ -143,6 +149,12 @@ impl Quota {
         {
             return Err("submits_per_second must be a number above 0".into());
         }
+        if self
+            .cost_budget_usd
+            .is_some_and(|usd| !usd.is_finite() || usd < 0.0)
+        {
+            return Err("cost_budget_usd must be a number of dollars >= 0".into());
+        }
         Ok(())
     }
 
@@ -162,6 +174,7 @@ impl Quota {
             max_cpu: min(self.max_cpu, other.max_cpu),
             max_memory_mb: min(self.max_memory_mb, other.max_memory_mb),
             max_gpus: min(self.max_gpus, other.max_gpus),
+            cost_budget_usd: min(self.cost_budget_usd, other.cost_budget_usd),
         }
     }
 }

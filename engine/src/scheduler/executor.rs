@@ -21,7 +21,9 @@ use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use work_host_api::{ExecContext, ExecError, Job, JobError, JobId, JobStatus, OutcomeClass};
+use work_host_api::{
+    CostMeter, ExecContext, ExecError, Job, JobError, JobId, JobStatus, OutcomeClass,
+};
 
 use super::state::{PlaceOutcome, Released, Start};
 use super::{Inner, later};
@@ -66,6 +68,8 @@ struct Done {
     priority: work_host_api::Priority,
     class: OutcomeClass,
     run_time: Duration,
+    /// What the attempt charged, in US dollars.
+    cost_usd: f64,
     decision: Decision,
 }
 
@@ -182,23 +186,34 @@ async fn attempt(inner: Arc<Inner>, start: Start, job: Arc<Job>) -> Done {
             waited_ms: start.waited.as_millis() as u64,
         });
     let started = Instant::now();
-    let outcome = if start.cancel.is_cancelled() {
+    let (outcome, meter) = if start.cancel.is_cancelled() {
         // Cancelled between its dispatch and now: its backend is not
         // started at all (it would be polled once before it looked at the
         // signal).
-        Err(ExecError::new(
+        let canceled = Err(ExecError::new(
             OutcomeClass::Canceled,
             "canceled by request before it started",
-        ))
+        ));
+        (canceled, None)
     } else {
-        execute(&inner, &start, &job).await
+        let (outcome, meter) = execute(&inner, &start, &job).await;
+        (outcome, Some(meter))
     };
     let run_time = started.elapsed();
-    let class = match &outcome {
-        Ok(_) => OutcomeClass::Ok,
-        Err(err) => err.class,
+    let cost_usd = meter.as_ref().map_or(0.0, |meter| meter.charged_usd());
+    let over_cost_limit = meter.is_some_and(|meter| meter.over_limit());
+    let (class, decision) = match outcome {
+        // Stopped for what it spent (a result it returned all the same
+        // stands): canceled, however the backend took the signal.
+        Err(_) if over_cost_limit => (OutcomeClass::Canceled, cost_limit_reached(&job, cost_usd)),
+        outcome => {
+            let class = match &outcome {
+                Ok(_) => OutcomeClass::Ok,
+                Err(err) => err.class,
+            };
+            (class, decide(&job, outcome))
+        }
     };
-    let decision = decide(&job, outcome);
     Done {
         id,
         attempt,
@@ -206,17 +221,37 @@ async fn attempt(inner: Arc<Inner>, start: Start, job: Arc<Job>) -> Done {
         priority: job.priority,
         class,
         run_time,
+        cost_usd,
         decision,
         start,
     }
 }
 
-/// Starts the attempt on its backend and supervises it to its end.
+/// The end of a job whose charges went past its `max_cost_usd`.
+fn cost_limit_reached(job: &Job, charged: f64) -> Decision {
+    let cap = job.resources.max_cost_usd.unwrap_or_default();
+    Decision::Finish {
+        status: JobStatus::Canceled,
+        result: None,
+        error: Some(JobError {
+            code: "cost_limit".to_owned(),
+            message: format!(
+                "stopped at a cost of {} USD, past its max_cost_usd of {cap} USD",
+                job.cost_usd + charged
+            ),
+            retryable: false,
+        }),
+        dead_letter: false,
+    }
+}
+
+/// Starts the attempt on its backend and supervises it to its end; also
+/// returns what it charged.
 async fn execute(
     inner: &Arc<Inner>,
     start: &Start,
     job: &Job,
-) -> Result<serde_json::Value, ExecError> {
+) -> (Result<serde_json::Value, ExecError>, Arc<CostMeter>) {
     let backend = &inner.backends[start.backend];
     let (id, attempt) = (job.id, job.attempt);
     let tenant = &start.tenant;
@@ -240,21 +275,30 @@ async fn execute(
                 .job(id, &tenant, || EventData::Progress { attempt, update });
         })
     };
+    // What it may still spend: the job's cap less what earlier attempts
+    // were charged.
+    let cost_limit = job
+        .resources
+        .max_cost_usd
+        .map(|cap| (cap - job.cost_usd).max(0.0));
     let ctx = ExecContext::new(
         attempt,
         start.devices.clone(),
         updates,
         start.cancel.clone(),
-    );
+    )
+    .with_cost_limit(cost_limit);
+    let meter = Arc::clone(ctx.cost_meter());
     let timeout = job.resources.timeout().or(inner.defaults.timeout);
-    supervise(
+    let outcome = supervise(
         // The call inside: a backend may panic before it returns a future.
         unwound(async move { backend.execute(job, ctx).await }),
         &start.cancel,
         timeout,
         inner.defaults.cancel_grace,
     )
-    .await
+    .await;
+    (outcome, meter)
 }
 
 /// Records finished attempts: their transitions in one store call, the
@@ -279,6 +323,7 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
                         .ok()
                         .and_then(|delay| at.checked_add_signed(delay))
                         .unwrap_or(DateTime::<Utc>::MAX_UTC),
+                    cost_usd: d.cost_usd,
                 },
                 Decision::Finish {
                     status,
@@ -294,6 +339,7 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
                     error: error.clone(),
                     dead_letter: *dead_letter,
                     at,
+                    cost_usd: d.cost_usd,
                 },
             };
             (d.id, change)
@@ -328,6 +374,8 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
         let mut state = inner.state.lock();
         let now = Instant::now();
         for (d, recorded) in done.into_iter().zip(recorded) {
+            // Spent, whether or not the store takes the report.
+            state.charge(&d.start.tenant, d.cost_usd);
             if let Err(err) = recorded {
                 refused.push((d.start, err));
                 continue;

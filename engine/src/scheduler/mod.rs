@@ -620,6 +620,8 @@ impl Engine {
                     outcome: OutcomeClass::BackendError,
                     error: error(true),
                     next_run_at: at,
+                    // What the lost attempt spent was never reported.
+                    cost_usd: 0.0,
                 }
             } else {
                 Transition::Finish {
@@ -630,6 +632,7 @@ impl Engine {
                     error: Some(error(false)),
                     dead_letter: true,
                     at,
+                    cost_usd: 0.0,
                 }
             };
             let job = inner.store.transition(job.id, change).await?;

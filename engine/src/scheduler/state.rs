@@ -173,6 +173,8 @@ struct Tenant {
     cpu_milli: u64,
     memory_mb: u64,
     gpus: u32,
+    /// US dollars its attempts were charged since the engine started.
+    spent_usd: f64,
     bucket: Option<TokenBucket>,
     counts: [StatusCounts; 4],
 }
@@ -190,6 +192,7 @@ impl Tenant {
             cpu_milli: 0,
             memory_mb: 0,
             gpus: 0,
+            spent_usd: 0.0,
             bucket,
             counts: [StatusCounts::default(); 4],
         }
@@ -564,6 +567,18 @@ impl State {
         }
         for (name, n) in &per_tenant {
             let tenant = self.tenant_mut(name, now);
+            if let Some(budget) = tenant.config.quota.cost_budget_usd
+                && tenant.spent_usd >= budget
+            {
+                return Err((
+                    EngineError::QuotaExceeded {
+                        tenant: name.to_string(),
+                        limit: "cost_budget_usd",
+                        max: budget.to_string(),
+                    },
+                    None,
+                ));
+            }
             if let Some(max) = tenant.config.quota.max_queued
                 && tenant.waiting + n > max
             {
@@ -1254,6 +1269,15 @@ impl State {
         }
     }
 
+    /// An attempt of `tenant`'s was charged `usd`.
+    pub(crate) fn charge(&mut self, tenant: &Arc<str>, usd: f64) {
+        if usd > 0.0
+            && let Some(t) = self.tenants.get_mut(tenant)
+        {
+            t.spent_usd += usd;
+        }
+    }
+
     /// After [`State::end_attempt`]: the job goes back to its queue at
     /// `run_at`, unless it was asked to stop meanwhile: then it is left
     /// ending ([`PlaceOutcome::Canceled`]) and does not run again.
@@ -1446,6 +1470,7 @@ impl State {
                     cpu_in_use: t.cpu_milli as f64 / 1000.0,
                     memory_mb_in_use: t.memory_mb,
                     gpus_in_use: t.gpus,
+                    cost_usd: t.spent_usd,
                 }
             })
             .collect();

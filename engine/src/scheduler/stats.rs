@@ -180,6 +180,9 @@ pub struct TenantStats {
     pub memory_mb_in_use: u64,
     /// GPUs its running jobs hold.
     pub gpus_in_use: u32,
+    /// US dollars its attempts were charged since the engine started
+    /// (what its `cost_budget_usd` counts).
+    pub cost_usd: f64,
 }
 
 /// Resources held by running jobs against the engine's capacity.

@@ -47,6 +47,14 @@ pub(super) async fn metrics(
             }
         }
     }
+    let mut cost = out.family(
+        "work_engine_tenant_cost_usd_total",
+        "counter",
+        "US dollars each tenant's attempts were charged, since the engine started.",
+    );
+    for tenant in &stats.tenants {
+        cost.sample(&[("tenant", tenant.tenant_id.as_str())], tenant.cost_usd);
+    }
     let levels = |out: &mut Text, name, help, value: fn(&LevelStats) -> f64| {
         let mut family = out.family(name, "gauge", help);
         for level in &stats.levels {

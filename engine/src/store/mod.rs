@@ -80,6 +80,8 @@ pub enum Transition {
         error: JobError,
         /// When it may start again.
         next_run_at: DateTime<Utc>,
+        /// What the attempt charged, in US dollars: added to `cost_usd`.
+        cost_usd: f64,
     },
     /// `running ->` a terminal status.
     Finish {
@@ -97,6 +99,8 @@ pub enum Transition {
         dead_letter: bool,
         /// When.
         at: DateTime<Utc>,
+        /// What the attempt charged, in US dollars: added to `cost_usd`.
+        cost_usd: f64,
     },
     /// Any non-terminal status `-> canceled`, whatever its epoch.
     Cancel {
@@ -148,10 +152,12 @@ impl Transition {
                 outcome,
                 error,
                 next_run_at,
+                cost_usd,
             } => {
                 if job.status != JobStatus::Running || job.lease_epoch != epoch {
                     return Err(conflict(job, "expected running with the same epoch"));
                 }
+                job.cost_usd += cost_usd;
                 job.status = JobStatus::Queued;
                 job.outcome = Some(outcome);
                 job.error = Some(error);
@@ -165,10 +171,12 @@ impl Transition {
                 error,
                 dead_letter,
                 at,
+                cost_usd,
             } => {
                 if job.status != JobStatus::Running || job.lease_epoch != epoch {
                     return Err(conflict(job, "expected running with the same epoch"));
                 }
+                job.cost_usd += cost_usd;
                 job.status = status;
                 job.outcome = Some(outcome);
                 job.result = result;

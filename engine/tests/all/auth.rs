@@ -517,29 +517,35 @@ async fn quotas_are_the_tighter_of_the_operators_and_the_tenants_own() {
         &["--tenant", "q", "--role", "admin"],
     )));
 
-    let (status, set) = ask(served
-        .http
-        .put(served.at("/v1/tenants/q/quota"))
-        .json(&json!({"weight": 3, "quota": {"max_queued": 10, "max_running": 4}})))
+    let (status, set) = ask(served.http.put(served.at("/v1/tenants/q/quota")).json(
+        &json!({"weight": 3, "quota": {"max_queued": 10, "max_running": 4,
+            "cost_budget_usd": 100.0}}),
+    ))
     .await;
     assert_eq!(status, StatusCode::OK, "{set}");
     let (status, own) = ask(admin
         .put(served.at("/v1/tenants/q/quota"))
-        .json(&json!({"quota": {"max_queued": 50, "max_running": 2}})))
+        .json(&json!({"quota": {"max_queued": 50, "max_running": 2, "cost_budget_usd": 20.5}})))
     .await;
     assert_eq!(status, StatusCode::OK, "{own}");
     assert_eq!(
         own["effective"],
         json!({"weight": 3, "quota": {"max_queued": 10, "max_running": 2,
-            "submits_per_second": null, "max_cpu": null, "max_memory_mb": null, "max_gpus": null}}),
+            "submits_per_second": null, "max_cpu": null, "max_memory_mb": null, "max_gpus": null,
+            "cost_budget_usd": 20.5}}),
         "{own}"
     );
     // A quota that means nothing is refused, and changes nothing.
-    let (status, refused) = ask(admin
-        .put(served.at("/v1/tenants/q/quota"))
-        .json(&json!({"quota": {"submits_per_second": -1}})))
-    .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    for nonsense in [
+        json!({"submits_per_second": -1}),
+        json!({"cost_budget_usd": -1}),
+    ] {
+        let (status, refused) = ask(admin
+            .put(served.at("/v1/tenants/q/quota"))
+            .json(&json!({ "quota": nonsense })))
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    }
     // A tenant admin cannot set its weight, nor anyone else's quota.
     let (status, _) = ask(admin
         .put(served.at("/v1/tenants/q/quota"))
@@ -554,6 +560,10 @@ async fn quotas_are_the_tighter_of_the_operators_and_the_tenants_own() {
     let served = Served::start(data.path(), &[]);
     let (_, shown) = served.get("/v1/tenants/q/quota").await;
     assert_eq!(shown["effective"]["quota"]["max_queued"], 10, "{shown}");
+    assert_eq!(
+        shown["effective"]["quota"]["cost_budget_usd"], 20.5,
+        "{shown}"
+    );
     served.register(guests::CALCULATOR).await;
     let mut statuses = Vec::new();
     for _ in 0..11 {

@@ -12,6 +12,7 @@
 mod auth;
 mod calls;
 mod cli;
+mod cost;
 mod examples;
 mod guests;
 mod http;

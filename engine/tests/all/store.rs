@@ -59,6 +59,7 @@ fn finish(epoch: u64, status: JobStatus) -> Transition {
         error: None,
         dead_letter: status == JobStatus::Failed,
         at: Utc::now(),
+        cost_usd: 0.5,
     }
 }
 
@@ -120,6 +121,7 @@ async fn conformance(store: &dyn Store) {
             retryable: true,
         },
         next_run_at: Utc::now(),
+        cost_usd: 0.25,
     };
     store.transition(a.id, retry).await.unwrap();
     let second = store.transition(a.id, claim()).await.unwrap();
@@ -138,6 +140,9 @@ async fn conformance(store: &dyn Store) {
         (done.status, done.result.clone()),
         (JobStatus::Succeeded, Some(json!(1)))
     );
+    // Each attempt's charges add up; the refused report added none.
+    assert_eq!(done.cost_usd, 0.75);
+    assert_eq!(store.get(a.id).await.unwrap().unwrap().cost_usd, 0.75);
     let cancel = || Transition::Cancel {
         error: JobError {
             code: "canceled".into(),
@@ -723,6 +728,7 @@ async fn end_at(store: &SqliteStore, job: &Job, status: JobStatus, at: chrono::D
         error: None,
         dead_letter: status == JobStatus::Failed,
         at,
+        cost_usd: 0.0,
     };
     store.transition(job.id, end).await.unwrap();
 }
