@@ -123,8 +123,10 @@ pub struct Quota {
     pub max_gpus: Option<u32>,
     /// US dollars its jobs may be charged in all (by backends that charge,
     /// [`work_host_api::ExecContext::charge`]), counted by this engine
-    /// since it started: once spent, its new jobs are refused. Jobs already
-    /// accepted still run, each held to its own `max_cost_usd`.
+    /// since it started. What its live jobs with a `max_cost_usd` may still
+    /// be charged is held from it; a job is refused when the spending and
+    /// the holds leave no room for its own cap (or have reached the budget,
+    /// for a job without one).
     #[serde(default)]
     pub cost_budget_usd: Option<f64>,
 }

@@ -375,7 +375,7 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
         let now = Instant::now();
         for (d, recorded) in done.into_iter().zip(recorded) {
             // Spent, whether or not the store takes the report.
-            state.charge(&d.start.tenant, d.cost_usd);
+            state.charge(d.id, &d.start.tenant, d.cost_usd);
             if let Err(err) = recorded {
                 refused.push((d.start, err));
                 continue;

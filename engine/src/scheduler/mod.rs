@@ -473,9 +473,9 @@ impl Engine {
             let mut lives = Vec::with_capacity(prepared.len());
             for (index, p) in prepared.iter().enumerate() {
                 match live_for(&mut state, &p.job, p.backend, now) {
-                    Ok(live) => lives.push((p.job.id, live)),
+                    Ok(live) => lives.push((p.job.id, live, cost_hold(&p.job))),
                     Err(err) => {
-                        state.discard(lives);
+                        state.discard(lives.into_iter().map(|(_, live, _)| live));
                         return Err(batch_error(index)(err));
                     }
                 }
@@ -666,7 +666,7 @@ impl Engine {
                     .and_then(|backend| live_for(&mut state, &job, backend, now));
                 match placed {
                     Ok(live) => {
-                        state.readmit(job.id, live, now);
+                        state.readmit(job.id, live, cost_hold(&job), now);
                         if failed_dep.is_some() {
                             state.doom(job.id);
                         } else {
@@ -789,7 +789,9 @@ impl Engine {
                 match state.revival(id) {
                     Revival::Free => {
                         let live = live_for(&mut state, &job, backend, now)?;
-                        state.admit(vec![(id, live)], now).map_err(|(err, _)| err)?;
+                        state
+                            .admit(vec![(id, live, cost_hold(&job))], now)
+                            .map_err(|(err, _)| err)?;
                         break job;
                     }
                     Revival::Busy(status) => {
@@ -950,6 +952,15 @@ fn dependency_failed(message: impl Into<String>) -> JobError {
     }
 }
 
+/// What `job` may still be charged, held from its tenant's budget while it
+/// is live: its `max_cost_usd` less what it has cost so far (none without a
+/// cap).
+fn cost_hold(job: &Job) -> f64 {
+    job.resources
+        .max_cost_usd
+        .map_or(0.0, |cap| (cap - job.cost_usd).max(0.0))
+}
+
 /// The scheduler's entry for `job`, not yet admitted: what it needs, its
 /// tenant and group interned.
 fn live_for(
@@ -1093,6 +1104,14 @@ impl Inner {
         let mut resources = new.resources;
         if !resources.cpu.is_finite() || resources.cpu < 0.0 {
             return Err(EngineError::invalid("resources.cpu must be a number >= 0"));
+        }
+        if resources
+            .max_cost_usd
+            .is_some_and(|usd| !usd.is_finite() || usd < 0.0)
+        {
+            return Err(EngineError::invalid(
+                "resources.max_cost_usd must be a number of dollars >= 0",
+            ));
         }
         if resources.gpu.is_some() && resources.gpu_count == 0 {
             resources.gpu_count = 1;

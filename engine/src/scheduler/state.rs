@@ -175,6 +175,8 @@ struct Tenant {
     gpus: u32,
     /// US dollars its attempts were charged since the engine started.
     spent_usd: f64,
+    /// What its live capped jobs may still be charged (`cost_holds`).
+    held_usd: f64,
     bucket: Option<TokenBucket>,
     counts: [StatusCounts; 4],
 }
@@ -193,6 +195,7 @@ impl Tenant {
             memory_mb: 0,
             gpus: 0,
             spent_usd: 0.0,
+            held_usd: 0.0,
             bucket,
             counts: [StatusCounts::default(); 4],
         }
@@ -296,6 +299,9 @@ pub(crate) struct State {
     /// Boxed: a million queued jobs cost a map of pointers, not of
     /// `Live`s at the map's spare capacity.
     jobs: IdMap<Box<Live>>,
+    /// What each live job with a `max_cost_usd` may still be charged, held
+    /// from its tenant's budget (only jobs with something held).
+    cost_holds: IdMap<f64>,
     levels: [Level; 4],
     delayed: BinaryHeap<Reverse<(Instant, JobId)>>,
     groups: NameMap<Arc<str>, Group>,
@@ -349,6 +355,7 @@ impl State {
         Self {
             config,
             jobs: IdMap::default(),
+            cost_holds: IdMap::default(),
             levels: Default::default(),
             delayed: BinaryHeap::new(),
             groups: NameMap::default(),
@@ -467,8 +474,8 @@ impl State {
     }
 
     /// Drops jobs that were never admitted (their submission was refused).
-    pub(crate) fn discard(&mut self, lives: Vec<(JobId, Live)>) {
-        for (_, live) in lives {
+    pub(crate) fn discard(&mut self, lives: impl IntoIterator<Item = Live>) {
+        for live in lives {
             self.release_group(live.group);
         }
     }
@@ -522,37 +529,43 @@ impl State {
     /// [`EngineError::RateLimited`], [`EngineError::QuotaExceeded`],
     /// [`EngineError::QueueFull`] (the level is returned for the overflow
     /// event).
+    /// Each job comes with what it may still be charged (its cost hold:
+    /// 0 without a `max_cost_usd`).
     pub(crate) fn admit(
         &mut self,
-        jobs: Vec<(JobId, Live)>,
+        jobs: Vec<(JobId, Live, f64)>,
         now: Instant,
     ) -> Result<(), (EngineError, Option<Priority>)> {
         if let Err(err) = self.check_admission(&jobs, now) {
-            self.discard(jobs);
+            self.discard(jobs.into_iter().map(|(_, live, _)| live));
             return Err(err);
         }
-        for (id, live) in jobs {
-            self.readmit(id, live, now);
+        for (id, live, hold) in jobs {
+            self.readmit(id, live, hold, now);
         }
         Ok(())
     }
 
     fn check_admission(
         &mut self,
-        jobs: &[(JobId, Live)],
+        jobs: &[(JobId, Live, f64)],
         now: Instant,
     ) -> Result<(), (EngineError, Option<Priority>)> {
         let mut per_level = [0usize; 4];
-        let mut per_tenant: Vec<(Arc<str>, u64)> = Vec::with_capacity(1);
-        for (_, live) in jobs {
+        // Per tenant: jobs, and their cost holds.
+        let mut per_tenant: Vec<(Arc<str>, u64, f64)> = Vec::with_capacity(1);
+        for (_, live, hold) in jobs {
             per_level[live.priority.index()] += 1;
             // Tenant names are interned: one pointer per tenant.
             match per_tenant
                 .iter_mut()
-                .find(|(name, _)| Arc::ptr_eq(name, &live.tenant))
+                .find(|(name, ..)| Arc::ptr_eq(name, &live.tenant))
             {
-                Some((_, n)) => *n += 1,
-                None => per_tenant.push((Arc::clone(&live.tenant), 1)),
+                Some((_, n, held)) => {
+                    *n += 1;
+                    *held += hold;
+                }
+                None => per_tenant.push((Arc::clone(&live.tenant), 1, *hold)),
             }
         }
         for (level, n) in per_level.iter().enumerate() {
@@ -565,10 +578,14 @@ impl State {
                 ));
             }
         }
-        for (name, n) in &per_tenant {
+        for (name, n, held) in &per_tenant {
             let tenant = self.tenant_mut(name, now);
+            // Spent, held for capped jobs already accepted, and asked for
+            // by these: all within the budget, and room left for jobs
+            // without a cap.
+            let committed = tenant.spent_usd + tenant.held_usd;
             if let Some(budget) = tenant.config.quota.cost_budget_usd
-                && tenant.spent_usd >= budget
+                && (committed >= budget || committed + held > budget)
             {
                 return Err((
                     EngineError::QuotaExceeded {
@@ -593,7 +610,7 @@ impl State {
             }
         }
         // Rate last, so a refusal for another reason costs no tokens.
-        for (name, n) in &per_tenant {
+        for (name, n, _) in &per_tenant {
             let tenant = self.tenant_mut(name, now);
             if let Some(bucket) = &mut tenant.bucket {
                 bucket.take(*n as f64, now).map_err(|retry_after| {
@@ -613,10 +630,25 @@ impl State {
     /// Takes in a job without checking queue capacity or quotas: one
     /// already accepted, as when an engine starts on a store's unfinished
     /// jobs.
-    pub(crate) fn readmit(&mut self, id: JobId, live: Live, now: Instant) {
+    /// `hold`: what it may still be charged ([`State::admit`]).
+    pub(crate) fn readmit(&mut self, id: JobId, live: Live, hold: f64, now: Instant) {
         self.levels[live.priority.index()].waiting += 1;
-        self.tenant_mut(&live.tenant, now).waiting += 1;
+        let tenant = self.tenant_mut(&live.tenant, now);
+        tenant.waiting += 1;
+        if hold > 0.0 {
+            tenant.held_usd += hold;
+            self.cost_holds.insert(id, hold);
+        }
         self.jobs.insert(id, Box::new(live));
+    }
+
+    /// Lets go of what is still held for `id`'s cost.
+    fn release_cost_hold(&mut self, id: JobId, tenant: &Arc<str>) {
+        if let Some(hold) = self.cost_holds.remove(&id)
+            && let Some(t) = self.tenants.get_mut(tenant)
+        {
+            t.held_usd = (t.held_usd - hold).max(0.0);
+        }
     }
 
     /// Forgets jobs admitted but never stored (the store refused, or an
@@ -624,6 +656,7 @@ impl State {
     pub(crate) fn abandon(&mut self, ids: &[JobId]) {
         for id in ids {
             if let Some(live) = self.jobs.remove(id) {
+                self.release_cost_hold(*id, &live.tenant);
                 self.levels[live.priority.index()].waiting -= 1;
                 if let Some(t) = self.tenants.get_mut(&live.tenant) {
                     t.waiting = t.waiting.saturating_sub(1);
@@ -1269,12 +1302,23 @@ impl State {
         }
     }
 
-    /// An attempt of `tenant`'s was charged `usd`.
-    pub(crate) fn charge(&mut self, tenant: &Arc<str>, usd: f64) {
-        if usd > 0.0
-            && let Some(t) = self.tenants.get_mut(tenant)
-        {
+    /// An attempt of `id` (of `tenant`) was charged `usd`: spent now
+    /// rather than held.
+    pub(crate) fn charge(&mut self, id: JobId, tenant: &Arc<str>, usd: f64) {
+        if usd <= 0.0 {
+            return;
+        }
+        let released = match self.cost_holds.get_mut(&id) {
+            Some(hold) => {
+                let released = usd.min(*hold);
+                *hold -= released;
+                released
+            }
+            None => 0.0,
+        };
+        if let Some(t) = self.tenants.get_mut(tenant) {
             t.spent_usd += usd;
+            t.held_usd = (t.held_usd - released).max(0.0);
         }
     }
 
@@ -1318,6 +1362,7 @@ impl State {
             return released;
         };
         self.drop_reservation(id);
+        self.release_cost_hold(id, &live.tenant);
         let from = live.status();
         if from != JobStatus::Running {
             // Ended while waiting (cancelled, or a dependency failed).
@@ -1471,6 +1516,7 @@ impl State {
                     memory_mb_in_use: t.memory_mb,
                     gpus_in_use: t.gpus,
                     cost_usd: t.spent_usd,
+                    cost_usd_held: t.held_usd,
                 }
             })
             .collect();

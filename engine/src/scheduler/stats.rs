@@ -183,6 +183,9 @@ pub struct TenantStats {
     /// US dollars its attempts were charged since the engine started
     /// (what its `cost_budget_usd` counts).
     pub cost_usd: f64,
+    /// US dollars held from its budget for its live jobs with a
+    /// `max_cost_usd`: what they may still be charged.
+    pub cost_usd_held: f64,
 }
 
 /// Resources held by running jobs against the engine's capacity.

@@ -17,11 +17,17 @@ const LONG: Duration = Duration::from_secs(120);
 
 /// `paid` jobs: `steps` steps 10 ms apart, each charging `charge` dollars;
 /// between steps the attempt stops when told to, unless `ignore_stop`. The
-/// first attempt fails (retryable) when `fail_first`.
+/// first attempt fails (retryable) when `fail_first`. With `hang`, it
+/// charges once and waits to be told to stop.
 fn engine(tenant_budget: Option<f64>) -> Engine {
     let paid = LocalBackend::new().handle("paid", |job, ctx| async move {
         let field = |name: &str| job.payload[name].clone();
         let charge = field("charge").as_f64().unwrap_or(0.0);
+        if field("hang") == Value::Bool(true) {
+            ctx.charge(charge);
+            ctx.cancelled().await;
+            return Err(ExecError::new(OutcomeClass::Canceled, "stopped as told"));
+        }
         for _ in 0..field("steps").as_u64().unwrap_or(1) {
             if ctx.is_cancelled() && field("ignore_stop") != Value::Bool(true) {
                 return Err(ExecError::new(OutcomeClass::Canceled, "stopped as told"));
@@ -178,4 +184,54 @@ async fn a_tenant_whose_spending_reached_its_budget_is_refused_new_jobs() {
     );
     let done = submit_and_wait(&engine, paid_job("metered", payload, None), LONG).await;
     assert_eq!(done.status, JobStatus::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tenants_budget_holds_what_its_capped_jobs_may_still_spend() {
+    let engine = engine(Some(1.0));
+    let hang = json!({"charge": 0.1, "hang": true});
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let job = paid_job("metered", hang.clone(), Some(0.4));
+        running.push(engine.submit(job).await.unwrap().id);
+    }
+    let held = |engine: &Engine| {
+        let stats = engine.stats();
+        let tenant = stats.tenants.iter().find(|t| t.tenant_id == "metered");
+        tenant.map_or(0.0, |t| t.cost_usd_held)
+    };
+    assert_near(held(&engine), 0.8);
+    // A third job capped at 0.4 could take the spending past 1.0.
+    let refused = engine
+        .submit(paid_job("metered", hang.clone(), Some(0.4)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "quota_exceeded", "{refused:?}");
+    // One without a cap fits in what is left.
+    let free = paid_job("metered", json!({}), None);
+    let done = submit_and_wait(&engine, free, LONG).await;
+    assert_eq!(done.status, JobStatus::Succeeded);
+
+    // Ended, the two jobs were charged 0.1 each and hold nothing more.
+    for id in running {
+        engine.cancel(id).await.unwrap();
+        let done = engine.wait(id, LONG).await.unwrap();
+        assert_eq!(done.status, JobStatus::Canceled);
+        assert_near(done.cost_usd, 0.1);
+    }
+    assert_near(held(&engine), 0.0);
+    assert_near(tenant_cost(&engine, "metered"), 0.2);
+    let capped = paid_job("metered", json!({"charge": 0.1}), Some(0.4));
+    let done = submit_and_wait(&engine, capped, LONG).await;
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_near(tenant_cost(&engine, "metered"), 0.3);
+
+    // A cap that is not money is refused.
+    for cap in [-1.0, f64::NAN] {
+        let err = engine
+            .submit(paid_job("metered", json!({}), Some(cap)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid_job", "{err:?}");
+    }
 }
