@@ -26,7 +26,7 @@ use work_host_api::{
 };
 
 use super::state::{PlaceOutcome, Released, Start};
-use super::{Inner, later};
+use super::{Inner, cost_left, later};
 use crate::events::EventData;
 use crate::store::{Commit, Transition};
 
@@ -275,19 +275,13 @@ async fn execute(
                 .job(id, &tenant, || EventData::Progress { attempt, update });
         })
     };
-    // What it may still spend: the job's cap less what earlier attempts
-    // were charged.
-    let cost_limit = job
-        .resources
-        .max_cost_usd
-        .map(|cap| (cap - job.cost_usd).max(0.0));
     let ctx = ExecContext::new(
         attempt,
         start.devices.clone(),
         updates,
         start.cancel.clone(),
     )
-    .with_cost_limit(cost_limit);
+    .with_cost_limit(cost_left(job));
     let meter = Arc::clone(ctx.cost_meter());
     let timeout = job.resources.timeout().or(inner.defaults.timeout);
     let outcome = supervise(

@@ -952,13 +952,18 @@ fn dependency_failed(message: impl Into<String>) -> JobError {
     }
 }
 
-/// What `job` may still be charged, held from its tenant's budget while it
-/// is live: its `max_cost_usd` less what it has cost so far (none without a
-/// cap).
-fn cost_hold(job: &Job) -> f64 {
+/// What `job` may still be charged: its `max_cost_usd` less what it has
+/// cost so far (none without a cap). Its next attempt is limited to it.
+pub(crate) fn cost_left(job: &Job) -> Option<f64> {
     job.resources
         .max_cost_usd
-        .map_or(0.0, |cap| (cap - job.cost_usd).max(0.0))
+        .map(|cap| (cap - job.cost_usd).max(0.0))
+}
+
+/// [`cost_left`], as held from the tenant's budget while the job is live
+/// (nothing without a cap).
+fn cost_hold(job: &Job) -> f64 {
+    cost_left(job).unwrap_or(0.0)
 }
 
 /// The scheduler's entry for `job`, not yet admitted: what it needs, its
