@@ -193,25 +193,26 @@ pub struct ExecContext {
 ///
 /// Counted in billionths of a dollar, so that charges from any thread add
 /// up exactly, without a lock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CostMeter {
     charged_nanos: AtomicU64,
-    limit_nanos: Option<u64>,
+    /// `u64::MAX`: no limit (the charges saturate there, never past it).
+    limit_nanos: AtomicU64,
+}
+
+impl Default for CostMeter {
+    fn default() -> Self {
+        Self {
+            charged_nanos: AtomicU64::new(0),
+            limit_nanos: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 impl CostMeter {
-    /// A meter for an attempt that may spend at most `limit_usd` (none:
-    /// no limit).
-    pub fn new(limit_usd: Option<f64>) -> Self {
-        Self {
-            charged_nanos: AtomicU64::new(0),
-            limit_nanos: limit_usd.map(nanos),
-        }
-    }
-
     /// Adds `usd` (ignored unless finite and above zero); true when this
     /// charge took the total past the limit.
-    pub fn add(&self, usd: f64) -> bool {
+    fn add(&self, usd: f64) -> bool {
         if !(usd.is_finite() && usd > 0.0) {
             return false;
         }
@@ -222,8 +223,8 @@ impl CostMeter {
                 Some(total.saturating_add(add))
             })
             .unwrap_or(u64::MAX);
-        self.limit_nanos
-            .is_some_and(|limit| before <= limit && before.saturating_add(add) > limit)
+        let limit = self.limit_nanos.load(Ordering::Acquire);
+        before <= limit && before.saturating_add(add) > limit
     }
 
     /// The charges so far, in US dollars.
@@ -233,8 +234,7 @@ impl CostMeter {
 
     /// Whether the charges have gone past the limit.
     pub fn over_limit(&self) -> bool {
-        self.limit_nanos
-            .is_some_and(|limit| self.charged_nanos.load(Ordering::Acquire) > limit)
+        self.charged_nanos.load(Ordering::Acquire) > self.limit_nanos.load(Ordering::Acquire)
     }
 }
 
@@ -270,19 +270,13 @@ impl ExecContext {
         }
     }
 
-    /// The same context, limited to spending `limit_usd` (none: no limit):
-    /// what the job may still spend under its `max_cost_usd`.
-    pub fn with_cost_limit(mut self, limit_usd: Option<f64>) -> Self {
-        let limit_nanos = limit_usd.map(nanos);
-        match Arc::get_mut(&mut self.cost) {
-            Some(meter) => meter.limit_nanos = limit_nanos,
-            None => {
-                self.cost = Arc::new(CostMeter {
-                    charged_nanos: AtomicU64::new(self.cost.charged_nanos.load(Ordering::Acquire)),
-                    limit_nanos,
-                });
-            }
-        }
+    /// The same context, its attempt (every clone of the context shares
+    /// one meter) limited to spending `limit_usd` (none: no limit): what
+    /// the job may still spend under its `max_cost_usd`.
+    pub fn with_cost_limit(self, limit_usd: Option<f64>) -> Self {
+        self.cost
+            .limit_nanos
+            .store(limit_usd.map_or(u64::MAX, nanos), Ordering::Release);
         self
     }
 
