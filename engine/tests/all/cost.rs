@@ -47,18 +47,20 @@ fn engine(tenant_budget: Option<f64>) -> Engine {
             gpus: Vec::new(),
         })
         .backend(paid)
-        .tenant(
-            "metered",
-            TenantConfig {
-                quota: Quota {
-                    cost_budget_usd: tenant_budget,
-                    ..Quota::default()
-                },
-                ..TenantConfig::default()
-            },
-        )
+        .tenant("metered", budget(tenant_budget))
         .build()
         .unwrap()
+}
+
+/// A tenant whose spending is capped at `usd` (none: no cap).
+fn budget(usd: Option<f64>) -> TenantConfig {
+    TenantConfig {
+        quota: Quota {
+            cost_budget_usd: usd,
+            ..Quota::default()
+        },
+        ..TenantConfig::default()
+    }
 }
 
 fn paid_job(tenant: &str, payload: Value, max_cost_usd: Option<f64>) -> NewJob {
@@ -79,10 +81,15 @@ fn assert_near(actual: f64, expected: f64) {
     assert!((actual - expected).abs() < 1e-9, "{actual} != {expected}");
 }
 
-fn tenant_cost(engine: &Engine, tenant: &str) -> f64 {
+/// What `tenant` has spent and what is held from its budget.
+fn tenant_costs(engine: &Engine, tenant: &str) -> (f64, f64) {
     let stats = engine.stats();
     let tenant = stats.tenants.iter().find(|t| t.tenant_id == tenant);
-    tenant.map_or(0.0, |t| t.cost_usd)
+    tenant.map_or((0.0, 0.0), |t| (t.cost_usd, t.cost_usd_held))
+}
+
+fn tenant_cost(engine: &Engine, tenant: &str) -> f64 {
+    tenant_costs(engine, tenant).0
 }
 
 #[tokio::test(start_paused = true)]
@@ -172,16 +179,7 @@ async fn a_tenant_whose_spending_reached_its_budget_is_refused_new_jobs() {
     assert_eq!(done.status, JobStatus::Succeeded);
 
     // A raised budget takes effect at once.
-    engine.set_tenant(
-        "metered",
-        TenantConfig {
-            quota: Quota {
-                cost_budget_usd: Some(2.0),
-                ..Quota::default()
-            },
-            ..TenantConfig::default()
-        },
-    );
+    engine.set_tenant("metered", budget(Some(2.0)));
     let done = submit_and_wait(&engine, paid_job("metered", payload, None), LONG).await;
     assert_eq!(done.status, JobStatus::Succeeded);
 }
@@ -195,12 +193,7 @@ async fn a_tenants_budget_holds_what_its_capped_jobs_may_still_spend() {
         let job = paid_job("metered", hang.clone(), Some(0.4));
         running.push(engine.submit(job).await.unwrap().id);
     }
-    let held = |engine: &Engine| {
-        let stats = engine.stats();
-        let tenant = stats.tenants.iter().find(|t| t.tenant_id == "metered");
-        tenant.map_or(0.0, |t| t.cost_usd_held)
-    };
-    assert_near(held(&engine), 0.8);
+    assert_near(tenant_costs(&engine, "metered").1, 0.8);
     // A third job capped at 0.4 could take the spending past 1.0.
     let refused = engine
         .submit(paid_job("metered", hang.clone(), Some(0.4)))
@@ -219,7 +212,7 @@ async fn a_tenants_budget_holds_what_its_capped_jobs_may_still_spend() {
         assert_eq!(done.status, JobStatus::Canceled);
         assert_near(done.cost_usd, 0.1);
     }
-    assert_near(held(&engine), 0.0);
+    assert_near(tenant_costs(&engine, "metered").1, 0.0);
     assert_near(tenant_cost(&engine, "metered"), 0.2);
     let capped = paid_job("metered", json!({"charge": 0.1}), Some(0.4));
     let done = submit_and_wait(&engine, capped, LONG).await;
