@@ -4,10 +4,11 @@
 //! Job ids are UUID v7s the engine generates itself, so no caller can
 //! choose the keys that go *into* these maps (ids given by callers are only
 //! looked up), and a keyed hash buys nothing. But the ids are not random
-//! where a hash table looks: `Uuid::now_v7` keeps them ordered within a
-//! millisecond with a counter in `rand_a` and the first bytes of `rand_b`,
-//! so the timestamp, the counter's high bits and the variant bits change
-//! slowly, and only the last four bytes are random. The low bits of any
+//! where a hash table looks: both the engine's own (`job_ids`) and those of
+//! `Uuid::now_v7` (older stores hold those) are ordered within a
+//! millisecond by a counter, so the timestamp, the counter's high bits and
+//! the variant bits change slowly; `now_v7`'s are random only in their
+//! last four bytes. The low bits of any
 //! plain fold of those bytes take a few dozen values over 100,000 ids, and
 //! a hash table keyed on them probes long runs of full slots. Each word is
 //! therefore mixed with a folded multiply, which carries every input bit
@@ -76,13 +77,18 @@ mod tests {
 
     use super::*;
 
-    /// Ids made as the engine makes them, within the same few
-    /// milliseconds, land in every shard and, within a shard, start their
-    /// probes at as many places as a random hash would.
+    /// Ids made within the same few milliseconds, as the engine makes them
+    /// and as `Uuid::now_v7` does, land in every shard and, within a shard,
+    /// start their probes at as many places as a random hash would.
     #[test]
     fn ids_spread_over_buckets_and_shards() {
+        let ms = 1_763_900_000_000;
+        check_spread((0..64_000).map(|_| crate::job_ids::next(ms)).collect());
+        check_spread((0..64_000).map(|_| uuid::Uuid::now_v7()).collect());
+    }
+
+    fn check_spread(ids: Vec<JobId>) {
         const SHARDS: u64 = 32;
-        let ids: Vec<JobId> = (0..64_000).map(|_| uuid::Uuid::now_v7()).collect();
         let mut per_shard = [0usize; SHARDS as usize];
         let mut starts = HashSet::new();
         for id in &ids {

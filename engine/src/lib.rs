@@ -51,6 +51,7 @@ pub mod events;
 #[cfg(any(feature = "sqlite", feature = "server"))]
 mod group_queue;
 mod id_map;
+mod job_ids;
 pub mod registry;
 #[cfg(any(feature = "sqlite", feature = "server"))]
 mod retention;
