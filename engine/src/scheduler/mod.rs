@@ -458,12 +458,13 @@ impl Engine {
         let submitted_at = Utc::now();
         let mut prepared = Vec::with_capacity(new.len());
         for (index, job) in new.into_iter().enumerate() {
-            prepared.push(
-                inner
-                    .prepare(job, batch, submitted_at)
-                    .await
-                    .map_err(batch_error(index))?,
-            );
+            // Built outside any future: a job is large, and every future
+            // that held it would copy it as it moved.
+            let checked = match inner.build(job, batch, submitted_at) {
+                Ok((job, backend, run_at)) => inner.prepare(Arc::new(job), backend, run_at).await,
+                Err(err) => Err(err),
+            };
+            prepared.push(checked.map_err(batch_error(index))?);
         }
 
         // Quotas and capacity, for the whole submission at once.
@@ -1073,7 +1074,14 @@ fn need_for(state: &State, job: &Job, tenant: &TenantConfig) -> Result<Need, Eng
 /// Names must be short and printable: they end up in URLs, logs and
 /// metrics labels.
 fn check_name(what: &str, value: &str) -> Result<(), EngineError> {
-    if value.is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
+    // Names are nearly always ASCII: checked a byte at a time then, without
+    // decoding characters.
+    let control = if value.is_ascii() {
+        value.bytes().any(|byte| byte.is_ascii_control())
+    } else {
+        value.chars().any(char::is_control)
+    };
+    if value.is_empty() || value.len() > 128 || control {
         return Err(EngineError::invalid(format!(
             "{what} must be 1 to 128 printable characters"
         )));
@@ -1091,13 +1099,14 @@ impl Inner {
             })
     }
 
-    /// Checks a submission and fills in its defaults.
-    async fn prepare(
+    /// Checks a submission and fills in its defaults: the job, the backend
+    /// that will run it, and when it may run.
+    fn build(
         &self,
         new: NewJob,
         batch: Option<Uuid>,
         now: DateTime<Utc>,
-    ) -> Result<Prepared, EngineError> {
+    ) -> Result<(Job, usize, Option<Instant>), EngineError> {
         check_name("tenant_id", &new.tenant_id)?;
         check_name("kind", new.kind.as_str())?;
         if let Some(namespace) = &new.namespace {
@@ -1141,7 +1150,7 @@ impl Inner {
             .not_before
             .and_then(|at| instant_of(at, now, Instant::now()));
         let mut job = Job {
-            id: Uuid::now_v7(),
+            id: crate::job_ids::next(u64::try_from(now.timestamp_millis()).unwrap_or(0)),
             kind: new.kind,
             tenant_id: new.tenant_id,
             namespace: new
@@ -1173,6 +1182,16 @@ impl Inner {
         }
 
         let backend = self.select_backend(&job)?;
+        Ok((job, backend, run_at))
+    }
+
+    /// Has the job's backend admit it, and reads its dependencies.
+    async fn prepare(
+        &self,
+        mut job: Arc<Job>,
+        backend: usize,
+        run_at: Option<Instant>,
+    ) -> Result<Prepared, EngineError> {
         self.backends[backend]
             .admit(&job)
             .await
@@ -1201,10 +1220,11 @@ impl Inner {
             }
         }
         if doomed || !open_deps.is_empty() {
-            job.status = JobStatus::Pending;
+            // The only handle there is (the backend saw a `&Job`): no copy.
+            Arc::make_mut(&mut job).status = JobStatus::Pending;
         }
         Ok(Prepared {
-            job: Arc::new(job),
+            job,
             backend,
             run_at,
             open_deps,
