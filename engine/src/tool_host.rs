@@ -9,9 +9,10 @@ use crate::runtime::{
     ArtifactSource, CallFailure, CallOptions, CallReport, Grants, LoadedComponent, Runtime,
     RuntimeConfig,
 };
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::id_map::NameMap;
 
 /// Registered tools, ready to be called in the sandbox.
 ///
@@ -42,7 +43,7 @@ pub struct ToolHost {
     /// Tools loaded, by the tenant that looked them up (`""` for the
     /// shared scope) and then by `name[@version]`: the same name can mean
     /// a different tool to each tenant.
-    ready: RwLock<HashMap<String, HashMap<String, Arc<ReadyTool>>>>,
+    ready: RwLock<NameMap<String, NameMap<String, Arc<ReadyTool>>>>,
 }
 
 impl std::fmt::Debug for ToolHost {
@@ -58,6 +59,10 @@ pub struct ReadyTool {
     manifest: ToolManifest,
     component: LoadedComponent,
     validator: jsonschema::Validator,
+    /// When it went into the cache, on the job ids' clock (`job_ids`): a
+    /// job whose id is later was admitted against this very tool, since
+    /// any change to what its name means drops the entry.
+    cached: u64,
 }
 
 impl ReadyTool {
@@ -69,6 +74,16 @@ impl ReadyTool {
     /// Whether loading it compiled the component or reused the cache.
     pub fn source(&self) -> ArtifactSource {
         self.component.source()
+    }
+
+    /// Whether the job `id` was admitted in this process after this tool
+    /// went into the cache, so its arguments were checked against this
+    /// very schema then. An entry is dropped whenever what its name means
+    /// changes (a registration, a removal), and one put back gets a new
+    /// stamp; so if this one is still the tool the job's name finds now,
+    /// it is the one its admission found.
+    pub(crate) fn admitted(&self, id: work_host_api::JobId) -> bool {
+        crate::job_ids::stamp_of(id).is_some_and(|job| job > self.cached)
     }
 
     /// Checks `args` against the parameter schema.
@@ -112,7 +127,7 @@ impl ToolHost {
         Ok(Self {
             runtime: Runtime::new(config)?,
             registry,
-            ready: RwLock::new(HashMap::new()),
+            ready: RwLock::default(),
         })
     }
 
@@ -298,14 +313,16 @@ impl ToolHost {
                 path: PathBuf::from(manifest.id()),
                 reason,
             })?;
+        let mut cache = self.ready.write().unwrap_or_else(PoisonError::into_inner);
+        // Stamped under the lock, before anyone can find it: a lookup that
+        // comes after the stamp waits for the lock, and finds this entry.
         let ready = Arc::new(ReadyTool {
             manifest,
             component,
             validator,
+            cached: crate::job_ids::stamp(),
         });
-        self.ready
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+        cache
             .entry(scope.tenant().unwrap_or_default().to_owned())
             .or_default()
             .insert(tool.to_owned(), Arc::clone(&ready));
@@ -376,7 +393,8 @@ impl ToolHost {
                     message: format!("arguments are not JSON: {err}"),
                 }],
             })?;
-        self.call_checked(ready, &value, args, options).await
+        ready.validate(&value)?;
+        self.call_unchecked(ready, args, options).await
     }
 
     /// [`ToolHost::call_ready`] with the arguments already parsed (a job's
@@ -391,24 +409,45 @@ impl ToolHost {
         args: &serde_json::Value,
         options: CallOptions,
     ) -> Result<CallReport> {
+        self.call_json(ready, args, true, options).await
+    }
+
+    /// [`ToolHost::call_value`] for a job admitted against `ready` itself
+    /// (see `WasmBackend::execute`): its arguments were checked then.
+    pub(crate) async fn call_admitted(
+        &self,
+        ready: &ReadyTool,
+        args: &serde_json::Value,
+        options: CallOptions,
+    ) -> Result<CallReport> {
+        self.call_json(ready, args, false, options).await
+    }
+
+    async fn call_json(
+        &self,
+        ready: &ReadyTool,
+        args: &serde_json::Value,
+        validate: bool,
+        options: CallOptions,
+    ) -> Result<CallReport> {
         // `serde_json::to_string`, not `Display`: it starts with room for
         // the usual arguments instead of growing the string write by write.
         // It cannot fail for a `Value` (its keys are strings); `Display`
         // stands in all the same rather than an error nobody can meet.
         let text = serde_json::to_string(args).unwrap_or_else(|_| args.to_string());
         self.runtime.check_args_size(text.len())?;
-        self.call_checked(ready, args, &text, options).await
+        if validate {
+            ready.validate(args)?;
+        }
+        self.call_unchecked(ready, &text, options).await
     }
 
-    /// Validates `value` (whose JSON text is `text`) and runs the call.
-    async fn call_checked(
+    async fn call_unchecked(
         &self,
         ready: &ReadyTool,
-        value: &serde_json::Value,
         text: &str,
         options: CallOptions,
     ) -> Result<CallReport> {
-        ready.validate(value)?;
         self.runtime
             .call(
                 &ready.component,
@@ -418,5 +457,39 @@ impl ToolHost {
                 options,
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job is taken as checked against a cached tool only if this
+    /// process made its id after the tool went into the cache, and only
+    /// while that entry stands: a new registration under the name drops
+    /// it, and the entry loaded next checks the job again.
+    #[tokio::test]
+    async fn only_jobs_admitted_after_a_tool_was_cached_skip_the_second_check() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let host = ToolHost::open(dir.path(), RuntimeConfig::default()).unwrap();
+        let wasm = std::fs::read(work_test_artifacts::CALCULATOR).unwrap();
+        host.register(&wasm, Grants::default()).await.unwrap();
+        let now = 1_763_900_000_000;
+        let before = crate::job_ids::next(now);
+        let ready = host
+            .prepare(ToolScope::Tenant("acme"), "calculator")
+            .unwrap();
+        let after = crate::job_ids::next(now);
+        assert!(!ready.admitted(before));
+        assert!(ready.admitted(after));
+        assert!(!ready.admitted(uuid::Uuid::now_v7()), "not an id of ours");
+
+        host.register(&wasm, Grants::default()).await.unwrap();
+        let reloaded = host
+            .prepare(ToolScope::Tenant("acme"), "calculator")
+            .unwrap();
+        assert!(!Arc::ptr_eq(&ready, &reloaded));
+        assert!(!reloaded.admitted(after));
+        assert!(reloaded.admitted(crate::job_ids::next(now)));
     }
 }

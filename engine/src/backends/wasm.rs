@@ -28,8 +28,8 @@ impl WasmBackend {
         Self { host }
     }
 
-    /// The tool named by the job, loaded (compiling off the async threads
-    /// the first time), and the job's arguments.
+    /// The tool named by the job, as the job's tenant sees it (its own, or
+    /// a shared one), and the job's arguments.
     async fn tool<'a>(
         &self,
         job: &'a Job,
@@ -39,26 +39,28 @@ impl WasmBackend {
                 "a tool call's payload is {\"tool\": \"name[@version]\", \"args\": {...}}".into(),
             )
         })?;
-        // The tool as the job's tenant sees it: its own, or a shared one.
-        let scope = ToolScope::Tenant(&job.tenant_id);
-        let ready = match self.host.loaded(scope, tool) {
-            Some(ready) => Ok(ready),
-            None => {
-                let host = Arc::clone(&self.host);
-                let name = tool.to_owned();
-                let tenant = job.tenant_id.clone();
-                tokio::task::spawn_blocking(move || host.prepare(ToolScope::Tenant(&tenant), &name))
-                    .await
-                    .map_err(|e| {
-                        AdmitError::InvalidPayload(format!("loading the tool failed: {e}"))
-                    })?
-            }
+        let ready = match self.host.loaded(ToolScope::Tenant(&job.tenant_id), tool) {
+            Some(ready) => ready,
+            // Boxed: the rare path's large future stays out of every
+            // admission's and every attempt's.
+            None => Box::pin(self.load(&job.tenant_id, tool)).await?,
         };
-        match ready {
-            Ok(ready) => Ok((ready, args)),
-            Err(Error::ToolNotFound { name }) => Err(AdmitError::UnknownTool(name)),
-            Err(other) => Err(AdmitError::InvalidPayload(other.to_string())),
-        }
+        Ok((ready, args))
+    }
+
+    /// Loads a tool the cache does not hold, compiling off the async
+    /// threads.
+    async fn load(&self, tenant: &str, tool: &str) -> Result<Arc<ReadyTool>, AdmitError> {
+        let host = Arc::clone(&self.host);
+        let (tenant, name) = (tenant.to_owned(), tool.to_owned());
+        let loaded =
+            tokio::task::spawn_blocking(move || host.prepare(ToolScope::Tenant(&tenant), &name))
+                .await
+                .map_err(|e| AdmitError::InvalidPayload(format!("loading the tool failed: {e}")))?;
+        loaded.map_err(|err| match err {
+            Error::ToolNotFound { name } => AdmitError::UnknownTool(name),
+            other => AdmitError::InvalidPayload(other.to_string()),
+        })
     }
 }
 
@@ -145,19 +147,23 @@ impl Backend for WasmBackend {
             attempt: Some(ctx.attempt()),
             cancel: Some(ctx.cancel_token().clone()),
             events: Some(sink),
-            call_id: None,
+            // The guest's log lines name the job they belong to.
+            call_id: Some(job.id),
         };
-        let report =
-            self.host
-                .call_value(&ready, args, options)
-                .await
-                .map_err(|err| match err {
-                    // The tool changed under the job since admission.
-                    Error::InvalidArgs { .. } | Error::ToolNotFound { .. } => {
-                        ExecError::new(OutcomeClass::ToolError, err.to_string())
-                    }
-                    other => ExecError::new(OutcomeClass::BackendError, other.to_string()),
-                })?;
+        // The arguments were checked at admission; again only if the tool
+        // its name finds may have changed since.
+        let report = if ready.admitted(job.id) {
+            self.host.call_admitted(&ready, args, options).await
+        } else {
+            self.host.call_value(&ready, args, options).await
+        };
+        let report = report.map_err(|err| match err {
+            // The tool changed under the job since admission.
+            Error::InvalidArgs { .. } | Error::ToolNotFound { .. } => {
+                ExecError::new(OutcomeClass::ToolError, err.to_string())
+            }
+            other => ExecError::new(OutcomeClass::BackendError, other.to_string()),
+        })?;
         report
             .outcome
             .map_err(|failure| ExecError::new(failure.class, failure.message))
