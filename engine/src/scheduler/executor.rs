@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -508,13 +509,32 @@ async fn supervise(
 ) -> Result<serde_json::Value, ExecError> {
     // A timeout past the clock's range is none.
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    tokio::pin!(exec);
+    // Most attempts end at their first poll. They end here, without the
+    // watch's timers: those make the watch's future large (and every
+    // attempt's with it, copied as it is boxed), so it is boxed apart,
+    // for the attempts that wait.
+    let first = std::future::poll_fn(|cx| Poll::Ready(exec.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(result) => result,
+        Poll::Pending => Box::pin(watch(exec, cancel, deadline, grace)).await,
+    }
+}
+
+/// [`supervise`] for an attempt that did not end at its first poll.
+async fn watch(
+    exec: Pin<&mut impl Future<Output = Result<serde_json::Value, ExecError>>>,
+    cancel: &CancellationToken,
+    deadline: Option<Instant>,
+    grace: Duration,
+) -> Result<serde_json::Value, ExecError> {
     let sleep_until = |at: Option<Instant>| async move {
         match at {
             Some(at) => tokio::time::sleep_until(at).await,
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(exec);
+    let mut exec = PolledAlready { exec, skip: true };
     let mut stopped: Option<(OutcomeClass, Instant)> = None;
     loop {
         let give_up = stopped.map(|(_, at)| at);
@@ -544,6 +564,26 @@ async fn supervise(
                 ));
             }
         }
+    }
+}
+
+/// A future polled a moment ago, in the same poll of the task: its first
+/// poll here answers `Pending` without polling it again (it has already
+/// arranged to be woken), so a guest that yielded does not run another
+/// slice before the watch's timers are set.
+struct PolledAlready<'a, F> {
+    exec: Pin<&'a mut F>,
+    skip: bool,
+}
+
+impl<F: Future> Future for PolledAlready<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if std::mem::take(&mut self.skip) {
+            return Poll::Pending;
+        }
+        self.exec.as_mut().poll(cx)
     }
 }
 
