@@ -12,7 +12,9 @@
 //!   queued (`BENCH_QUEUED` to change), measured from `/proc/self/statm`.
 //! - **(c) tool calls**: `calculator` `tool_call` jobs through the
 //!   scheduler against direct `ToolHost::call`s, both on two threads (rate,
-//!   and CPU time per call summed over the process's threads), and
+//!   and CPU time per call summed over the process's threads), in
+//!   `BENCH_PAIRS` (default 15) alternating rounds of `BENCH_CALLS`
+//!   (default 10,000) each, with the median of the pairs' ratios; and
 //!   one-at-a-time latency (submit → wait) against one direct call. The
 //!   rounds run once the engine's store has grown to the number of
 //!   finished jobs it keeps; the stretch before is reported apart.
@@ -266,7 +268,8 @@ fn main() {
     let rounds = env("BENCH_ROUNDS", 5);
     let jobs = env("BENCH_JOBS", 200_000);
     let queued = env("BENCH_QUEUED", 1_000_000);
-    let calls = env("BENCH_CALLS", 20_000);
+    let calls = env("BENCH_CALLS", 10_000);
+    let pairs = env("BENCH_PAIRS", 15);
     let sections = std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "abc".to_owned());
     let rt = runtime();
 
@@ -281,7 +284,7 @@ fn main() {
         noop_section(&rt, rounds, jobs);
     }
     if sections.contains('c') {
-        tool_call_section(&rt, rounds, calls);
+        tool_call_section(&rt, pairs, calls);
     }
 }
 
@@ -317,7 +320,9 @@ fn noop_section(rt: &tokio::runtime::Runtime, rounds: usize, jobs: usize) {
 }
 
 fn tool_call_section(rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
-    println!("(c) calculator tool calls, {calls} per round, median of {rounds} rounds");
+    println!(
+        "(c) calculator tool calls, {calls} per round, {rounds} rounds of each path, alternating"
+    );
     on_worker(rt, async move {
         let (_data, host) = tool_host().await;
         let engine = Engine::builder()
@@ -333,13 +338,20 @@ fn tool_call_section(rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) 
         direct_calls(&host, 2_000).await;
         let fresh_jobs = MemoryStore::DEFAULT_KEEP_FINISHED * 9 / 8 + calls;
         let (fresh, fresh_cpu) = scheduled_calls(&engine, fresh_jobs).await;
+        // The machine's speed drifts by tens of percent over seconds, so
+        // the two paths alternate in short rounds, and the ratio is the
+        // median of each pair's own ratio (the paths' medians apart are
+        // printed too).
         let (mut direct, mut direct_cpu) = (Vec::new(), Vec::new());
         let (mut scheduled, mut scheduled_cpu) = (Vec::new(), Vec::new());
+        let (mut rate_ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            let (rate, cpu) = direct_calls(&host, calls).await;
-            direct.push(rate);
-            direct_cpu.push(cpu);
+            let (direct_rate, direct_us) = direct_calls(&host, calls).await;
             let (rate, cpu) = scheduled_calls(&engine, calls).await;
+            rate_ratios.push(direct_rate / rate);
+            cpu_ratios.push(cpu / direct_us);
+            direct.push(direct_rate);
+            direct_cpu.push(direct_us);
             scheduled.push(rate);
             scheduled_cpu.push(cpu);
         }
@@ -350,10 +362,13 @@ fn tool_call_section(rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) 
             1e6 / direct
         );
         println!(
-            "  tool_call jobs, scheduler       {scheduled:>10.0} jobs/s   {:>7.2} us/job   {scheduled_cpu:>6.2} us CPU/job  ({:.2}x the direct path; {:.2}x its CPU)",
+            "  tool_call jobs, scheduler       {scheduled:>10.0} jobs/s   {:>7.2} us/job   {scheduled_cpu:>6.2} us CPU/job",
             1e6 / scheduled,
-            direct / scheduled,
-            scheduled_cpu / direct_cpu
+        );
+        println!(
+            "  scheduler / direct, median of the {rounds} pairs' ratios: {:.2}x the time per call, {:.2}x the CPU",
+            median(rate_ratios),
+            median(cpu_ratios)
         );
         println!(
             "  the same, a fresh engine's first {fresh_jobs} jobs (the store growing): {fresh:.0} jobs/s, {fresh_cpu:.2} us CPU/job"
