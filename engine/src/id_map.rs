@@ -34,7 +34,7 @@ const MULTIPLIER: u64 = 0x243f_6a88_85a3_08d3;
 
 /// The high and low halves of the 128-bit product, folded together: each
 /// input bit reaches most output bits, the low ones included.
-fn folded_multiply(x: u64, y: u64) -> u64 {
+pub(crate) fn folded_multiply(x: u64, y: u64) -> u64 {
     let full = u128::from(x) * u128::from(y);
     (full as u64) ^ ((full >> 64) as u64)
 }

@@ -27,9 +27,9 @@ use work_host_api::JobId;
 /// The last stamp handed out: `millisecond << 16 | sequence`.
 static LAST: AtomicU64 = AtomicU64::new(0);
 
-/// Bits of the tail: rand_b's 62 less the four that carry the sequence's
+/// The tail's bits: rand_b's 62 less the four that carry the sequence's
 /// low bits.
-const TAIL_BITS: u32 = 58;
+const TAIL_MASK: u64 = (1 << 58) - 1;
 
 /// A new id made at `unix_ms` (milliseconds since the Unix epoch), greater
 /// than every id and stamp made before it in this process.
@@ -41,10 +41,8 @@ pub(crate) fn next(unix_ms: u64) -> JobId {
 /// greater than it (`stamp_of(id) > stamp`), and everything this thread
 /// did before the call happens-before the code that made such an id.
 pub(crate) fn stamp() -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64);
-    take(now)
+    // No clock: one past the last stamp is all it needs to be.
+    take(0)
 }
 
 /// The stamp `id` was made with, if this process made it with [`next`]
@@ -55,7 +53,7 @@ pub(crate) fn stamp_of(id: JobId) -> Option<u64> {
     let version = (bits >> 76) & 0xF;
     let sequence = ((bits >> 64) & 0xFFF) << 4 | ((bits >> 58) & 0xF);
     let stamp = millis << 16 | sequence as u64;
-    (version == 7 && (bits as u64) & tail_mask() == tail(stamp)).then_some(stamp)
+    (version == 7 && (bits as u64) & TAIL_MASK == tail(stamp)).then_some(stamp)
 }
 
 /// Takes the next stamp: `unix_ms`'s first one, or one past the last one
@@ -91,22 +89,15 @@ fn id_of(stamp: u64) -> JobId {
     )
 }
 
-fn tail_mask() -> u64 {
-    (1 << TAIL_BITS) - 1
-}
-
 /// 58 bits that look random, from the stamp and the process's salt.
 fn tail(stamp: u64) -> u64 {
     static SALT: OnceLock<[u64; 2]> = OnceLock::new();
     let [a, b] = *SALT.get_or_init(|| {
         // std seeds each `RandomState` from the OS's random source.
         let random = std::collections::hash_map::RandomState::new();
-        let (a, b) = (random.hash_one(1u8), random.hash_one(2u8));
-        // Odd, so the multiply below is a bijection of the stamp.
-        [a | 1, b]
+        [random.hash_one(1u8), random.hash_one(2u8)]
     });
-    let full = u128::from(stamp ^ b) * u128::from(a);
-    ((full as u64) ^ ((full >> 64) as u64)) & tail_mask()
+    crate::id_map::folded_multiply(stamp ^ b, a) & TAIL_MASK
 }
 
 #[cfg(test)]

@@ -412,18 +412,10 @@ impl ToolHost {
         self.call_json(ready, args, true, options).await
     }
 
-    /// [`ToolHost::call_value`] for a job admitted against `ready` itself
-    /// (see `WasmBackend::execute`): its arguments were checked then.
-    pub(crate) async fn call_admitted(
-        &self,
-        ready: &ReadyTool,
-        args: &serde_json::Value,
-        options: CallOptions,
-    ) -> Result<CallReport> {
-        self.call_json(ready, args, false, options).await
-    }
-
-    async fn call_json(
+    /// [`ToolHost::call_value`], checking the arguments only if `validate`:
+    /// a job admitted against `ready` itself had them checked then (see
+    /// `WasmBackend::execute`).
+    pub(crate) async fn call_json(
         &self,
         ready: &ReadyTool,
         args: &serde_json::Value,

@@ -152,12 +152,9 @@ impl Backend for WasmBackend {
         };
         // The arguments were checked at admission; again only if the tool
         // its name finds may have changed since.
-        let report = if ready.admitted(job.id) {
-            self.host.call_admitted(&ready, args, options).await
-        } else {
-            self.host.call_value(&ready, args, options).await
-        };
-        let report = report.map_err(|err| match err {
+        let validate = !ready.admitted(job.id);
+        let report = self.host.call_json(&ready, args, validate, options);
+        let report = report.await.map_err(|err| match err {
             // The tool changed under the job since admission.
             Error::InvalidArgs { .. } | Error::ToolNotFound { .. } => {
                 ExecError::new(OutcomeClass::ToolError, err.to_string())
