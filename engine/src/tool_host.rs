@@ -40,10 +40,21 @@ use crate::id_map::NameMap;
 pub struct ToolHost {
     runtime: Runtime,
     registry: Registry,
-    /// Tools loaded, by the tenant that looked them up (`""` for the
-    /// shared scope) and then by `name[@version]`: the same name can mean
-    /// a different tool to each tenant.
-    ready: RwLock<NameMap<String, NameMap<String, Arc<ReadyTool>>>>,
+    /// Tools loaded, by the tenant that looked them up.
+    ready: RwLock<ReadyCache>,
+}
+
+/// The tools [`ToolHost`] keeps loaded.
+#[derive(Default)]
+struct ReadyCache {
+    /// By the tenant that looked them up (`""` for the shared scope) and
+    /// then by `name[@version]`: the same name can mean a different tool
+    /// to each tenant.
+    tools: NameMap<String, NameMap<String, Arc<ReadyTool>>>,
+    /// Grows with every change to what a name means (a registration, a
+    /// removal). A load that read the registry before such a change does
+    /// not enter what it read: it may be the tool the change replaced.
+    generation: u64,
 }
 
 impl std::fmt::Debug for ToolHost {
@@ -102,6 +113,15 @@ impl ReadyTool {
             })
         }
     }
+}
+
+/// A tool read from the registry and compiled, not yet in the cache.
+struct Loading {
+    /// The cache's generation before the registry was read.
+    generation: u64,
+    manifest: ToolManifest,
+    component: LoadedComponent,
+    validator: jsonschema::Validator,
 }
 
 /// What [`ToolHost::register`] did.
@@ -304,6 +324,15 @@ impl ToolHost {
         if let Some(ready) = self.loaded(scope, tool) {
             return Ok(ready);
         }
+        let loading = self.load(scope, tool)?;
+        Ok(self.enter(scope, tool, loading))
+    }
+
+    /// Reads `tool` from the registry and compiles it.
+    fn load(&self, scope: ToolScope<'_>, tool: &str) -> Result<Loading> {
+        // Read before the registry: a registration or removal that lands
+        // while this loads (compiling takes a while) moves it on.
+        let generation = self.cache().generation;
         let tool_ref: ToolRef = tool.parse()?;
         let manifest = self.registry.get(scope, &tool_ref)?;
         let wasm = self.registry.component(&manifest)?;
@@ -313,28 +342,46 @@ impl ToolHost {
                 path: PathBuf::from(manifest.id()),
                 reason,
             })?;
+        Ok(Loading {
+            generation,
+            manifest,
+            component,
+            validator,
+        })
+    }
+
+    /// Puts a loaded tool in the cache, unless the registry changed since
+    /// it was read: then it serves only the caller that loaded it (it was
+    /// the tool when that call began), and the next lookup loads anew.
+    fn enter(&self, scope: ToolScope<'_>, tool: &str, loading: Loading) -> Arc<ReadyTool> {
         let mut cache = self.ready.write().unwrap_or_else(PoisonError::into_inner);
         // Stamped under the lock, before anyone can find it: a lookup that
         // comes after the stamp waits for the lock, and finds this entry.
         let ready = Arc::new(ReadyTool {
-            manifest,
-            component,
-            validator,
+            manifest: loading.manifest,
+            component: loading.component,
+            validator: loading.validator,
             cached: crate::job_ids::stamp(),
         });
-        cache
-            .entry(scope.tenant().unwrap_or_default().to_owned())
-            .or_default()
-            .insert(tool.to_owned(), Arc::clone(&ready));
-        Ok(ready)
+        if cache.generation == loading.generation {
+            cache
+                .tools
+                .entry(scope.tenant().unwrap_or_default().to_owned())
+                .or_default()
+                .insert(tool.to_owned(), Arc::clone(&ready));
+        }
+        ready
+    }
+
+    fn cache(&self) -> std::sync::RwLockReadGuard<'_, ReadyCache> {
+        self.ready.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The tool `tool` as `scope` sees it, if it is already loaded: never
     /// compiles, never touches the disk.
     pub fn loaded(&self, scope: ToolScope<'_>, tool: &str) -> Option<Arc<ReadyTool>> {
-        self.ready
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.cache()
+            .tools
             .get(scope.tenant().unwrap_or_default())?
             .get(tool)
             .cloned()
@@ -343,8 +390,9 @@ impl ToolHost {
     /// Drops the in-memory entries of `name`, pinned or not, of every
     /// tenant that may see `scope`'s tool of that name.
     fn forget(&self, scope: ToolScope<'_>, name: &str) {
-        let mut ready = self.ready.write().unwrap_or_else(PoisonError::into_inner);
-        for (tenant, tools) in ready.iter_mut() {
+        let mut cache = self.ready.write().unwrap_or_else(PoisonError::into_inner);
+        cache.generation += 1;
+        for (tenant, tools) in cache.tools.iter_mut() {
             if scope == ToolScope::Shared || scope.tenant() == Some(tenant) {
                 tools.retain(|key, _| key.split('@').next() != Some(name));
             }
@@ -455,6 +503,35 @@ impl ToolHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A load that read the registry before a registration or removal
+    /// under the name landed serves its caller but stays out of the cache:
+    /// entered, it would stand for the name until the next change.
+    #[tokio::test]
+    async fn a_load_that_raced_a_change_to_the_registry_is_not_cached() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let host = ToolHost::open(dir.path(), RuntimeConfig::default()).unwrap();
+        let wasm = std::fs::read(work_test_artifacts::CALCULATOR).unwrap();
+        host.register(&wasm, Grants::default()).await.unwrap();
+
+        let loading = host.load(ToolScope::Shared, "calculator").unwrap();
+        // Removed while the load compiled.
+        host.remove(ToolScope::Shared, "calculator").unwrap();
+        let ready = host.enter(ToolScope::Shared, "calculator", loading);
+        assert_eq!(ready.manifest().name, "calculator");
+        assert!(host.loaded(ToolScope::Shared, "calculator").is_none());
+        assert!(matches!(
+            host.prepare(ToolScope::Shared, "calculator"),
+            Err(Error::ToolNotFound { .. })
+        ));
+
+        // Without a change in between, the load is cached.
+        host.register(&wasm, Grants::default()).await.unwrap();
+        let loading = host.load(ToolScope::Shared, "calculator").unwrap();
+        let ready = host.enter(ToolScope::Shared, "calculator", loading);
+        let cached = host.loaded(ToolScope::Shared, "calculator").unwrap();
+        assert!(Arc::ptr_eq(&ready, &cached));
+    }
 
     /// A job is taken as checked against a cached tool only if this
     /// process made its id after the tool went into the cache, and only

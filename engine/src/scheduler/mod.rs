@@ -25,10 +25,15 @@ mod executor;
 mod state;
 mod stats;
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +45,9 @@ use work_host_api::{
 
 use crate::events::{EventData, EventStream, Telemetry};
 use crate::spinning_mutex::SpinningMutex;
-use crate::store::{Commit, Inserted, JobPage, JobQuery, MemoryStore, Store, Transition};
+use crate::store::{
+    Commit, Inserted, JobPage, JobQuery, MemoryStore, Store, StoreError, Transition,
+};
 use crate::tool_host::ToolHost;
 
 pub use config::{Capacity, Quota, TenantConfig};
@@ -305,6 +312,24 @@ impl EngineBuilder {
     }
 }
 
+/// Runs `work` to its end even if the caller's future is dropped first.
+/// Polled in place first (most work ends at once, and costs no task of
+/// its own); work that has to wait moves to a task of its own, which the
+/// caller awaits.
+///
+/// # Errors
+///
+/// When the task panicked.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let mut work = Box::pin(work);
+    match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+        Poll::Ready(done) => Ok(done),
+        Poll::Pending => tokio::spawn(work).await,
+    }
+}
+
 /// Wakes for delayed jobs and aging; everything else dispatches inline.
 async fn timer_loop(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: CancellationToken) {
     loop {
@@ -349,6 +374,17 @@ struct Prepared {
     doomed: bool,
 }
 
+/// A submission placed in the state (see [`Inner::place_stored`]).
+#[derive(Default)]
+struct Placed {
+    accepted: Vec<Arc<Job>>,
+    doomed: Vec<JobId>,
+    stopped: Released,
+    holds: Vec<(JobId, Vec<JobId>)>,
+    /// The submitter should yield to a runner it woke.
+    yield_now: bool,
+}
+
 impl Engine {
     /// A builder with every default.
     pub fn builder() -> EngineBuilder {
@@ -376,7 +412,10 @@ impl Engine {
     /// # Cancel safety
     ///
     /// Dropping the future before it completes may or may not have
-    /// accepted the job; use an idempotency key to resubmit safely.
+    /// accepted the job; use an idempotency key to resubmit safely. A job
+    /// accepted is scheduled and runs all the same: once the engine has
+    /// counted it against the quotas, the submission goes on to its end
+    /// without the caller.
     pub async fn submit(&self, job: NewJob) -> Result<Arc<Job>, EngineError> {
         self.admit_one(job, Commit::Durable).await
     }
@@ -504,60 +543,50 @@ impl Engine {
             });
         }
 
-        let ids: Vec<JobId> = prepared.iter().map(|p| p.job.id).collect();
-        let inserted = match inner
-            .store
-            .insert(
-                prepared.iter().map(|p| Arc::clone(&p.job)).collect(),
-                commit,
-            )
-            .await
-        {
-            Ok(inserted) => inserted,
-            Err(err) => {
-                inner.state.lock().abandon(&ids);
-                return Err(err.into());
+        // Counted in the state now: from here on the submission runs to its
+        // end even if the caller goes away (an HTTP client that hangs up
+        // drops the request's future), or a job the store took in would
+        // never be queued and its place in the quotas never given back.
+        // In place while nothing waits (the usual case, at no cost); in a
+        // task of its own, which the caller awaits, from the first wait.
+        let mut stored = inner.store_jobs(&prepared, commit);
+        let polled = std::future::poll_fn(|cx| Poll::Ready(stored.as_mut().poll(cx))).await;
+        let placed = match polled {
+            Poll::Ready(inserted) => inner.place_stored(prepared, inserted)?,
+            Poll::Pending => {
+                let inner = Arc::clone(inner);
+                let placing = tokio::spawn(async move {
+                    let placed = inner.place_stored(prepared, stored.await)?;
+                    let Placed {
+                        accepted,
+                        doomed,
+                        stopped,
+                        holds,
+                        yield_now,
+                    } = placed;
+                    Arc::clone(&inner).follow_up(doomed, stopped, holds).await;
+                    Ok(Placed {
+                        accepted,
+                        yield_now,
+                        ..Placed::default()
+                    })
+                });
+                placing.await.unwrap_or_else(|err| {
+                    Err(EngineError::Store(StoreError::Backend(err.to_string())))
+                })?
             }
         };
-
-        let mut accepted = Vec::with_capacity(prepared.len());
-        let mut doomed = Vec::new();
-        let mut stopped = Released::default();
-        let mut holds = Vec::new();
-        let (wake, backlogged) = {
-            let mut state = inner.state.lock();
-            let now = Instant::now();
-            for (p, inserted) in prepared.into_iter().zip(inserted) {
-                if let Inserted::Existing(existing) = inserted {
-                    state.abandon(&[p.job.id]);
-                    accepted.push(existing);
-                    continue;
-                }
-                let id = p.job.id;
-                let outcome = if p.doomed {
-                    doomed.push(id);
-                    state.doom(id);
-                    PlaceOutcome::Pending
-                } else {
-                    let hold = !p.open_deps.is_empty();
-                    let outcome = state.place(id, &p.open_deps, hold, p.run_at, now);
-                    if outcome == PlaceOutcome::Canceled {
-                        stopped.canceled.push(id);
-                    } else if hold {
-                        holds.push((id, p.open_deps));
-                    }
-                    outcome
-                };
-                // Announced before the jobs are dispatched, under the
-                // lock: a runner that starts one at once announces that
-                // after.
-                inner.announce_admitted(&p.job, p.backend, outcome);
-                accepted.push(p.job);
-            }
-            (state.dispatch(now), state.backlogged(executor::BATCH))
-        };
-        inner.wake_runner(wake);
-        if wake && backlogged {
+        let Placed {
+            accepted,
+            doomed,
+            stopped,
+            holds,
+            yield_now,
+        } = placed;
+        if !(doomed.is_empty() && stopped.is_empty() && holds.is_empty()) {
+            let _ = detached(Arc::clone(inner).follow_up(doomed, stopped, holds)).await;
+        }
+        if yield_now {
             // The woken runner waits in this worker's next-task slot, which
             // other workers cannot steal from, until this task yields; a
             // caller that submits in a loop without awaiting anything
@@ -567,15 +596,6 @@ impl Engine {
             // Yield: this task moves behind the runner, where an idle
             // worker can pick either up.
             tokio::task::yield_now().await;
-        }
-        for id in doomed {
-            inner
-                .cancel_waiting(id, dependency_failed("a dependency had already failed"))
-                .await;
-        }
-        inner.settle(stopped).await;
-        for (id, deps) in holds {
-            inner.resolve_hold(id, &deps).await;
         }
         Ok(accepted)
     }
@@ -812,28 +832,10 @@ impl Engine {
             }
         };
         let was = job.status;
-        let job = match inner.store.transition(id, Transition::Revive).await {
-            Ok(job) => job,
-            Err(err) => {
-                inner.state.lock().abandon(&[id]);
-                return Err(err.into());
-            }
-        };
-        let mut stopped = Released::default();
-        let wake = {
-            let mut state = inner.state.lock();
-            let now = Instant::now();
-            state.revive(id, was);
-            let outcome = state.place(id, &[], false, None, now);
-            if outcome == PlaceOutcome::Canceled {
-                stopped.canceled.push(id);
-            }
-            inner.announce_queued(&job, outcome);
-            state.dispatch(now)
-        };
-        inner.wake_runner(wake);
-        inner.settle(stopped).await;
-        Ok(job)
+        // Counted in the state now: it goes on without the caller.
+        detached(Arc::clone(inner).revive_and_place(id, was))
+            .await
+            .unwrap_or_else(|err| Err(EngineError::Store(StoreError::Backend(err.to_string()))))
     }
 
     /// Cancels a job: a waiting one ends `canceled` at once; a running one
@@ -850,7 +852,12 @@ impl Engine {
         let action = self.inner.state.lock().request_cancel(id, Instant::now());
         match action {
             CancelAction::Dequeued => {
-                if let Some(job) = self.inner.cancel_waiting(id, canceled_by_request()).await {
+                // Out of its queue now: its end is written without the
+                // caller, or the job would stay queued in the store for good.
+                let inner = Arc::clone(&self.inner);
+                let ended =
+                    detached(async move { inner.cancel_waiting(id, canceled_by_request()).await });
+                if let Ok(Some(job)) = ended.await {
                     return Ok(job);
                 }
                 self.get(id).await
@@ -1090,6 +1097,133 @@ fn check_name(what: &str, value: &str) -> Result<(), EngineError> {
 }
 
 impl Inner {
+    /// The second half of [`Engine::retry_dead_letter`], once the state
+    /// counts the job again: takes it back in the store, then queues it.
+    async fn revive_and_place(
+        self: Arc<Self>,
+        id: JobId,
+        was: JobStatus,
+    ) -> Result<Arc<Job>, EngineError> {
+        let inner = &self;
+        let job = match inner.store.transition(id, Transition::Revive).await {
+            Ok(job) => job,
+            Err(err) => {
+                inner.state.lock().abandon(&[id]);
+                return Err(err.into());
+            }
+        };
+        let mut stopped = Released::default();
+        let wake = {
+            let mut state = inner.state.lock();
+            let now = Instant::now();
+            state.revive(id, was);
+            let outcome = state.place(id, &[], false, None, now);
+            if outcome == PlaceOutcome::Canceled {
+                stopped.canceled.push(id);
+            }
+            inner.announce_queued(&job, outcome);
+            state.dispatch(now)
+        };
+        inner.wake_runner(wake);
+        inner.settle(stopped).await;
+        Ok(job)
+    }
+
+    /// Stores the jobs of a submission the state counts: a future of its
+    /// own (owning what it needs), so that it can go on in a task of its
+    /// own when the caller goes away.
+    fn store_jobs(
+        &self,
+        prepared: &[Prepared],
+        commit: Commit,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Inserted>, StoreError>> + Send>> {
+        let store = Arc::clone(&self.store);
+        let jobs = prepared.iter().map(|p| Arc::clone(&p.job)).collect();
+        Box::pin(async move {
+            // A store that panics fails the submission, not the engine's
+            // count.
+            AssertUnwindSafe(store.insert(jobs, commit))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Backend("the store panicked".to_owned())))
+        })
+    }
+
+    /// Queues (or ends) the jobs of a submission once the store has them;
+    /// gives their places in the state back if it refused them.
+    fn place_stored(
+        &self,
+        prepared: Vec<Prepared>,
+        inserted: Result<Vec<Inserted>, StoreError>,
+    ) -> Result<Placed, EngineError> {
+        let inserted = match inserted {
+            Ok(inserted) => inserted,
+            Err(err) => {
+                let ids: Vec<JobId> = prepared.iter().map(|p| p.job.id).collect();
+                self.state.lock().abandon(&ids);
+                return Err(err.into());
+            }
+        };
+        let mut placed = Placed {
+            accepted: Vec::with_capacity(prepared.len()),
+            ..Placed::default()
+        };
+        let (wake, backlogged) = {
+            let mut state = self.state.lock();
+            let now = Instant::now();
+            for (p, inserted) in prepared.into_iter().zip(inserted) {
+                if let Inserted::Existing(existing) = inserted {
+                    state.abandon(&[p.job.id]);
+                    placed.accepted.push(existing);
+                    continue;
+                }
+                let id = p.job.id;
+                let outcome = if p.doomed {
+                    placed.doomed.push(id);
+                    state.doom(id);
+                    PlaceOutcome::Pending
+                } else {
+                    let hold = !p.open_deps.is_empty();
+                    let outcome = state.place(id, &p.open_deps, hold, p.run_at, now);
+                    if outcome == PlaceOutcome::Canceled {
+                        placed.stopped.canceled.push(id);
+                    } else if hold {
+                        placed.holds.push((id, p.open_deps));
+                    }
+                    outcome
+                };
+                // Announced before the jobs are dispatched, under the
+                // lock: a runner that starts one at once announces that
+                // after.
+                self.announce_admitted(&p.job, p.backend, outcome);
+                placed.accepted.push(p.job);
+            }
+            (state.dispatch(now), state.backlogged(executor::BATCH))
+        };
+        self.wake_runner(wake);
+        placed.yield_now = wake && backlogged;
+        Ok(placed)
+    }
+
+    /// What placing a submission left to do that has to wait: jobs whose
+    /// dependencies failed, jobs cancelled as they were placed, and holds
+    /// on dependencies to resolve.
+    async fn follow_up(
+        self: Arc<Self>,
+        doomed: Vec<JobId>,
+        stopped: Released,
+        holds: Vec<(JobId, Vec<JobId>)>,
+    ) {
+        for id in doomed {
+            self.cancel_waiting(id, dependency_failed("a dependency had already failed"))
+                .await;
+        }
+        self.settle(stopped).await;
+        for (id, deps) in holds {
+            self.resolve_hold(id, &deps).await;
+        }
+    }
+
     fn select_backend(&self, job: &Job) -> Result<usize, EngineError> {
         self.backends
             .iter()

@@ -279,6 +279,11 @@ impl Released {
         self.doomed.extend(other.doomed);
         self.canceled.extend(other.canceled);
     }
+
+    /// Nothing left to do.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.doomed.is_empty() && self.canceled.is_empty()
+    }
 }
 
 /// What [`State::request_cancel`] found.

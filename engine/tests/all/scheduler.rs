@@ -499,6 +499,96 @@ async fn a_dead_letter_retried_as_it_lands_runs_again() {
     assert_eq!((stats.jobs.failed, stats.jobs.queued), (1, 0));
 }
 
+/// A caller that goes away while its job is being stored (an HTTP client
+/// that hangs up drops the request's future) loses nothing: the job the
+/// store took in is scheduled and runs, and its place in the tenant's
+/// quota is given back when it ends.
+#[tokio::test(start_paused = true)]
+async fn a_submission_dropped_while_it_is_stored_still_runs_its_job() {
+    let mock = MockBackend::new();
+    let store = SlowStore::late_admissions();
+    let engine = builder(2.0, &mock)
+        .store(store.clone())
+        .tenant(
+            "a",
+            TenantConfig {
+                quota: Quota {
+                    max_queued: Some(1),
+                    ..Quota::default()
+                },
+                ..TenantConfig::default()
+            },
+        )
+        .build()
+        .unwrap();
+    let gave_up =
+        tokio::time::timeout(SlowStore::LATE / 2, engine.submit(job("a", json!({})))).await;
+    assert!(
+        gave_up.is_err(),
+        "the store answered before the caller left"
+    );
+    let id = store.first_admitted().await;
+    let done = engine.wait(id, LONG).await.unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(mock.history().len(), 1);
+    let stats = engine.stats();
+    assert_eq!((stats.jobs.succeeded, stats.jobs.queued), (1, 0));
+    // The quota of one queued job has room again.
+    let next = engine.submit(job("a", json!({}))).await.unwrap();
+    let next = engine.wait(next.id, LONG).await.unwrap();
+    assert_eq!(next.status, JobStatus::Succeeded);
+}
+
+/// The same for a caller that goes away while a cancel of a queued job,
+/// or the retry of a dead letter, is being written: the job ends
+/// `canceled`, or runs again, all the same.
+#[tokio::test(start_paused = true)]
+async fn a_cancel_or_a_retry_dropped_while_it_is_written_still_takes_effect() {
+    let mock = MockBackend::new();
+    let store = SlowStore::late_admissions();
+    let engine = builder(1.0, &mock).store(store.clone()).build().unwrap();
+    let blocker = engine
+        .submit(job("a", json!({"hang": true})))
+        .await
+        .unwrap();
+    let queued = engine.submit(job("a", json!({}))).await.unwrap();
+    let gave_up = tokio::time::timeout(SlowStore::LATE / 2, engine.cancel(queued.id)).await;
+    assert!(
+        gave_up.is_err(),
+        "the store answered before the caller left"
+    );
+    let canceled = engine.wait(queued.id, LONG).await.unwrap();
+    assert_eq!(canceled.status, JobStatus::Canceled);
+    let stats = engine.stats();
+    assert_eq!(
+        (stats.jobs.queued, stats.jobs.running),
+        (0, 1),
+        "still counted"
+    );
+    engine.cancel(blocker.id).await.unwrap();
+
+    let doomed = engine.submit(failing(1)).await.unwrap();
+    let dead = engine.wait(doomed.id, LONG).await.unwrap();
+    assert!(dead.dead_letter);
+    let gave_up =
+        tokio::time::timeout(SlowStore::LATE / 2, engine.retry_dead_letter(doomed.id)).await;
+    assert!(
+        gave_up.is_err(),
+        "the store answered before the caller left"
+    );
+    let again = engine.wait(doomed.id, LONG).await.unwrap();
+    assert_eq!((again.status, again.attempt), (JobStatus::Failed, 1));
+    let runs = mock
+        .history()
+        .iter()
+        .filter(|run| run.job_id == doomed.id)
+        .count();
+    assert_eq!(runs, 2, "the dead letter did not run again");
+    let stats = engine.stats();
+    assert_eq!((stats.jobs.queued, stats.jobs.running), (0, 0));
+    assert_eq!(stats.resources.cpu_in_use, 0.0);
+}
+
 /// A job cancelled while the store is still taking it in (its id already
 /// readable) never runs: it ends `canceled` as soon as it is placed.
 #[tokio::test(start_paused = true)]
