@@ -96,6 +96,9 @@ pub(crate) struct Inner {
     /// Batches of results the runners handed to tasks of their own to
     /// wait for the store's commit ([`executor::RECORDS_IN_FLIGHT`]).
     records: Arc<tokio::sync::Semaphore>,
+    /// The runtime the engine was built in: work that must outlive its
+    /// caller runs there, whatever runtime (or none) the caller is on.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for Inner {
@@ -295,6 +298,7 @@ impl EngineBuilder {
             defaults: self.defaults,
             records: Arc::new(tokio::sync::Semaphore::new(executor::RECORDS_IN_FLIGHT)),
             state: SpinningMutex::new(state),
+            runtime: runtime.clone(),
         });
         runtime.spawn(timer_loop(
             Arc::downgrade(&inner),
@@ -321,12 +325,13 @@ impl EngineBuilder {
 ///
 /// When the task panicked.
 async fn detached<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
     work: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, tokio::task::JoinError> {
     let mut work = Box::pin(work);
     match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
         Poll::Ready(done) => Ok(done),
-        Poll::Pending => tokio::spawn(work).await,
+        Poll::Pending => runtime.spawn(work).await,
     }
 }
 
@@ -554,8 +559,9 @@ impl Engine {
         let placed = match polled {
             Poll::Ready(inserted) => inner.place_stored(prepared, inserted)?,
             Poll::Pending => {
+                let runtime = inner.runtime.clone();
                 let inner = Arc::clone(inner);
-                let placing = tokio::spawn(async move {
+                let placing = runtime.spawn(async move {
                     let placed = inner.place_stored(prepared, stored.await)?;
                     let Placed {
                         accepted,
@@ -584,7 +590,8 @@ impl Engine {
             yield_now,
         } = placed;
         if !(doomed.is_empty() && stopped.is_empty() && holds.is_empty()) {
-            let _ = detached(Arc::clone(inner).follow_up(doomed, stopped, holds)).await;
+            let follow_up = Arc::clone(inner).follow_up(doomed, stopped, holds);
+            let _ = detached(&inner.runtime, follow_up).await;
         }
         if yield_now {
             // The woken runner waits in this worker's next-task slot, which
@@ -833,7 +840,7 @@ impl Engine {
         };
         let was = job.status;
         // Counted in the state now: it goes on without the caller.
-        detached(Arc::clone(inner).revive_and_place(id, was))
+        detached(&inner.runtime, Arc::clone(inner).revive_and_place(id, was))
             .await
             .unwrap_or_else(|err| Err(EngineError::Store(StoreError::Backend(err.to_string()))))
     }
@@ -855,8 +862,9 @@ impl Engine {
                 // Out of its queue now: its end is written without the
                 // caller, or the job would stay queued in the store for good.
                 let inner = Arc::clone(&self.inner);
-                let ended =
-                    detached(async move { inner.cancel_waiting(id, canceled_by_request()).await });
+                let ended = detached(&self.inner.runtime, async move {
+                    inner.cancel_waiting(id, canceled_by_request()).await
+                });
                 if let Ok(Some(job)) = ended.await {
                     return Ok(job);
                 }
