@@ -335,6 +335,14 @@ async fn detached<T: Send + 'static>(
     }
 }
 
+/// The error for work handed to a task of its own that panicked (or was
+/// dropped with the runtime).
+fn panicked(err: &tokio::task::JoinError) -> EngineError {
+    EngineError::Store(StoreError::Backend(format!(
+        "the engine's task failed: {err}"
+    )))
+}
+
 /// Wakes for delayed jobs and aging; everything else dispatches inline.
 async fn timer_loop(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: CancellationToken) {
     loop {
@@ -380,14 +388,27 @@ struct Prepared {
 }
 
 /// A submission placed in the state (see [`Inner::place_stored`]).
-#[derive(Default)]
 struct Placed {
     accepted: Vec<Arc<Job>>,
+    follow_up: FollowUp,
+    /// The submitter should yield to a runner it woke.
+    yield_now: bool,
+}
+
+/// What placing a submission left to do that has to wait: jobs whose
+/// dependencies failed, jobs cancelled as they were placed, and holds on
+/// dependencies to resolve.
+#[derive(Default)]
+struct FollowUp {
     doomed: Vec<JobId>,
     stopped: Released,
     holds: Vec<(JobId, Vec<JobId>)>,
-    /// The submitter should yield to a runner it woke.
-    yield_now: bool,
+}
+
+impl FollowUp {
+    fn is_empty(&self) -> bool {
+        self.doomed.is_empty() && self.stopped.is_empty() && self.holds.is_empty()
+    }
 }
 
 impl Engine {
@@ -562,35 +583,21 @@ impl Engine {
                 let runtime = inner.runtime.clone();
                 let inner = Arc::clone(inner);
                 let placing = runtime.spawn(async move {
-                    let placed = inner.place_stored(prepared, stored.await)?;
-                    let Placed {
-                        accepted,
-                        doomed,
-                        stopped,
-                        holds,
-                        yield_now,
-                    } = placed;
-                    Arc::clone(&inner).follow_up(doomed, stopped, holds).await;
-                    Ok(Placed {
-                        accepted,
-                        yield_now,
-                        ..Placed::default()
-                    })
+                    let mut placed = inner.place_stored(prepared, stored.await)?;
+                    let follow_up = std::mem::take(&mut placed.follow_up);
+                    inner.follow_up(follow_up).await;
+                    Ok(placed)
                 });
-                placing.await.unwrap_or_else(|err| {
-                    Err(EngineError::Store(StoreError::Backend(err.to_string())))
-                })?
+                placing.await.unwrap_or_else(|err| Err(panicked(&err)))?
             }
         };
         let Placed {
             accepted,
-            doomed,
-            stopped,
-            holds,
+            follow_up,
             yield_now,
         } = placed;
-        if !(doomed.is_empty() && stopped.is_empty() && holds.is_empty()) {
-            let follow_up = Arc::clone(inner).follow_up(doomed, stopped, holds);
+        if !follow_up.is_empty() {
+            let follow_up = Arc::clone(inner).follow_up(follow_up);
             let _ = detached(&inner.runtime, follow_up).await;
         }
         if yield_now {
@@ -842,7 +849,7 @@ impl Engine {
         // Counted in the state now: it goes on without the caller.
         detached(&inner.runtime, Arc::clone(inner).revive_and_place(id, was))
             .await
-            .unwrap_or_else(|err| Err(EngineError::Store(StoreError::Backend(err.to_string()))))
+            .unwrap_or_else(|err| Err(panicked(&err)))
     }
 
     /// Cancels a job: a waiting one ends `canceled` at once; a running one
@@ -1174,7 +1181,8 @@ impl Inner {
         };
         let mut placed = Placed {
             accepted: Vec::with_capacity(prepared.len()),
-            ..Placed::default()
+            follow_up: FollowUp::default(),
+            yield_now: false,
         };
         let (wake, backlogged) = {
             let mut state = self.state.lock();
@@ -1187,16 +1195,16 @@ impl Inner {
                 }
                 let id = p.job.id;
                 let outcome = if p.doomed {
-                    placed.doomed.push(id);
+                    placed.follow_up.doomed.push(id);
                     state.doom(id);
                     PlaceOutcome::Pending
                 } else {
                     let hold = !p.open_deps.is_empty();
                     let outcome = state.place(id, &p.open_deps, hold, p.run_at, now);
                     if outcome == PlaceOutcome::Canceled {
-                        placed.stopped.canceled.push(id);
+                        placed.follow_up.stopped.canceled.push(id);
                     } else if hold {
-                        placed.holds.push((id, p.open_deps));
+                        placed.follow_up.holds.push((id, p.open_deps));
                     }
                     outcome
                 };
@@ -1213,14 +1221,14 @@ impl Inner {
         Ok(placed)
     }
 
-    /// What placing a submission left to do that has to wait: jobs whose
-    /// dependencies failed, jobs cancelled as they were placed, and holds
-    /// on dependencies to resolve.
+    /// Does what placing a submission left to do.
     async fn follow_up(
         self: Arc<Self>,
-        doomed: Vec<JobId>,
-        stopped: Released,
-        holds: Vec<(JobId, Vec<JobId>)>,
+        FollowUp {
+            doomed,
+            stopped,
+            holds,
+        }: FollowUp,
     ) {
         for id in doomed {
             self.cancel_waiting(id, dependency_failed("a dependency had already failed"))
