@@ -504,15 +504,22 @@ impl ToolHost {
 mod tests {
     use super::*;
 
+    /// A host on a fresh data directory with `calculator` registered, and
+    /// the component's bytes.
+    async fn with_calculator() -> (tempfile::TempDir, ToolHost, Vec<u8>) {
+        let dir = tempfile::TempDir::new().unwrap();
+        let host = ToolHost::open(dir.path(), RuntimeConfig::default()).unwrap();
+        let wasm = std::fs::read(work_test_artifacts::CALCULATOR).unwrap();
+        host.register(&wasm, Grants::default()).await.unwrap();
+        (dir, host, wasm)
+    }
+
     /// A load that read the registry before a registration or removal
     /// under the name landed serves its caller but stays out of the cache:
     /// entered, it would stand for the name until the next change.
     #[tokio::test]
     async fn a_load_that_raced_a_change_to_the_registry_is_not_cached() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let host = ToolHost::open(dir.path(), RuntimeConfig::default()).unwrap();
-        let wasm = std::fs::read(work_test_artifacts::CALCULATOR).unwrap();
-        host.register(&wasm, Grants::default()).await.unwrap();
+        let (_dir, host, wasm) = with_calculator().await;
 
         let loading = host.load(ToolScope::Shared, "calculator").unwrap();
         // Removed while the load compiled.
@@ -539,10 +546,7 @@ mod tests {
     /// it, and the entry loaded next checks the job again.
     #[tokio::test]
     async fn only_jobs_admitted_after_a_tool_was_cached_skip_the_second_check() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let host = ToolHost::open(dir.path(), RuntimeConfig::default()).unwrap();
-        let wasm = std::fs::read(work_test_artifacts::CALCULATOR).unwrap();
-        host.register(&wasm, Grants::default()).await.unwrap();
+        let (_dir, host, wasm) = with_calculator().await;
         let now = 1_763_900_000_000;
         let before = crate::job_ids::next(now);
         let ready = host

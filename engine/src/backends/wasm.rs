@@ -57,10 +57,7 @@ impl WasmBackend {
             tokio::task::spawn_blocking(move || host.prepare(ToolScope::Tenant(&tenant), &name))
                 .await
                 .map_err(|e| AdmitError::InvalidPayload(format!("loading the tool failed: {e}")))?;
-        loaded.map_err(|err| match err {
-            Error::ToolNotFound { name } => AdmitError::UnknownTool(name),
-            other => AdmitError::InvalidPayload(other.to_string()),
-        })
+        loaded.map_err(admit_error)
     }
 }
 

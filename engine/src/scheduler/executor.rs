@@ -514,8 +514,7 @@ async fn supervise(
     // watch's timers: those make the watch's future large (and every
     // attempt's with it, copied as it is boxed), so it is boxed apart,
     // for the attempts that wait.
-    let first = std::future::poll_fn(|cx| Poll::Ready(exec.as_mut().poll(cx))).await;
-    match first {
+    match super::poll_once(exec.as_mut()).await {
         Poll::Ready(result) => result,
         Poll::Pending => Box::pin(watch(exec, cancel, deadline, grace)).await,
     }

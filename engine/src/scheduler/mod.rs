@@ -316,6 +316,11 @@ impl EngineBuilder {
     }
 }
 
+/// Polls `work` once, in the caller's task: whether it ended there.
+pub(crate) async fn poll_once<F: Future + ?Sized>(mut work: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
+}
+
 /// Runs `work` to its end even if the caller's future is dropped first.
 /// Polled in place first (most work ends at once, and costs no task of
 /// its own); work that has to wait moves to a task of its own, which the
@@ -329,7 +334,7 @@ async fn detached<T: Send + 'static>(
     work: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, tokio::task::JoinError> {
     let mut work = Box::pin(work);
-    match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+    match poll_once(work.as_mut()).await {
         Poll::Ready(done) => Ok(done),
         Poll::Pending => runtime.spawn(work).await,
     }
@@ -576,8 +581,7 @@ impl Engine {
         // In place while nothing waits (the usual case, at no cost); in a
         // task of its own, which the caller awaits, from the first wait.
         let mut stored = inner.store_jobs(&prepared, commit);
-        let polled = std::future::poll_fn(|cx| Poll::Ready(stored.as_mut().poll(cx))).await;
-        let placed = match polled {
+        let placed = match poll_once(stored.as_mut()).await {
             Poll::Ready(inserted) => inner.place_stored(prepared, inserted)?,
             Poll::Pending => {
                 let runtime = inner.runtime.clone();
@@ -1119,28 +1123,27 @@ impl Inner {
         id: JobId,
         was: JobStatus,
     ) -> Result<Arc<Job>, EngineError> {
-        let inner = &self;
-        let job = match inner.store.transition(id, Transition::Revive).await {
+        let job = match self.store.transition(id, Transition::Revive).await {
             Ok(job) => job,
             Err(err) => {
-                inner.state.lock().abandon(&[id]);
+                self.state.lock().abandon(&[id]);
                 return Err(err.into());
             }
         };
         let mut stopped = Released::default();
         let wake = {
-            let mut state = inner.state.lock();
+            let mut state = self.state.lock();
             let now = Instant::now();
             state.revive(id, was);
             let outcome = state.place(id, &[], false, None, now);
             if outcome == PlaceOutcome::Canceled {
                 stopped.canceled.push(id);
             }
-            inner.announce_queued(&job, outcome);
+            self.announce_queued(&job, outcome);
             state.dispatch(now)
         };
-        inner.wake_runner(wake);
-        inner.settle(stopped).await;
+        self.wake_runner(wake);
+        self.settle(stopped).await;
         Ok(job)
     }
 
