@@ -14,7 +14,9 @@
 //!   scheduler against direct `ToolHost::call`s, both on two threads (rate,
 //!   and CPU time per call summed over the process's threads), in
 //!   `BENCH_PAIRS` (default 15) alternating rounds of `BENCH_CALLS`
-//!   (default 10,000) each, with the median of the pairs' ratios; and
+//!   (default 10,000) each, with the median of the rounds' ratios; the
+//!   jobs submitted all at once (thousands queued), and by a client that
+//!   keeps at most 256 of them in flight; and
 //!   one-at-a-time latency (submit → wait) against one direct call. The
 //!   rounds run once the engine's store has grown to the number of
 //!   finished jobs it keeps; the stretch before is reported apart.
@@ -247,18 +249,57 @@ async fn direct_calls(host: &Arc<ToolHost>, n: usize) -> (f64, f64) {
     (rate, (cpu_us() - cpu) / n as f64)
 }
 
+/// One way of submitting's rounds in section (c).
+#[derive(Default)]
+struct Rounds {
+    rate: Vec<f64>,
+    cpu: Vec<f64>,
+    /// Against the direct round just before.
+    time_ratio: Vec<f64>,
+    cpu_ratio: Vec<f64>,
+}
+
+impl Rounds {
+    fn push(&mut self, rate: f64, cpu: f64, direct_rate: f64, direct_cpu: f64) {
+        self.rate.push(rate);
+        self.cpu.push(cpu);
+        self.time_ratio.push(direct_rate / rate);
+        self.cpu_ratio.push(cpu / direct_cpu);
+    }
+}
+
+/// How a bench client submits its `tool_call` jobs.
+#[derive(Clone, Copy)]
+enum Submitter {
+    /// Every job at once, in batches of 500: the queue holds thousands.
+    AllAtOnce,
+    /// In batches of 64, never more than 256 submitted and not yet done:
+    /// clients that wait for their results before they ask for more.
+    InFlight256,
+}
+
 /// Jobs per second and CPU µs per job of `tool_call` jobs through the
 /// scheduler.
-async fn scheduled_calls(engine: &Engine, n: usize) -> (f64, f64) {
+async fn scheduled_calls(engine: &Engine, n: usize, submitter: Submitter) -> (f64, f64) {
+    let (chunk, window) = match submitter {
+        Submitter::AllAtOnce => (500, usize::MAX),
+        Submitter::InFlight256 => (64, 256 / 64),
+    };
     let before = engine.stats().finished_total;
     let (start, cpu) = (Instant::now(), cpu_us());
-    let (mut next, mut last) = (0, None);
+    let mut next = 0;
+    let mut lasts = std::collections::VecDeque::new();
     while next < n {
-        let jobs = (next..(next + 500).min(n)).map(|_| calc_job()).collect();
-        last = engine.submit_batch(jobs).await.unwrap().jobs.pop();
-        next += 500;
+        if lasts.len() >= window {
+            let oldest: JobId = lasts.pop_front().unwrap();
+            engine.wait(oldest, Duration::from_secs(600)).await.unwrap();
+        }
+        let jobs = (next..(next + chunk).min(n)).map(|_| calc_job()).collect();
+        let last = engine.submit_batch(jobs).await.unwrap().jobs.pop().unwrap();
+        lasts.push_back(last.id);
+        next += chunk;
     }
-    wait_finished(engine, before + n as u64, last.unwrap().id).await;
+    wait_finished(engine, before + n as u64, *lasts.back().unwrap()).await;
     let rate = n as f64 / start.elapsed().as_secs_f64();
     (rate, (cpu_us() - cpu) / n as f64)
 }
@@ -337,41 +378,42 @@ fn tool_call_section(rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) 
         // stretch is reported apart.
         direct_calls(&host, 2_000).await;
         let fresh_jobs = MemoryStore::DEFAULT_KEEP_FINISHED * 9 / 8 + calls;
-        let (fresh, fresh_cpu) = scheduled_calls(&engine, fresh_jobs).await;
+        let (fresh, fresh_cpu) = scheduled_calls(&engine, fresh_jobs, Submitter::AllAtOnce).await;
         // The machine's speed drifts by tens of percent over seconds, so
-        // the two paths alternate in short rounds, and the ratio is the
-        // median of each pair's own ratio (the paths' medians apart are
-        // printed too).
+        // the paths alternate in short rounds, and each ratio is the median
+        // of the rounds' own ratios (the paths' medians apart are printed
+        // too).
+        let submitters = [
+            ("all at once", Submitter::AllAtOnce),
+            ("256 in flight", Submitter::InFlight256),
+        ];
         let (mut direct, mut direct_cpu) = (Vec::new(), Vec::new());
-        let (mut scheduled, mut scheduled_cpu) = (Vec::new(), Vec::new());
-        let (mut rate_ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
+        let mut scheduled: Vec<Rounds> = submitters.iter().map(|_| Rounds::default()).collect();
         for _ in 0..rounds {
             let (direct_rate, direct_us) = direct_calls(&host, calls).await;
-            let (rate, cpu) = scheduled_calls(&engine, calls).await;
-            rate_ratios.push(direct_rate / rate);
-            cpu_ratios.push(cpu / direct_us);
             direct.push(direct_rate);
             direct_cpu.push(direct_us);
-            scheduled.push(rate);
-            scheduled_cpu.push(cpu);
+            for ((_, submitter), rounds) in submitters.iter().zip(&mut scheduled) {
+                let (rate, cpu) = scheduled_calls(&engine, calls, *submitter).await;
+                rounds.push(rate, cpu, direct_rate, direct_us);
+            }
         }
-        let (direct, scheduled) = (median(direct), median(scheduled));
-        let (direct_cpu, scheduled_cpu) = (median(direct_cpu), median(scheduled_cpu));
+        let (direct, direct_cpu) = (median(direct), median(direct_cpu));
         println!(
-            "  direct ToolHost::call, 2 tasks  {direct:>10.0} calls/s  {:>7.2} us/call  {direct_cpu:>6.2} us CPU/call",
+            "  direct ToolHost::call, 2 tasks         {direct:>10.0} calls/s  {:>7.2} us/call  {direct_cpu:>6.2} us CPU/call",
             1e6 / direct
         );
+        for ((name, _), rounds) in submitters.iter().zip(scheduled) {
+            let (rate, cpu) = (median(rounds.rate), median(rounds.cpu));
+            println!(
+                "  tool_call jobs, {name:<14}         {rate:>10.0} jobs/s   {:>7.2} us/job   {cpu:>6.2} us CPU/job  ({:.2}x the direct path's time per call, {:.2}x its CPU: medians of the rounds' ratios)",
+                1e6 / rate,
+                median(rounds.time_ratio),
+                median(rounds.cpu_ratio),
+            );
+        }
         println!(
-            "  tool_call jobs, scheduler       {scheduled:>10.0} jobs/s   {:>7.2} us/job   {scheduled_cpu:>6.2} us CPU/job",
-            1e6 / scheduled,
-        );
-        println!(
-            "  scheduler / direct, median of the {rounds} pairs' ratios: {:.2}x the time per call, {:.2}x the CPU",
-            median(rate_ratios),
-            median(cpu_ratios)
-        );
-        println!(
-            "  the same, a fresh engine's first {fresh_jobs} jobs (the store growing): {fresh:.0} jobs/s, {fresh_cpu:.2} us CPU/job"
+            "  the same, all at once, a fresh engine's first {fresh_jobs} jobs (the store growing): {fresh:.0} jobs/s, {fresh_cpu:.2} us CPU/job"
         );
 
         let mut direct_latency = Vec::new();

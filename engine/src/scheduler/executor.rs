@@ -93,17 +93,29 @@ pub(crate) async fn runner(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: Canc
                 () = wake.notified() => continue,
             }
         }
-        run_batch(&strong, batch).await;
+        // The runner just woken waits in this worker's next-task slot,
+        // which no other worker can take from: it would not start before
+        // this batch ends. Yielding first moves this runner to where an
+        // idle worker takes it, and the two batches run side by side.
+        if wake_another {
+            super::yield_to_workers().await;
+        }
+        let woke_another = run_batch(&strong, batch).await;
         drop(strong);
-        // Yield now and then, so a stream of instant jobs cannot hog the
-        // worker thread.
-        tokio::task::consume_budget().await;
+        if woke_another {
+            super::yield_to_workers().await;
+        } else {
+            // Yield now and then, so a stream of instant jobs cannot hog
+            // the worker thread.
+            tokio::task::consume_budget().await;
+        }
     }
 }
 
 /// Claims `batch`, runs each attempt (in place while they finish at once),
-/// and records the ones that finished.
-async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) {
+/// and records the ones that finished. Returns whether recording them in
+/// place woke another runner.
+async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) -> bool {
     let at = Utc::now();
     let claims = batch
         .iter()
@@ -152,7 +164,7 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) {
         });
     }
     if done.is_empty() {
-        return;
+        return false;
     }
     // A durable store answers after its commit: the runner does not wait
     // for it, but goes on to the next batch while a task of its own waits,
@@ -160,20 +172,21 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) {
     let records = Arc::clone(&inner.records);
     let inner = Arc::clone(inner);
     let mut recording = Box::pin(async move { record(&inner, done).await });
-    if recording
+    let polled = recording
         .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-        .is_pending()
-    {
-        match records.try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    recording.await;
-                    drop(permit);
-                });
-            }
-            Err(_) => recording.await,
+        .poll(&mut Context::from_waker(Waker::noop()));
+    if let Poll::Ready(woke_another) = polled {
+        return woke_another;
+    }
+    match records.try_acquire_owned() {
+        Ok(permit) => {
+            tokio::spawn(async move {
+                recording.await;
+                drop(permit);
+            });
+            false
         }
+        Err(_) => recording.await,
     }
 }
 
@@ -298,10 +311,11 @@ async fn execute(
 
 /// Records finished attempts: their transitions in one store call, the
 /// scheduler's bookkeeping in one pass under its lock, then their events
-/// and whatever their ends set free.
-async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
+/// and whatever their ends set free. Returns whether it woke another
+/// runner for the jobs their ends let start.
+async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) -> bool {
     if done.is_empty() {
-        return;
+        return false;
     }
     let at = Utc::now();
     let changes = done
@@ -414,6 +428,7 @@ async fn record(inner: &Arc<Inner>, mut done: Vec<Done>) {
         abandon_attempt(inner, &start).await;
     }
     inner.settle(released).await;
+    wake
 }
 
 /// The events of a recorded attempt.

@@ -321,6 +321,29 @@ pub(crate) async fn poll_once<F: Future + ?Sized>(mut work: Pin<&mut F>) -> Poll
     std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
 }
 
+/// Lets the worker thread run other tasks, this one moved to the back of
+/// its run queue, where an idle worker can take it.
+///
+/// A task that wakes another (a runner) from a Tokio worker puts it in
+/// that worker's next-task slot, which other workers cannot steal from,
+/// and no idle worker is told: the woken task waits until this one
+/// yields. `tokio::task::yield_now` does not help: it defers this task's
+/// wake-up until the worker has nothing else to run, so this task then
+/// waits in the same way. A task that wakes itself and returns `Pending`
+/// goes to the back of the run queue instead, from where an idle worker,
+/// which Tokio wakes for it, takes it.
+pub(crate) async fn yield_to_workers() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut yielded, true) {
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+}
+
 /// Runs `work` to its end even if the caller's future is dropped first.
 /// Polled in place first (most work ends at once, and costs no task of
 /// its own); work that has to wait moves to a task of its own, which the
@@ -613,7 +636,7 @@ impl Engine {
             // once, nor queued work that waits for running jobs to end.
             // Yield: this task moves behind the runner, where an idle
             // worker can pick either up.
-            tokio::task::yield_now().await;
+            yield_to_workers().await;
         }
         Ok(accepted)
     }

@@ -3,6 +3,7 @@
 //! batches that are all or none.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -326,6 +327,58 @@ async fn local_closures_run_native_kinds_with_devices() {
     assert_eq!(done.status, JobStatus::Succeeded);
     assert_eq!(done.result, Some(json!({"devices": ["3"], "lr": 0.01})));
     assert_eq!(done.backend.as_deref(), Some("local"));
+}
+
+/// Two jobs that hold their thread while they run (work that never
+/// awaits), on an engine with two runners and a runtime with two worker
+/// threads, run side by side. The runner that takes the first wakes the
+/// other for the second; the woken runner waits in the waking worker's
+/// next-task slot, which the idle worker cannot steal from, so unless the
+/// waking runner lets go of its worker first, the second job starts only
+/// when the first has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_hold_their_thread_run_side_by_side_on_two_runners() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let local = LocalBackend::new().handle("hold", {
+        let started = Arc::clone(&started);
+        move |_job, _ctx| {
+            let started = Arc::clone(&started);
+            async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                // Waits for the other job to start, giving up after a while.
+                let give_up = std::time::Instant::now() + Duration::from_secs(5);
+                let together = loop {
+                    if started.load(Ordering::SeqCst) == 2 {
+                        break true;
+                    }
+                    if std::time::Instant::now() > give_up {
+                        break false;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                };
+                Ok(json!({ "together": together }))
+            }
+        }
+    });
+    let engine = Engine::builder()
+        .capacity(Capacity {
+            cpu: 2.0,
+            memory_mb: 1024,
+            gpus: Vec::new(),
+        })
+        .runners(2)
+        .backend(local)
+        .build()
+        .unwrap();
+    let jobs = (0..2)
+        .map(|_| NewJob::new("hold", "lab", json!({})))
+        .collect();
+    let submitted = engine.submit_batch(jobs).await.unwrap().jobs;
+    for job in submitted {
+        let done = engine.wait(job.id, LONG).await.unwrap();
+        assert_eq!(done.status, JobStatus::Succeeded);
+        assert_eq!(done.result, Some(json!({ "together": true })), "{done:?}");
+    }
 }
 
 /// A backend that panics (a `local` closure meeting a payload it did not
