@@ -72,7 +72,7 @@ pub use scheduler::{
 pub use store::{JobPage, JobQuery};
 pub use tool_host::{ReadyTool, Registered, ToolHost};
 pub use work_host_api::{
-    Backend, Backoff, Constraints, CostMeter, Device, ExecContext, ExecError, ExecUpdate, Job,
-    JobError, JobId, JobKind, JobStatus, NewJob, OutcomeClass, OutcomeSet, Priority, Resources,
-    RetryPolicy,
+    AdmitError, Backend, Backoff, Constraints, CostMeter, Device, ExecContext, ExecError,
+    ExecUpdate, Job, JobError, JobId, JobKind, JobStatus, NewJob, OutcomeClass, OutcomeSet,
+    Priority, Resources, RetryPolicy,
 };

@@ -42,6 +42,7 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Whether this backend runs `job` (usually decided by its kind).
+    /// A panic here refuses the submission as a `backend_error`.
     fn supports(&self, job: &Job) -> bool;
 
     /// Checks a job before the engine accepts it (a tool call's arguments
@@ -49,7 +50,8 @@ pub trait Backend: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// An [`AdmitError`] refuses the job; the caller sees it.
+    /// An [`AdmitError`] refuses the job; the caller sees it. A panic
+    /// refuses it too, as a `backend_error`, and nothing is accepted.
     async fn admit(&self, job: &Job) -> Result<(), AdmitError> {
         let _ = job;
         Ok(())

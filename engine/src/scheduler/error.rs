@@ -98,6 +98,16 @@ pub enum EngineError {
         /// Why.
         source: Box<EngineError>,
     },
+    /// A backend failed while it looked the job over (it panicked in
+    /// `supports` or `admit`): a fault of the backend, not of the job, so
+    /// nothing was accepted and the same job may pass once it is fixed.
+    #[error("backend `{backend}` failed to admit the job: {reason}")]
+    Backend {
+        /// The backend's name.
+        backend: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The engine's configuration is unusable.
     #[error("invalid configuration: {reason}")]
     InvalidConfig {
@@ -125,6 +135,7 @@ impl EngineError {
             Self::NotFound { .. } => "not_found",
             Self::NotDeadLettered { .. } => "not_dead_lettered",
             Self::Batch { source, .. } => source.code(),
+            Self::Backend { .. } => "backend_error",
             Self::InvalidConfig { .. } => "invalid_config",
             Self::Store(StoreError::InvalidCursor(_)) => "invalid_cursor",
             Self::Store(_) => "store_error",

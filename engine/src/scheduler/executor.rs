@@ -613,14 +613,9 @@ async fn unwound(
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("a value that is not a message");
             Err(ExecError::new(
                 OutcomeClass::BackendError,
-                format!("the backend panicked: {what}"),
+                format!("the backend panicked: {}", super::panic_text(&*panic)),
             ))
         })
 }

@@ -363,6 +363,23 @@ async fn detached<T: Send + 'static>(
     }
 }
 
+/// What a caught panic said: its message, when it has one.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a value that is not a message")
+}
+
+/// The error for a backend that panicked while it looked a job over.
+fn backend_panicked(backend: &str, panic: &(dyn std::any::Any + Send)) -> EngineError {
+    EngineError::Backend {
+        backend: backend.to_owned(),
+        reason: format!("it panicked: {}", panic_text(panic)),
+    }
+}
+
 /// The error for work handed to a task of its own that panicked (or was
 /// dropped with the runtime).
 fn panicked(err: &tokio::task::JoinError) -> EngineError {
@@ -1266,13 +1283,21 @@ impl Inner {
         }
     }
 
+    /// The first backend that supports the job. One that panics in
+    /// `supports` refuses the submission with [`EngineError::Backend`]:
+    /// unwinding on would take the caller (an HTTP request, an embedder's
+    /// task) down with it for a fault that is not theirs.
     fn select_backend(&self, job: &Job) -> Result<usize, EngineError> {
-        self.backends
-            .iter()
-            .position(|b| b.supports(job))
-            .ok_or_else(|| EngineError::UnknownKind {
-                kind: job.kind.to_string(),
-            })
+        for (index, backend) in self.backends.iter().enumerate() {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| backend.supports(job))) {
+                Ok(true) => return Ok(index),
+                Ok(false) => {}
+                Err(panic) => return Err(backend_panicked(backend.name(), &*panic)),
+            }
+        }
+        Err(EngineError::UnknownKind {
+            kind: job.kind.to_string(),
+        })
     }
 
     /// Checks a submission and fills in its defaults: the job, the backend
@@ -1368,9 +1393,11 @@ impl Inner {
         backend: usize,
         run_at: Option<Instant>,
     ) -> Result<Prepared, EngineError> {
-        self.backends[backend]
-            .admit(&job)
+        let admitter = &self.backends[backend];
+        AssertUnwindSafe(admitter.admit(&job))
+            .catch_unwind()
             .await
+            .map_err(|panic| backend_panicked(admitter.name(), &*panic))?
             .map_err(|err| match err {
                 AdmitError::UnknownTool(name) => EngineError::UnknownTool { name },
                 AdmitError::InvalidArgs(violations) => EngineError::InvalidArgs {

@@ -427,3 +427,84 @@ async fn a_panicking_backend_fails_its_attempt_and_the_engine_goes_on() {
     assert_eq!(done.status, JobStatus::Succeeded);
     assert_eq!(engine.stats().jobs.running, 0);
 }
+
+/// A backend that panics while it looks a job over.
+struct Brittle;
+
+#[async_trait::async_trait]
+impl work_engine::Backend for Brittle {
+    fn name(&self) -> &str {
+        "brittle"
+    }
+
+    fn supports(&self, job: &work_engine::Job) -> bool {
+        assert_ne!(job.payload["panic"], "supports", "cannot read the payload");
+        true
+    }
+
+    async fn admit(&self, job: &work_engine::Job) -> Result<(), work_engine::AdmitError> {
+        tokio::task::yield_now().await;
+        assert_ne!(job.payload["panic"], "admit", "cannot check the payload");
+        Ok(())
+    }
+
+    async fn execute(
+        &self,
+        _job: &work_engine::Job,
+        _ctx: work_engine::ExecContext,
+    ) -> Result<serde_json::Value, work_engine::ExecError> {
+        Ok(json!("ran"))
+    }
+}
+
+/// A backend that panics in `supports` or `admit` refuses the submission
+/// with a `backend_error` naming it, instead of unwinding into the caller;
+/// nothing of the submission (or of a batch it was in) is accepted, and
+/// the engine goes on.
+#[tokio::test]
+async fn a_backend_that_panics_at_admission_refuses_the_submission() {
+    let engine = Engine::builder()
+        .capacity(Capacity {
+            cpu: 1.0,
+            memory_mb: 1024,
+            gpus: Vec::new(),
+        })
+        .backend(Brittle)
+        .build()
+        .unwrap();
+    for (step, message) in [
+        ("supports", "cannot read the payload"),
+        ("admit", "cannot check the payload"),
+    ] {
+        let job = NewJob::new("step", "lab", json!({ "panic": step }));
+        let err = engine.submit(job).await.unwrap_err();
+        assert_eq!(err.code(), "backend_error", "{step}: {err}");
+        let EngineError::Backend { backend, reason } = &err else {
+            panic!("{step}: {err:?}");
+        };
+        assert_eq!(backend, "brittle");
+        assert!(
+            reason.contains("panicked") && reason.contains(message),
+            "{step}: {reason}"
+        );
+
+        let batch = vec![
+            NewJob::new("step", "lab", json!({})),
+            NewJob::new("step", "lab", json!({ "panic": step })),
+        ];
+        let err = engine.submit_batch(batch).await.unwrap_err();
+        assert_eq!(err.code(), "backend_error", "{step}: {err}");
+        assert!(
+            matches!(err, EngineError::Batch { index: 1, .. }),
+            "{err:?}"
+        );
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.jobs.queued, stats.jobs.running), (0, 0));
+    let listed = engine.list(&JobQuery::tenant("lab")).await.unwrap();
+    assert!(listed.jobs.is_empty(), "none stored: {listed:?}");
+
+    let done = submit_and_wait(&engine, NewJob::new("step", "lab", json!({})), LONG).await;
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.result, Some(json!("ran")));
+}
