@@ -1203,7 +1203,12 @@ impl Inner {
             AssertUnwindSafe(store.insert(jobs, commit))
                 .catch_unwind()
                 .await
-                .unwrap_or_else(|_| Err(StoreError::Backend("the store panicked".to_owned())))
+                .unwrap_or_else(|panic| {
+                    Err(StoreError::Backend(format!(
+                        "the store panicked: {}",
+                        panic_text(&*panic)
+                    )))
+                })
         })
     }
 

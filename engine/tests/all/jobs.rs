@@ -11,8 +11,8 @@ use tempfile::TempDir;
 use work_engine::backends::{LocalBackend, MockBackend};
 use work_engine::runtime::Grants;
 use work_engine::{
-    Capacity, Engine, EngineError, EventData, ExecUpdate, JobQuery, JobStatus, NewJob,
-    OutcomeClass, Resources, RetryPolicy, ToolHost,
+    AdmitError, Backend, Capacity, Engine, EngineError, EventData, ExecContext, ExecError,
+    ExecUpdate, Job, JobQuery, JobStatus, NewJob, OutcomeClass, Resources, RetryPolicy, ToolHost,
 };
 use work_test_artifacts as guests;
 
@@ -432,27 +432,23 @@ async fn a_panicking_backend_fails_its_attempt_and_the_engine_goes_on() {
 struct Brittle;
 
 #[async_trait::async_trait]
-impl work_engine::Backend for Brittle {
+impl Backend for Brittle {
     fn name(&self) -> &str {
         "brittle"
     }
 
-    fn supports(&self, job: &work_engine::Job) -> bool {
+    fn supports(&self, job: &Job) -> bool {
         assert_ne!(job.payload["panic"], "supports", "cannot read the payload");
         true
     }
 
-    async fn admit(&self, job: &work_engine::Job) -> Result<(), work_engine::AdmitError> {
+    async fn admit(&self, job: &Job) -> Result<(), AdmitError> {
         tokio::task::yield_now().await;
         assert_ne!(job.payload["panic"], "admit", "cannot check the payload");
         Ok(())
     }
 
-    async fn execute(
-        &self,
-        _job: &work_engine::Job,
-        _ctx: work_engine::ExecContext,
-    ) -> Result<serde_json::Value, work_engine::ExecError> {
+    async fn execute(&self, _job: &Job, _ctx: ExecContext) -> Result<serde_json::Value, ExecError> {
         Ok(json!("ran"))
     }
 }
