@@ -9,7 +9,10 @@
 //!   the floor: the same number of items pushed through a plain
 //!   `tokio::sync::mpsc` channel to a pool of two workers.
 //! - **(b) memory**: resident memory per queued job with 1,000,000 jobs
-//!   queued (`BENCH_QUEUED` to change), measured from `/proc/self/statm`.
+//!   queued (`BENCH_QUEUED` to change), measured from `/proc/self/statm`;
+//!   each job's payload is `{}`, or a `calculator` call's with
+//!   `BENCH_QUEUED_PAYLOAD=tool_call` (one per process: memory one
+//!   measurement frees stays resident and would hide the next one's).
 //! - **(c) tool calls**: `calculator` `tool_call` jobs through the
 //!   scheduler against direct `ToolHost::call`s, both on two threads (rate,
 //!   and CPU time per call summed over the process's threads), in
@@ -185,8 +188,8 @@ fn resident_bytes() -> u64 {
     pages * 4096
 }
 
-/// Bytes of resident memory per queued job.
-async fn memory_per_queued_job(n: usize) -> f64 {
+/// Bytes of resident memory per queued job with `payload`.
+async fn memory_per_queued_job(n: usize, payload: serde_json::Value) -> f64 {
     let engine = Engine::builder()
         .capacity(capacity(1.0))
         .backend(MockBackend::new().without_history())
@@ -201,7 +204,7 @@ async fn memory_per_queued_job(n: usize) -> f64 {
     let mut next = 0;
     while next < n {
         let jobs = (next..(next + 10_000).min(n))
-            .map(|i| NewJob::new("noop", format!("tenant-{}", i % 100), json!({})))
+            .map(|i| NewJob::new("noop", format!("tenant-{}", i % 100), payload.clone()))
             .collect();
         engine.submit_batch(jobs).await.unwrap();
         next += 10_000;
@@ -317,8 +320,15 @@ fn main() {
     // Memory first, in a fresh process: later phases leave freed memory
     // resident, which would hide new allocations.
     if sections.contains('b') {
-        println!("(b) memory with {queued} queued jobs");
-        let per_job = on_worker(&rt, memory_per_queued_job(queued));
+        let (payload, described) = match std::env::var("BENCH_QUEUED_PAYLOAD").as_deref() {
+            Ok("tool_call") => (
+                json!({"tool": "calculator", "args": serde_json::from_str::<serde_json::Value>(ARGS).unwrap()}),
+                "a tool call's payload",
+            ),
+            _ => (json!({}), "an empty payload"),
+        };
+        println!("(b) memory with {queued} queued jobs, each with {described}");
+        let per_job = on_worker(&rt, memory_per_queued_job(queued, payload));
         println!("  {per_job:.0} bytes resident per queued job");
     }
     if sections.contains('a') {

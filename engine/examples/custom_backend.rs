@@ -16,6 +16,19 @@ use work_host_api::async_trait;
 
 struct Trainer;
 
+/// A training step's payload.
+#[derive(serde::Deserialize)]
+struct Step {
+    #[serde(default = "Step::default_steps")]
+    steps: u64,
+}
+
+impl Step {
+    fn default_steps() -> u64 {
+        3
+    }
+}
+
 #[async_trait]
 impl Backend for Trainer {
     fn name(&self) -> &str {
@@ -28,7 +41,9 @@ impl Backend for Trainer {
 
     async fn execute(&self, job: &Job, ctx: ExecContext) -> Result<serde_json::Value, ExecError> {
         let devices: Vec<&str> = ctx.devices().iter().map(|d| d.id.as_str()).collect();
-        let steps = job.payload["steps"].as_u64().unwrap_or(3);
+        let Step { steps } = job.payload.parse().map_err(|err| {
+            ExecError::new(OutcomeClass::ToolError, format!("bad payload: {err}"))
+        })?;
         for step in 1..=steps {
             if ctx.is_cancelled() {
                 return Err(ExecError::new(

@@ -57,9 +57,13 @@ async fn main() -> anyhow::Result<()> {
     runs.sort_by_key(|run| run.started);
     for (position, run) in runs.iter().enumerate() {
         let job = engine.get(run.job_id).await?;
+        let label: Option<String> = job
+            .payload
+            .field("label")
+            .and_then(|text| serde_json::from_str(text).ok());
         println!(
             "{position}: {} ({})",
-            job.payload["label"].as_str().unwrap_or("?"),
+            label.as_deref().unwrap_or("?"),
             job.priority
         );
     }

@@ -432,21 +432,12 @@ impl ToolHost {
         args: &str,
         options: CallOptions,
     ) -> Result<CallReport> {
-        self.runtime.check_args_size(args.len())?;
-        let value: serde_json::Value =
-            serde_json::from_str(args).map_err(|err| Error::InvalidArgs {
-                tool: ready.manifest.name.clone(),
-                violations: vec![Violation {
-                    path: String::new(),
-                    message: format!("arguments are not JSON: {err}"),
-                }],
-            })?;
-        ready.validate(&value)?;
-        self.call_unchecked(ready, args, options).await
+        self.check_args(ready, args)?;
+        self.call_checked(ready, args, options).await
     }
 
-    /// [`ToolHost::call_ready`] with the arguments already parsed (a job's
-    /// payload): no second parse.
+    /// [`ToolHost::call_ready`] with the arguments already parsed: no
+    /// second parse.
     ///
     /// # Errors
     ///
@@ -457,32 +448,40 @@ impl ToolHost {
         args: &serde_json::Value,
         options: CallOptions,
     ) -> Result<CallReport> {
-        self.call_json(ready, args, true, options).await
-    }
-
-    /// [`ToolHost::call_value`], checking the arguments only if `validate`:
-    /// a job admitted against `ready` itself had them checked then (see
-    /// `WasmBackend::execute`).
-    pub(crate) async fn call_json(
-        &self,
-        ready: &ReadyTool,
-        args: &serde_json::Value,
-        validate: bool,
-        options: CallOptions,
-    ) -> Result<CallReport> {
         // `serde_json::to_string`, not `Display`: it starts with room for
         // the usual arguments instead of growing the string write by write.
         // It cannot fail for a `Value` (its keys are strings); `Display`
         // stands in all the same rather than an error nobody can meet.
         let text = serde_json::to_string(args).unwrap_or_else(|_| args.to_string());
         self.runtime.check_args_size(text.len())?;
-        if validate {
-            ready.validate(args)?;
-        }
-        self.call_unchecked(ready, &text, options).await
+        ready.validate(args)?;
+        self.call_checked(ready, &text, options).await
     }
 
-    async fn call_unchecked(
+    /// Checks the JSON text `args` against `ready`'s limits and schema, and
+    /// returns it parsed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ArgsTooLarge`], or [`Error::InvalidArgs`] for text that is
+    /// not JSON or does not match the schema.
+    pub(crate) fn check_args(&self, ready: &ReadyTool, args: &str) -> Result<serde_json::Value> {
+        self.runtime.check_args_size(args.len())?;
+        let value: serde_json::Value =
+            serde_json::from_str(args).map_err(|err| Error::InvalidArgs {
+                tool: ready.manifest.name.clone(),
+                violations: vec![Violation {
+                    path: String::new(),
+                    message: format!("arguments are not JSON: {err}"),
+                }],
+            })?;
+        ready.validate(&value)?;
+        Ok(value)
+    }
+
+    /// Calls `ready` with arguments [`ToolHost::check_args`] has passed:
+    /// a job's, checked at its admission (see `WasmBackend::execute`).
+    pub(crate) async fn call_checked(
         &self,
         ready: &ReadyTool,
         text: &str,

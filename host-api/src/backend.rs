@@ -18,7 +18,7 @@ use crate::{Job, OutcomeClass};
 /// how it ended.
 ///
 /// ```
-/// use work_host_api::{async_trait, Backend, ExecContext, ExecError, Job, JobKind};
+/// use work_host_api::{async_trait, Backend, ExecContext, ExecError, Job, JobKind, OutcomeClass};
 ///
 /// struct Echo;
 ///
@@ -28,7 +28,9 @@ use crate::{Job, OutcomeClass};
 ///     fn supports(&self, job: &Job) -> bool { job.kind == JobKind::Inference }
 ///     async fn execute(&self, job: &Job, ctx: ExecContext) -> Result<serde_json::Value, ExecError> {
 ///         ctx.progress(1.0, "echoed");
-///         Ok(job.payload.clone())
+///         job.payload
+///             .parse()
+///             .map_err(|err| ExecError::new(OutcomeClass::ToolError, err.to_string()))
 ///     }
 /// }
 /// ```

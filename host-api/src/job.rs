@@ -9,7 +9,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::{OutcomeClass, OutcomeSet};
+use crate::{OutcomeClass, OutcomeSet, Payload};
 
 /// A job's id: a UUID v7, so ids sort by submission time.
 pub type JobId = Uuid;
@@ -449,9 +449,11 @@ pub struct NewJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
     /// Kind-specific input; for a tool call `{"tool": "name[@version]",
-    /// "args": {…}}` (`tool_name` is an alias of `tool`).
+    /// "args": {…}}` (`tool_name` is an alias of `tool`). `null` when
+    /// absent.
     #[serde(default)]
-    pub payload: serde_json::Value,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: Payload,
     /// What it needs while it runs.
     #[serde(default)]
     pub resources: Resources,
@@ -467,18 +469,20 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    /// A job of `kind` for `tenant` with `payload`, everything else default.
+    /// A job of `kind` for `tenant` with `payload` (a
+    /// [`serde_json::Value`], or a [`Payload`] read from JSON text),
+    /// everything else default.
     pub fn new(
         kind: impl Into<JobKind>,
         tenant: impl Into<CompactString>,
-        payload: serde_json::Value,
+        payload: impl Into<Payload>,
     ) -> Self {
         Self {
             kind: kind.into(),
             tenant_id: tenant.into(),
             namespace: None,
             priority: None,
-            payload,
+            payload: payload.into(),
             resources: Resources::default(),
             constraints: Constraints::default(),
             metadata: serde_json::Value::Null,
@@ -493,18 +497,23 @@ impl NewJob {
     ///
     /// let job = NewJob::tool_call("acme", "calculator", serde_json::json!({"op": "add", "a": 2, "b": 2}))
     ///     .with_priority(Priority::Interactive);
-    /// assert_eq!(job.payload["tool"], "calculator");
+    /// assert_eq!(job.payload.field("tool"), Some(r#""calculator""#));
     /// ```
     pub fn tool_call(
         tenant: impl Into<CompactString>,
         tool: &str,
         args: serde_json::Value,
     ) -> Self {
-        // Built by hand: `json!` would copy `args` through a serializer.
-        let mut payload = serde_json::Map::new();
-        payload.insert("tool".to_owned(), tool.into());
-        payload.insert("args".to_owned(), args);
-        Self::new(JobKind::ToolCall, tenant, payload.into())
+        #[derive(Serialize)]
+        struct ToolCallPayload<'a> {
+            tool: &'a str,
+            args: serde_json::Value,
+        }
+        // Written straight to text: a `Value` of the whole payload would
+        // be built only to be written.
+        let payload = serde_json::value::to_raw_value(&ToolCallPayload { tool, args })
+            .map_or_else(|_| Payload::null(), Payload::from_raw);
+        Self::new(JobKind::ToolCall, tenant, payload)
     }
 
     /// With this priority.
@@ -573,8 +582,9 @@ pub struct Job {
     pub namespace: CompactString,
     /// Its level.
     pub priority: Priority,
-    /// Kind-specific input.
-    pub payload: serde_json::Value,
+    /// Kind-specific input, as the JSON text it came in.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: Payload,
     /// What it needs while it runs.
     pub resources: Resources,
     /// Retries (always filled in), grouping, dependencies, timing.
@@ -639,17 +649,32 @@ impl Job {
     }
 
     /// For a tool call: the tool (`payload.tool`, or its alias
-    /// `payload.tool_name`) and the arguments (`payload.args`, `{}` when
-    /// absent).
-    pub fn tool_call(&self) -> Option<(&str, &serde_json::Value)> {
-        const EMPTY: &serde_json::Value = &serde_json::Value::Null;
-        let payload = self.payload.as_object()?;
-        let tool = payload
-            .get("tool")
-            .or_else(|| payload.get("tool_name"))?
-            .as_str()?;
-        Some((tool, payload.get("args").unwrap_or(EMPTY)))
+    /// `payload.tool_name`) and the arguments' JSON text (`payload.args`,
+    /// `None` when absent); `None` when the payload has no such shape.
+    pub fn tool_call(&self) -> Option<ToolCall<'_>> {
+        let (mut tool, mut alias, mut args) = (None, None, None);
+        for (name, value) in self.payload.fields()? {
+            match name.as_ref() {
+                "tool" => tool = Some(value),
+                "tool_name" => alias = Some(value),
+                "args" => args = Some(value),
+                _ => {}
+            }
+        }
+        Some(ToolCall {
+            tool: crate::payload::string_of(tool.or(alias)?)?,
+            args,
+        })
     }
+}
+
+/// A tool call's parts, read from its job's payload ([`Job::tool_call`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall<'a> {
+    /// `name[@version]`.
+    pub tool: std::borrow::Cow<'a, str>,
+    /// The arguments' JSON text, as submitted.
+    pub args: Option<&'a str>,
 }
 
 #[cfg(feature = "openapi")]

@@ -29,6 +29,7 @@
 mod backend;
 mod job;
 mod outcome;
+mod payload;
 
 pub use async_trait::async_trait;
 pub use backend::{
@@ -38,7 +39,8 @@ pub use backend::{
 pub use compact_str::CompactString;
 pub use job::{
     Backoff, Constraints, Job, JobError, JobId, JobKind, JobStatus, NewJob, Priority, Resources,
-    RetryPolicy,
+    RetryPolicy, ToolCall,
 };
 pub use outcome::{OutcomeClass, OutcomeSet};
+pub use payload::Payload;
 pub use tokio_util::sync::CancellationToken;

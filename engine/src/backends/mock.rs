@@ -119,10 +119,8 @@ impl MockBackend {
     }
 
     fn behavior_of(&self, job: &Job) -> Result<MockBehavior, String> {
-        match job.payload.get("mock") {
-            Some(value) => {
-                serde_json::from_value(value.clone()).map_err(|e| format!("payload.mock: {e}"))
-            }
+        match job.payload.field("mock") {
+            Some(text) => serde_json::from_str(text).map_err(|e| format!("payload.mock: {e}")),
             None => Ok(self.behavior.clone()),
         }
     }

@@ -29,23 +29,27 @@ impl WasmBackend {
     }
 
     /// The tool named by the job, as the job's tenant sees it (its own, or
-    /// a shared one), and the job's arguments.
+    /// a shared one), and the JSON text of the job's arguments (`None`
+    /// when the payload has none).
     async fn tool<'a>(
         &self,
         job: &'a Job,
-    ) -> Result<(Arc<ReadyTool>, &'a serde_json::Value), AdmitError> {
-        let (tool, args) = job.tool_call().ok_or_else(|| {
+    ) -> Result<(Arc<ReadyTool>, Option<&'a str>), AdmitError> {
+        let call = job.tool_call().ok_or_else(|| {
             AdmitError::InvalidPayload(
                 "a tool call's payload is {\"tool\": \"name[@version]\", \"args\": {...}}".into(),
             )
         })?;
-        let ready = match self.host.loaded(ToolScope::Tenant(&job.tenant_id), tool) {
+        let ready = match self
+            .host
+            .loaded(ToolScope::Tenant(&job.tenant_id), &call.tool)
+        {
             Some(ready) => ready,
             // Boxed: the rare path's large future stays out of every
             // admission's and every attempt's.
-            None => Box::pin(self.load(&job.tenant_id, tool)).await?,
+            None => Box::pin(self.load(&job.tenant_id, &call.tool)).await?,
         };
-        Ok((ready, args))
+        Ok((ready, call.args))
     }
 
     /// Loads a tool the cache does not hold, compiling off the async
@@ -59,25 +63,6 @@ impl WasmBackend {
                 .map_err(|e| AdmitError::InvalidPayload(format!("loading the tool failed: {e}")))?;
         loaded.map_err(admit_error)
     }
-}
-
-/// The length of `value`'s JSON text, counted without building it.
-fn json_size(value: &serde_json::Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing a `Value` fails only when the writer does, and this one
-    // never does.
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }
 
 fn admit_error(err: Error) -> AdmitError {
@@ -100,17 +85,16 @@ impl Backend for WasmBackend {
 
     async fn admit(&self, job: &Job) -> Result<(), AdmitError> {
         let (ready, args) = self.tool(job).await?;
-        if args.is_null() {
-            return Err(AdmitError::InvalidArgs(vec![Violation {
+        let args = args.filter(|args| *args != "null").ok_or_else(|| {
+            AdmitError::InvalidArgs(vec![Violation {
                 path: String::new(),
                 message: "payload.args is missing".to_owned(),
-            }]));
-        }
+            }])
+        })?;
         self.host
-            .runtime()
-            .check_args_size(json_size(args))
-            .map_err(admit_error)?;
-        ready.validate(args).map_err(admit_error)
+            .check_args(&ready, args)
+            .map(drop)
+            .map_err(admit_error)
     }
 
     async fn execute(&self, job: &Job, ctx: ExecContext) -> Result<serde_json::Value, ExecError> {
@@ -149,9 +133,13 @@ impl Backend for WasmBackend {
         };
         // The arguments were checked at admission; again only if the tool
         // its name finds may have changed since.
-        let validate = !ready.admitted(job.id);
-        let report = self.host.call_json(&ready, args, validate, options);
-        let report = report.await.map_err(|err| match err {
+        let args = args.unwrap_or("null");
+        let report = if ready.admitted(job.id) {
+            self.host.call_checked(&ready, args, options).await
+        } else {
+            self.host.call_ready(&ready, args, options).await
+        };
+        let report = report.map_err(|err| match err {
             // The tool changed under the job since admission.
             Error::InvalidArgs { .. } | Error::ToolNotFound { .. } => {
                 ExecError::new(OutcomeClass::ToolError, err.to_string())

@@ -1408,7 +1408,7 @@ impl Inner {
                 AdmitError::InvalidArgs(violations) => EngineError::InvalidArgs {
                     tool: job
                         .tool_call()
-                        .map(|(tool, _)| tool.to_owned())
+                        .map(|call| call.tool.into_owned())
                         .unwrap_or_default(),
                     violations,
                 },

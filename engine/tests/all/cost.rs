@@ -21,7 +21,8 @@ const LONG: Duration = Duration::from_secs(120);
 /// charges once and waits to be told to stop.
 fn engine(tenant_budget: Option<f64>) -> Engine {
     let paid = LocalBackend::new().handle("paid", |job, ctx| async move {
-        let field = |name: &str| job.payload[name].clone();
+        let payload: Value = job.payload.parse().unwrap();
+        let field = |name: &str| payload[name].clone();
         let charge = field("charge").as_f64().unwrap_or(0.0);
         if field("hang") == Value::Bool(true) {
             ctx.charge(charge);

@@ -508,6 +508,38 @@ async fn a_refused_grant_keeps_the_connection_open() {
     assert!(closed.contains("connection: close"), "{closed}");
 }
 
+/// A payload comes back as it was sent, after a restart too: its key
+/// order, and a number past what a float holds to its last digit.
+#[tokio::test]
+async fn a_payload_is_kept_as_the_text_it_came_in() {
+    let data = TempDir::new().unwrap();
+    let mut server = Served::start(data.path(), &[]);
+    server.register(guests::CALCULATOR).await;
+    let payload =
+        r#"{"tool": "calculator", "args": {"op": "add", "b": 1, "a": 12345678901234567890123}}"#;
+    let body = format!(r#"{{"kind": "tool_call", "tenant_id": "acme", "payload": {payload}}}"#);
+    let (status, created) = server.post_raw("/v1/jobs", "application/json", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (_, done) = server
+        .get(&format!("/v1/jobs/{id}/wait?timeout_ms=10000"))
+        .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["result"], 12345678901234567890124.0);
+
+    let read = |server: &Served| {
+        let request = server.http.get(server.at(&format!("/v1/jobs/{id}")));
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let kept = format!(r#""payload":{payload}"#);
+    let text = read(&server).await;
+    assert!(text.contains(&kept), "{text}");
+    server.kill();
+    let server = Served::start(data.path(), &[]);
+    let text = read(&server).await;
+    assert!(text.contains(&kept), "after a restart: {text}");
+}
+
 #[tokio::test]
 async fn jobs_submit_read_list_wait_cancel_and_batches() {
     let data = TempDir::new().unwrap();

@@ -21,7 +21,7 @@ fn job(tenant: &str, namespace: &str) -> Job {
         tenant_id: tenant.into(),
         namespace: namespace.into(),
         priority: Priority::Batch,
-        payload: json!({}),
+        payload: json!({}).into(),
         resources: Resources::default(),
         constraints: Default::default(),
         metadata: serde_json::Value::Null,

@@ -1,0 +1,238 @@
+//! [`Payload`]: a job's input, kept as the JSON text it came in.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// A job's kind-specific input, kept as the JSON text it came in.
+///
+/// The engine itself never looks inside a payload; the job's backend reads
+/// it when the job is admitted and when it runs. Kept as text, a payload
+/// is one allocation where a parsed [`serde_json::Value`] is a tree of
+/// them: a queued job is smaller, and a job's payload costs nothing to
+/// store, send or hand to a sandbox (a tool's arguments go in as text),
+/// where walking a tree that has gone cold in the cache since admission
+/// cost a tool call about as much as the scheduler's bookkeeping. It also
+/// gives back exactly what the caller sent: its key order, and numbers
+/// to their last digit.
+///
+/// ```
+/// use serde_json::json;
+/// use work_host_api::Payload;
+///
+/// let payload = Payload::from_text(r#"{"steps": 3, "id": 12345678901234567890123}"#.into())?;
+/// assert_eq!(payload.as_str(), r#"{"steps": 3, "id": 12345678901234567890123}"#);
+///
+/// #[derive(serde::Deserialize)]
+/// struct Training { steps: u32 }
+/// assert_eq!(payload.parse::<Training>()?.steps, 3);
+///
+/// assert_eq!(Payload::from(json!({"a": 1})), json!({"a": 1}));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Payload(Box<RawValue>);
+
+impl Payload {
+    /// `null`: a job submitted without a payload.
+    pub fn null() -> Self {
+        Self(RawValue::NULL.to_owned())
+    }
+
+    /// `text`, once checked to be one JSON value.
+    ///
+    /// # Errors
+    ///
+    /// When `text` is not JSON.
+    pub fn from_text(text: String) -> serde_json::Result<Self> {
+        RawValue::from_string(text).map(Self)
+    }
+
+    pub(crate) fn from_raw(raw: Box<RawValue>) -> Self {
+        Self(raw)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Reads the payload as a `T`, borrowing from its text where `T` does.
+    ///
+    /// # Errors
+    ///
+    /// When the payload does not have `T`'s shape.
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> serde_json::Result<T> {
+        serde_json::from_str(self.as_str())
+    }
+
+    /// The JSON text of the payload's top-level field `name` (the last,
+    /// if the object repeats it, as a parsed object would keep); `None`
+    /// when it is absent or the payload is not an object.
+    ///
+    /// ```
+    /// let payload = work_host_api::Payload::from_text(r#"{"mock": {"delay_ms": 5}}"#.into())?;
+    /// assert_eq!(payload.field("mock"), Some(r#"{"delay_ms": 5}"#));
+    /// assert_eq!(payload.field("other"), None);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn field(&self, name: &str) -> Option<&str> {
+        let fields = self.fields()?;
+        fields
+            .into_iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
+    }
+
+    /// The payload's top-level fields in order, each value as its own
+    /// text; `None` for a payload that is not an object.
+    pub(crate) fn fields(&self) -> Option<Vec<(Cow<'_, str>, &str)>> {
+        // A struct or map visitor would also take an array.
+        if !self.as_str().trim_start().starts_with('{') {
+            return None;
+        }
+        Some(self.parse::<Fields<'_>>().ok()?.0)
+    }
+}
+
+/// An object's fields in order, repeats kept (serde's maps and structs
+/// refuse them or keep the first).
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a str)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Fields<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(key) = map.next_key::<&'de RawValue>()? {
+                    let key = string_of(key.get()).ok_or_else(|| {
+                        serde::de::Error::custom("an object's key is not a string")
+                    })?;
+                    fields.push((key, map.next_value::<&'de RawValue>()?.get()));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// The string the JSON text `text` holds, borrowed unless it has escapes;
+/// `None` when it is not a string.
+pub(crate) fn string_of(text: &str) -> Option<Cow<'_, str>> {
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Self::null()
+    }
+}
+
+impl From<serde_json::Value> for Payload {
+    fn from(value: serde_json::Value) -> Self {
+        Self::from(&value)
+    }
+}
+
+impl From<&serde_json::Value> for Payload {
+    fn from(value: &serde_json::Value) -> Self {
+        // Writing a `Value` fails only for a map keyed by something other
+        // than strings, which a `Value` cannot hold.
+        serde_json::value::to_raw_value(value).map_or_else(|_| Self::null(), Self)
+    }
+}
+
+/// Equal when they hold the same JSON value, however it is spelled.
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+            || self
+                .parse::<serde_json::Value>()
+                .is_ok_and(|value| other == &value)
+    }
+}
+
+/// Equal when the payload holds `value`.
+impl PartialEq<serde_json::Value> for Payload {
+    fn eq(&self, value: &serde_json::Value) -> bool {
+        self.parse::<serde_json::Value>()
+            .is_ok_and(|parsed| parsed == *value)
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Payload({})", self.as_str())
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn text_is_kept_as_sent() {
+        let text = r#"{ "b": 1, "a": 1.00000000000000000001 }"#;
+        let payload = Payload::from_text(text.into()).unwrap();
+        assert_eq!(payload.as_str(), text);
+        assert_eq!(serde_json::to_string(&payload).unwrap(), text);
+        assert!(Payload::from_text("{".into()).is_err());
+        assert!(Payload::from_text("1 2".into()).is_err());
+    }
+
+    #[test]
+    fn equal_by_value() {
+        let spaced = Payload::from_text(r#"{ "a": 1, "b": [true] }"#.into()).unwrap();
+        assert_eq!(spaced, Payload::from(json!({"b": [true], "a": 1})));
+        assert_eq!(spaced, json!({"a": 1, "b": [true]}));
+        assert_ne!(spaced, json!({"a": 2, "b": [true]}));
+        assert_eq!(Payload::default(), json!(null));
+    }
+
+    #[test]
+    fn fields_in_order_with_escapes_and_duplicates() {
+        let payload =
+            Payload::from_text(r#"{"t\u0061g": "x", "n": {"deep": [1]}, "n": 2}"#.into()).unwrap();
+        let fields = payload.fields().unwrap();
+        let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_ref()).collect();
+        assert_eq!(names, ["tag", "n", "n"]);
+        assert_eq!(fields[1].1, r#"{"deep": [1]}"#);
+        assert_eq!(string_of(fields[0].1).as_deref(), Some("x"));
+        assert_eq!(string_of(fields[2].1), None);
+        assert_eq!(string_of(r#""a\"b""#).as_deref(), Some("a\"b"));
+        assert_eq!(payload.field("n"), Some("2"));
+        assert_eq!(payload.field("tag"), Some("\"x\""));
+        for not_an_object in ["[1, 2]", "\"text\"", "null", "3"] {
+            let payload = Payload::from_text(not_an_object.into()).unwrap();
+            assert!(payload.fields().is_none(), "{not_an_object}");
+            assert!(payload.field("tool").is_none(), "{not_an_object}");
+        }
+    }
+}
