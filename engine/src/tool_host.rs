@@ -458,14 +458,13 @@ impl ToolHost {
         self.call_checked(ready, &text, options).await
     }
 
-    /// Checks the JSON text `args` against `ready`'s limits and schema, and
-    /// returns it parsed.
+    /// Checks the JSON text `args` against `ready`'s limits and schema.
     ///
     /// # Errors
     ///
     /// [`Error::ArgsTooLarge`], or [`Error::InvalidArgs`] for text that is
     /// not JSON or does not match the schema.
-    pub(crate) fn check_args(&self, ready: &ReadyTool, args: &str) -> Result<serde_json::Value> {
+    pub(crate) fn check_args(&self, ready: &ReadyTool, args: &str) -> Result<()> {
         self.runtime.check_args_size(args.len())?;
         let value: serde_json::Value =
             serde_json::from_str(args).map_err(|err| Error::InvalidArgs {
@@ -475,8 +474,7 @@ impl ToolHost {
                     message: format!("arguments are not JSON: {err}"),
                 }],
             })?;
-        ready.validate(&value)?;
-        Ok(value)
+        ready.validate(&value)
     }
 
     /// Calls `ready` with arguments [`ToolHost::check_args`] has passed:

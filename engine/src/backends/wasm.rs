@@ -91,10 +91,7 @@ impl Backend for WasmBackend {
                 message: "payload.args is missing".to_owned(),
             }])
         })?;
-        self.host
-            .check_args(&ready, args)
-            .map(drop)
-            .map_err(admit_error)
+        self.host.check_args(&ready, args).map_err(admit_error)
     }
 
     async fn execute(&self, job: &Job, ctx: ExecContext) -> Result<serde_json::Value, ExecError> {
