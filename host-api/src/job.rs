@@ -511,8 +511,7 @@ impl NewJob {
         }
         // Written straight to text: a `Value` of the whole payload would
         // be built only to be written.
-        let payload = serde_json::value::to_raw_value(&ToolCallPayload { tool, args })
-            .map_or_else(|_| Payload::null(), Payload::from_raw);
+        let payload = Payload::of(&ToolCallPayload { tool, args });
         Self::new(JobKind::ToolCall, tenant, payload)
     }
 

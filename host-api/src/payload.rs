@@ -37,11 +37,6 @@ use serde_json::value::RawValue;
 pub struct Payload(Box<RawValue>);
 
 impl Payload {
-    /// `null`: a job submitted without a payload.
-    pub fn null() -> Self {
-        Self(RawValue::NULL.to_owned())
-    }
-
     /// `text`, once checked to be one JSON value.
     ///
     /// # Errors
@@ -51,8 +46,12 @@ impl Payload {
         RawValue::from_string(text).map(Self)
     }
 
-    pub(crate) fn from_raw(raw: Box<RawValue>) -> Self {
-        Self(raw)
+    /// `value` written as JSON text, with no tree built on the way.
+    pub(crate) fn of(value: &impl Serialize) -> Self {
+        // Writing fails only for a map keyed by something other than
+        // strings, which neither a `Value` nor the engine's own payloads
+        // hold.
+        serde_json::value::to_raw_value(value).map_or_else(|_| Self::default(), Self)
     }
 
     /// The JSON text.
@@ -142,9 +141,10 @@ pub(crate) fn string_of(text: &str) -> Option<Cow<'_, str>> {
     }
 }
 
+/// `null`: the payload of a job submitted without one.
 impl Default for Payload {
     fn default() -> Self {
-        Self::null()
+        Self(RawValue::NULL.to_owned())
     }
 }
 
@@ -156,9 +156,7 @@ impl From<serde_json::Value> for Payload {
 
 impl From<&serde_json::Value> for Payload {
     fn from(value: &serde_json::Value) -> Self {
-        // Writing a `Value` fails only for a map keyed by something other
-        // than strings, which a `Value` cannot hold.
-        serde_json::value::to_raw_value(value).map_or_else(|_| Self::null(), Self)
+        Self::of(value)
     }
 }
 
