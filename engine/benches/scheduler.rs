@@ -22,7 +22,9 @@
 //!   keeps at most 256 of them in flight; and
 //!   one-at-a-time latency (submit → wait) against one direct call. The
 //!   rounds run once the engine's store has grown to the number of
-//!   finished jobs it keeps; the stretch before is reported apart.
+//!   finished jobs it keeps; the stretch before is reported apart. The
+//!   engine has 8 CPU cores of capacity (`BENCH_CAPACITY` to change), and
+//!   each call asks for the default of one, so at most 8 run at once.
 //!
 //! Everything runs in tasks on a Tokio runtime with two worker threads.
 //! `BENCH_SECTIONS` picks sections (default `abc`).
@@ -46,7 +48,9 @@ use serde_json::json;
 use work_engine::backends::MockBackend;
 use work_engine::runtime::{CallOptions, Grants, RuntimeConfig};
 use work_engine::store::MemoryStore;
-use work_engine::{Capacity, Engine, JobId, JobStatus, NewJob, Resources, ToolHost};
+use work_engine::{
+    Capacity, Engine, JobId, JobKind, JobStatus, NewJob, Payload, Resources, ToolHost,
+};
 
 /// The allocator the `work-engine` binary uses, tuned as it tunes it.
 #[global_allocator]
@@ -224,8 +228,15 @@ async fn tool_host() -> (tempfile::TempDir, Arc<ToolHost>) {
     (data, host)
 }
 
+/// A `calculator` call's payload, written once: the client has its
+/// request's JSON text at hand, as the direct path's client has `ARGS`
+/// (and as an HTTP request brings it).
+static CALC_PAYLOAD: std::sync::LazyLock<Payload> = std::sync::LazyLock::new(|| {
+    Payload::from_text(format!(r#"{{"tool": "calculator", "args": {ARGS}}}"#)).unwrap()
+});
+
 fn calc_job() -> NewJob {
-    NewJob::tool_call("bench", "calculator", json!({"op": "add", "a": 2, "b": 2}))
+    NewJob::new(JobKind::ToolCall, "bench", CALC_PAYLOAD.clone())
 }
 
 /// Calls per second and CPU µs per call of direct calls from two tasks.
@@ -322,7 +333,7 @@ fn main() {
     if sections.contains('b') {
         let (payload, described) = match std::env::var("BENCH_QUEUED_PAYLOAD").as_deref() {
             Ok("tool_call") => (
-                json!({"tool": "calculator", "args": serde_json::from_str::<serde_json::Value>(ARGS).unwrap()}),
+                serde_json::from_str(CALC_PAYLOAD.as_str()).unwrap(),
                 "a tool call's payload",
             ),
             _ => (json!({}), "an empty payload"),
@@ -371,13 +382,14 @@ fn noop_section(rt: &tokio::runtime::Runtime, rounds: usize, jobs: usize) {
 }
 
 fn tool_call_section(rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
+    let cores = env("BENCH_CAPACITY", 8);
     println!(
-        "(c) calculator tool calls, {calls} per round, {rounds} rounds of each path, alternating"
+        "(c) calculator tool calls, {calls} per round, {rounds} rounds of each path, alternating; at most {cores} at once"
     );
     on_worker(rt, async move {
         let (_data, host) = tool_host().await;
         let engine = Engine::builder()
-            .capacity(capacity(8.0))
+            .capacity(capacity(cores as f64))
             .tool_host(Arc::clone(&host))
             .build()
             .unwrap();

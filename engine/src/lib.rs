@@ -74,5 +74,5 @@ pub use tool_host::{ReadyTool, Registered, ToolHost};
 pub use work_host_api::{
     AdmitError, Backend, Backoff, Constraints, CostMeter, Device, ExecContext, ExecError,
     ExecUpdate, Job, JobError, JobId, JobKind, JobStatus, NewJob, OutcomeClass, OutcomeSet,
-    Priority, Resources, RetryPolicy,
+    Payload, Priority, Resources, RetryPolicy,
 };

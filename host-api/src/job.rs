@@ -652,14 +652,12 @@ impl Job {
     /// `None` when absent); `None` when the payload has no such shape.
     pub fn tool_call(&self) -> Option<ToolCall<'_>> {
         let (mut tool, mut alias, mut args) = (None, None, None);
-        for (name, value) in self.payload.fields()? {
-            match name.as_ref() {
-                "tool" => tool = Some(value),
-                "tool_name" => alias = Some(value),
-                "args" => args = Some(value),
-                _ => {}
-            }
-        }
+        self.payload.for_each_field(|name, value| match name {
+            "tool" => tool = Some(value),
+            "tool_name" => alias = Some(value),
+            "args" => args = Some(value),
+            _ => {}
+        })?;
         Some(ToolCall {
             tool: crate::payload::string_of(tool.or(alias)?)?,
             args,

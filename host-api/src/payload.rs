@@ -79,54 +79,73 @@ impl Payload {
     /// # Ok::<(), serde_json::Error>(())
     /// ```
     pub fn field(&self, name: &str) -> Option<&str> {
-        let fields = self.fields()?;
-        fields
-            .into_iter()
-            .rev()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value)
+        let mut found = None;
+        self.for_each_field(|key, value| {
+            if key == name {
+                found = Some(value);
+            }
+        })?;
+        found
     }
 
-    /// The payload's top-level fields in order, each value as its own
-    /// text; `None` for a payload that is not an object.
-    pub(crate) fn fields(&self) -> Option<Vec<(Cow<'_, str>, &str)>> {
-        // A struct or map visitor would also take an array.
+    /// Calls `each` with the payload's top-level fields in order (repeats
+    /// too: serde's maps and structs refuse them or keep the first), each
+    /// value as its own text; `None` for a payload that is not an object.
+    ///
+    /// One pass over the text and no allocation unless a key has escapes:
+    /// a tool call's payload is read this way at admission and again at
+    /// each attempt.
+    pub(crate) fn for_each_field<'a>(&'a self, each: impl FnMut(&str, &'a str)) -> Option<()> {
+        // A map visitor would also take an array.
         if !self.as_str().trim_start().starts_with('{') {
             return None;
         }
-        Some(self.parse::<Fields<'_>>().ok()?.0)
+        let mut deserializer = serde_json::Deserializer::from_str(self.as_str());
+        serde::Deserializer::deserialize_map(&mut deserializer, EachField(each)).ok()
     }
 }
 
-/// An object's fields in order, repeats kept (serde's maps and structs
-/// refuse them or keep the first).
-struct Fields<'a>(Vec<(Cow<'a, str>, &'a str)>);
+/// Visits an object's fields, handing each to the closure.
+struct EachField<F>(F);
 
-impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+impl<'de, F: FnMut(&str, &'de str)> serde::de::Visitor<'de> for EachField<F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            (self.0)(&key, value.get());
+        }
+        Ok(())
+    }
+}
+
+/// An object's key, borrowed from the text unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visit;
         impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Fields<'de>;
+            type Value = Key<'de>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("a string")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut fields = Vec::new();
-                while let Some(key) = map.next_key::<&'de RawValue>()? {
-                    let key = string_of(key.get()).ok_or_else(|| {
-                        serde::de::Error::custom("an object's key is not a string")
-                    })?;
-                    fields.push((key, map.next_value::<&'de RawValue>()?.get()));
-                }
-                Ok(Fields(fields))
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_owned())))
             }
         }
-        deserializer.deserialize_map(Visit)
+        deserializer.deserialize_str(Visit)
     }
 }
 
@@ -218,8 +237,11 @@ mod tests {
     fn fields_in_order_with_escapes_and_duplicates() {
         let payload =
             Payload::from_text(r#"{"t\u0061g": "x", "n": {"deep": [1]}, "n": 2}"#.into()).unwrap();
-        let fields = payload.fields().unwrap();
-        let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_ref()).collect();
+        let mut fields = Vec::new();
+        payload
+            .for_each_field(|name, value| fields.push((name.to_owned(), value)))
+            .unwrap();
+        let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["tag", "n", "n"]);
         assert_eq!(fields[1].1, r#"{"deep": [1]}"#);
         assert_eq!(string_of(fields[0].1).as_deref(), Some("x"));
@@ -229,7 +251,10 @@ mod tests {
         assert_eq!(payload.field("tag"), Some("\"x\""));
         for not_an_object in ["[1, 2]", "\"text\"", "null", "3"] {
             let payload = Payload::from_text(not_an_object.into()).unwrap();
-            assert!(payload.fields().is_none(), "{not_an_object}");
+            assert!(
+                payload.for_each_field(|_, _| ()).is_none(),
+                "{not_an_object}"
+            );
             assert!(payload.field("tool").is_none(), "{not_an_object}");
         }
     }

@@ -506,23 +506,9 @@ impl State {
         from: Option<JobStatus>,
         to: Option<JobStatus>,
     ) {
-        let level = &mut self.levels[priority.index()].counts;
-        if let Some(from) = from {
-            let slot = level.slot(from);
-            *slot = slot.saturating_sub(1);
-        }
-        if let Some(to) = to {
-            *level.slot(to) += 1;
-        }
+        self.levels[priority.index()].counts.moved(from, to);
         if let Some(t) = self.tenants.get_mut(tenant) {
-            let counts = &mut t.counts[priority.index()];
-            if let Some(from) = from {
-                let slot = counts.slot(from);
-                *slot = slot.saturating_sub(1);
-            }
-            if let Some(to) = to {
-                *counts.slot(to) += 1;
-            }
+            t.counts[priority.index()].moved(from, to);
         }
     }
 
@@ -940,17 +926,16 @@ impl State {
                     level.queues.remove(&tenant);
                     continue;
                 };
-                let quantum = self.config.quantum.max(1)
-                    * self
-                        .tenants
-                        .get(&tenant)
-                        .map_or(1, |t| t.config.weight.max(1));
                 let level_state = &mut self.levels[level];
                 let Some(queue) = level_state.queues.get_mut(&tenant) else {
                     break;
                 };
                 if queue.deficit == 0 {
-                    queue.deficit = quantum;
+                    queue.deficit = self.config.quantum.max(1)
+                        * self
+                            .tenants
+                            .get(&tenant)
+                            .map_or(1, |t| t.config.weight.max(1));
                 }
                 match self.check(id) {
                     Check::Start => {
@@ -1237,23 +1222,25 @@ impl State {
         if let Some(group) = group.and_then(|g| self.groups.get_mut(&g)) {
             group.running += 1;
         }
-        let t = self.tenant_mut(&tenant, now);
+        // Known: a live job's tenant is. One look-up where `tenant_mut`
+        // and `count` would take three.
+        let t = match self.tenants.get_mut(&tenant) {
+            Some(t) => t,
+            None => self.tenant_mut(&tenant, now),
+        };
         t.waiting = t.waiting.saturating_sub(1);
         t.running += 1;
         t.cpu_milli += need.cpu_milli;
         t.memory_mb += need.memory_mb;
         t.gpus += need.gpu().map_or(0, |(_, n)| n);
+        let (from, to) = (Some(JobStatus::Queued), Some(JobStatus::Running));
+        t.counts[priority.index()].moved(from, to);
         let level_state = &mut self.levels[priority.index()];
         level_state.waiting = level_state.waiting.saturating_sub(1);
+        level_state.counts.moved(from, to);
         let level_state = &mut self.levels[level.index()];
         level_state.waits_us.push(micros(waited));
         level_state.wait_seconds.observe(waited.as_secs_f64());
-        self.count(
-            &tenant,
-            priority,
-            Some(JobStatus::Queued),
-            Some(JobStatus::Running),
-        );
         Some(Start {
             id,
             tenant,

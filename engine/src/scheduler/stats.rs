@@ -38,6 +38,17 @@ impl StatusCounts {
         }
     }
 
+    /// One job left `from` (unless it is new) for `to` (unless it is gone).
+    pub(crate) fn moved(&mut self, from: Option<JobStatus>, to: Option<JobStatus>) {
+        if let Some(from) = from {
+            let slot = self.slot(from);
+            *slot = slot.saturating_sub(1);
+        }
+        if let Some(to) = to {
+            *self.slot(to) += 1;
+        }
+    }
+
     pub(crate) fn add(&mut self, other: &StatusCounts) {
         for status in JobStatus::ALL {
             *self.slot(status) += other.get(status);
