@@ -1222,8 +1222,8 @@ impl State {
         if let Some(group) = group.and_then(|g| self.groups.get_mut(&g)) {
             group.running += 1;
         }
-        // Known: a live job's tenant is. One look-up where `tenant_mut`
-        // and `count` would take three.
+        // A live job's tenant is known: one look-up, where `tenant_mut`
+        // and `count` took three.
         let t = match self.tenants.get_mut(&tenant) {
             Some(t) => t,
             None => self.tenant_mut(&tenant, now),
