@@ -193,7 +193,7 @@ fn resident_bytes() -> u64 {
 }
 
 /// Bytes of resident memory per queued job with `payload`.
-async fn memory_per_queued_job(n: usize, payload: serde_json::Value) -> f64 {
+async fn memory_per_queued_job(n: usize, payload: Payload) -> f64 {
     let engine = Engine::builder()
         .capacity(capacity(1.0))
         .backend(MockBackend::new().without_history())
@@ -332,11 +332,8 @@ fn main() {
     // resident, which would hide new allocations.
     if sections.contains('b') {
         let (payload, described) = match std::env::var("BENCH_QUEUED_PAYLOAD").as_deref() {
-            Ok("tool_call") => (
-                serde_json::from_str(CALC_PAYLOAD.as_str()).unwrap(),
-                "a tool call's payload",
-            ),
-            _ => (json!({}), "an empty payload"),
+            Ok("tool_call") => (CALC_PAYLOAD.clone(), "a tool call's payload"),
+            _ => (Payload::from(json!({})), "an empty payload"),
         };
         println!("(b) memory with {queued} queued jobs, each with {described}");
         let per_job = on_worker(&rt, memory_per_queued_job(queued, payload));

@@ -96,10 +96,7 @@ impl Payload {
     /// a tool call's payload is read this way at admission and again at
     /// each attempt.
     pub(crate) fn for_each_field<'a>(&'a self, each: impl FnMut(&str, &'a str)) -> Option<()> {
-        // A map visitor would also take an array.
-        if !self.as_str().trim_start().starts_with('{') {
-            return None;
-        }
+        // Anything but an object is refused by `deserialize_map`.
         let mut deserializer = serde_json::Deserializer::from_str(self.as_str());
         serde::Deserializer::deserialize_map(&mut deserializer, EachField(each)).ok()
     }
@@ -124,7 +121,8 @@ impl<'de, F: FnMut(&str, &'de str)> serde::de::Visitor<'de> for EachField<F> {
     }
 }
 
-/// An object's key, borrowed from the text unless it has escapes.
+/// A JSON string (an object's key, or a field's value), borrowed from the
+/// text unless it has escapes.
 struct Key<'a>(Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
@@ -152,12 +150,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
 /// The string the JSON text `text` holds, borrowed unless it has escapes;
 /// `None` when it is not a string.
 pub(crate) fn string_of(text: &str) -> Option<Cow<'_, str>> {
-    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-    if inner.contains('\\') {
-        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
-    } else {
-        Some(Cow::Borrowed(inner))
-    }
+    serde_json::from_str::<Key<'_>>(text)
+        .ok()
+        .map(|Key(text)| text)
 }
 
 /// `null`: the payload of a job submitted without one.
