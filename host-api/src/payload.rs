@@ -92,37 +92,121 @@ impl Payload {
     /// too: serde's maps and structs refuse them or keep the first), each
     /// value as its own text; `None` for a payload that is not an object.
     ///
-    /// One pass over the text and no allocation unless a key has escapes:
-    /// a tool call's payload is read this way at admission and again at
-    /// each attempt.
-    pub(crate) fn for_each_field<'a>(&'a self, each: impl FnMut(&str, &'a str)) -> Option<()> {
-        // Anything but an object is refused by `deserialize_map`.
-        let mut deserializer = serde_json::Deserializer::from_str(self.as_str());
-        serde::Deserializer::deserialize_map(&mut deserializer, EachField(each)).ok()
-    }
-}
-
-/// Visits an object's fields, handing each to the closure.
-struct EachField<F>(F);
-
-impl<'de, F: FnMut(&str, &'de str)> serde::de::Visitor<'de> for EachField<F> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            let value: &'de RawValue = map.next_value()?;
-            (self.0)(&key, value.get());
+    /// A tool call's payload is read this way at admission and again at
+    /// each attempt. The text was checked to be JSON when the payload was
+    /// made, so this only finds where each field begins and ends: a walk
+    /// over the bytes, with no allocation unless a key has escapes. Read
+    /// through serde (a map visitor taking each value as a `RawValue`) it
+    /// took about 2,000 instructions for a `calculator` call's payload of
+    /// 60 bytes, some 5 % of a scheduled tool call's.
+    pub(crate) fn for_each_field<'a>(&'a self, mut each: impl FnMut(&str, &'a str)) -> Option<()> {
+        let text = self.as_str();
+        let bytes = text.as_bytes();
+        let mut at = skip_space(bytes, 0);
+        if bytes.get(at) != Some(&b'{') {
+            return None;
         }
-        Ok(())
+        at = skip_space(bytes, at + 1);
+        if bytes.get(at) == Some(&b'}') {
+            return Some(());
+        }
+        loop {
+            if bytes.get(at) != Some(&b'"') {
+                return None;
+            }
+            let (key_end, escaped) = string_end(bytes, at)?;
+            let key = if escaped {
+                Cow::Owned(serde_json::from_str::<String>(text.get(at..key_end)?).ok()?)
+            } else {
+                Cow::Borrowed(text.get(at + 1..key_end - 1)?)
+            };
+            at = skip_space(bytes, key_end);
+            if bytes.get(at) != Some(&b':') {
+                return None;
+            }
+            at = skip_space(bytes, at + 1);
+            let end = value_end(bytes, at)?;
+            each(&key, text.get(at..end)?);
+            at = skip_space(bytes, end);
+            match bytes.get(at) {
+                Some(b',') => at = skip_space(bytes, at + 1),
+                Some(b'}') => return Some(()),
+                _ => return None,
+            }
+        }
     }
 }
 
-/// A JSON string (an object's key, or a field's value), borrowed from the
-/// text unless it has escapes.
+/// The first byte at or after `at` that is not JSON whitespace.
+fn skip_space(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = bytes.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// Where the JSON value starting at `at` ends (one past its last byte), in
+/// text known to be JSON; `None` past the end of the text.
+///
+/// Every byte it stops at is ASCII (a quote, a bracket, a comma, a space),
+/// which no multi-byte UTF-8 character contains: the text can be sliced
+/// there.
+fn value_end(bytes: &[u8], at: usize) -> Option<usize> {
+    match bytes.get(at)? {
+        b'"' => string_end(bytes, at).map(|(end, _)| end),
+        b'{' | b'[' => {
+            let mut depth = 0_usize;
+            let mut i = at;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'"' => {
+                        i = string_end(bytes, i)?.0;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        // A number, `true`, `false` or `null`.
+        _ => Some(
+            bytes[at..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .map_or(bytes.len(), |len| at + len),
+        ),
+    }
+}
+
+/// Where the JSON string whose opening quote is at `at` ends (one past its
+/// closing quote), and whether it has escapes.
+fn string_end(bytes: &[u8], at: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    let mut i = at + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => return Some((i + 1, escaped)),
+            // Whatever follows a backslash is part of the string.
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// A JSON string read through serde: an object's key or a field's value
+/// with escapes in it.
 struct Key<'a>(Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
@@ -150,6 +234,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
 /// The string the JSON text `text` holds, borrowed unless it has escapes;
 /// `None` when it is not a string.
 pub(crate) fn string_of(text: &str) -> Option<Cow<'_, str>> {
+    // Without a backslash, a string's text is what lies between its quotes
+    // (a quote inside would end it).
+    if let Some(inner) = text
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        && !inner.bytes().any(|b| b == b'\\' || b == b'"')
+    {
+        return Some(Cow::Borrowed(inner));
+    }
     serde_json::from_str::<Key<'_>>(text)
         .ok()
         .map(|Key(text)| text)
@@ -226,6 +319,94 @@ mod tests {
         assert_eq!(spaced, json!({"a": 1, "b": [true]}));
         assert_ne!(spaced, json!({"a": 2, "b": [true]}));
         assert_eq!(Payload::default(), json!(null));
+    }
+
+    /// The fields as serde reads them: each key, and each value as a
+    /// `RawValue`.
+    fn fields_through_serde(text: &str) -> Option<Vec<(String, String)>> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Vec<(String, String)>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: &RawValue = map.next_value()?;
+                    fields.push((key, value.get().to_owned()));
+                }
+                Ok(fields)
+            }
+        }
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        serde::Deserializer::deserialize_map(&mut deserializer, Fields).ok()
+    }
+
+    #[test]
+    fn fields_are_found_as_serde_finds_them() {
+        let nested = json!({
+            "tool": "calculator",
+            "args": {"op": "add", "a": 2, "b": -2.5e3, "s": "x\"}{[,\\", "t": [true, false, null, [], {}]},
+            "quote\"key": "é ünïcode ✓",
+            "esc\\aped": "\u{e9}\n",
+            "": [1, {"a": [2, {"b": "]"}]}],
+            "n": null,
+        });
+        let mut texts = vec![
+            "{}".to_owned(),
+            " { } ".to_owned(),
+            r#"{"a":1,"a":2}"#.to_owned(),
+            "{\n\t\"a\" :\r\n 1 ,\"b\":\"2\" }\n".to_owned(),
+            r#"{"t\u0061g": "x", "n": {"deep": [1]}, "n": 2}"#.to_owned(),
+            r#"{"x": "\\", "y": "\\\"", "z": 0}"#.to_owned(),
+            "[1, 2]".to_owned(),
+            "\"text\"".to_owned(),
+            "null".to_owned(),
+            "3".to_owned(),
+            serde_json::to_string(&nested).unwrap(),
+            serde_json::to_string_pretty(&nested).unwrap(),
+        ];
+        texts.push(format!(r#"{{"tool": "calculator", "args": {}}}"#, nested));
+        for text in texts {
+            let payload = Payload::from_text(text.clone()).unwrap();
+            let mut fields = Vec::new();
+            let found = payload
+                .for_each_field(|key, value| fields.push((key.to_owned(), value.to_owned())));
+            assert_eq!(
+                found.map(|()| fields),
+                fields_through_serde(&text),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn strings_are_read_as_serde_reads_them() {
+        for text in [
+            r#""plain""#,
+            r#""""#,
+            r#""a\"b""#,
+            r#""\\""#,
+            r#""\u00e9""#,
+            r#""é""#,
+            "1",
+            "null",
+            "[\"a\"]",
+            r#"{"a": "b"}"#,
+        ] {
+            let through_serde = serde_json::from_str::<String>(text).ok();
+            assert_eq!(
+                string_of(text).map(Cow::into_owned),
+                through_serde,
+                "{text}"
+            );
+        }
     }
 
     #[test]
