@@ -99,31 +99,31 @@ impl Backend for WasmBackend {
             .tool(job)
             .await
             .map_err(|e| ExecError::new(OutcomeClass::ToolError, e.to_string()))?;
-        let sink = {
-            let ctx = ctx.clone();
-            Arc::new(move |event: &CallEvent| {
-                ctx.update(match event {
-                    CallEvent::Log { level, message } => ExecUpdate::Log {
-                        level: level_name(*level).to_owned(),
-                        message: message.clone(),
-                    },
-                    CallEvent::Progress { fraction, message } => ExecUpdate::Progress {
-                        fraction: *fraction,
-                        message: message.clone(),
-                    },
-                    CallEvent::Partial { value } => ExecUpdate::Partial {
-                        value: value.clone(),
-                    },
-                });
-            })
-        };
+        let (attempt, cancel) = (ctx.attempt(), ctx.cancel_token().clone());
+        // The context moves into the sink, whole: a clone of it is a
+        // clone of each of its handles.
+        let sink = Arc::new(move |event: &CallEvent| {
+            ctx.update(match event {
+                CallEvent::Log { level, message } => ExecUpdate::Log {
+                    level: level_name(*level).to_owned(),
+                    message: message.clone(),
+                },
+                CallEvent::Progress { fraction, message } => ExecUpdate::Progress {
+                    fraction: *fraction,
+                    message: message.clone(),
+                },
+                CallEvent::Partial { value } => ExecUpdate::Partial {
+                    value: value.clone(),
+                },
+            });
+        });
         let resources = &job.resources;
         let options = CallOptions {
             fuel: resources.fuel,
             memory_mb: (resources.memory_mb > 0).then_some(resources.memory_mb),
             timeout: resources.timeout(),
-            attempt: Some(ctx.attempt()),
-            cancel: Some(ctx.cancel_token().clone()),
+            attempt: Some(attempt),
+            cancel: Some(cancel),
             events: Some(sink),
             // The guest's log lines name the job they belong to.
             call_id: Some(job.id),

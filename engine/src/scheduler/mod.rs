@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use work_host_api::{
-    AdmitError, Backend, Job, JobError, JobId, JobStatus, NewJob, OutcomeClass, Priority,
+    AdmitError, Backend, Job, JobError, JobId, JobKind, JobStatus, NewJob, OutcomeClass, Priority,
     RetryPolicy,
 };
 
@@ -1314,7 +1314,10 @@ impl Inner {
         now: DateTime<Utc>,
     ) -> Result<(Job, usize, Option<Instant>), EngineError> {
         check_name("tenant_id", &new.tenant_id)?;
-        check_name("kind", new.kind.as_str())?;
+        // The named kinds' names are the engine's own.
+        if let JobKind::Custom(kind) = &new.kind {
+            check_name("kind", kind)?;
+        }
         if let Some(namespace) = &new.namespace {
             check_name("namespace", namespace)?;
         }

@@ -1271,6 +1271,17 @@ async fn quotas_rates_and_capacity_are_enforced_at_admission() {
         engine.submit(bad).await,
         Err(EngineError::InvalidJob { .. })
     ));
+    // A custom kind's name is the submitter's: checked like a tenant's.
+    for kind in ["", "sim\u{7}"] {
+        let err = engine
+            .submit(NewJob::new(kind, "z", json!({})))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, EngineError::InvalidJob { reason } if reason.starts_with("kind ")),
+            "{kind:?}: {err}"
+        );
+    }
     let bad_mock = job("z", json!({"explode": true}));
     assert!(matches!(
         engine.submit(bad_mock).await,
