@@ -115,11 +115,7 @@ impl Payload {
                 return None;
             }
             let (key_end, escaped) = string_end(bytes, at)?;
-            let key = if escaped {
-                Cow::Owned(serde_json::from_str::<String>(text.get(at..key_end)?).ok()?)
-            } else {
-                Cow::Borrowed(text.get(at + 1..key_end - 1)?)
-            };
+            let key = unquote(text.get(at..key_end)?, escaped)?;
             at = skip_space(bytes, key_end);
             if bytes.get(at) != Some(&b':') {
                 return None;
@@ -208,16 +204,24 @@ fn string_end(bytes: &[u8], at: usize) -> Option<(usize, bool)> {
 /// The string the JSON text `text` holds, borrowed unless it has escapes;
 /// `None` when it is not a string.
 pub(crate) fn string_of(text: &str) -> Option<Cow<'_, str>> {
-    // Without a backslash, a string's text is what lies between its quotes
-    // (a quote inside would end it).
-    if let Some(inner) = text
-        .strip_prefix('"')
-        .and_then(|rest| rest.strip_suffix('"'))
-        && !inner.bytes().any(|b| b == b'\\' || b == b'"')
-    {
-        return Some(Cow::Borrowed(inner));
+    if !text.starts_with('"') {
+        return None;
     }
-    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    match string_end(text.as_bytes(), 0)? {
+        (end, escaped) if end == text.len() => unquote(text, escaped),
+        _ => None,
+    }
+}
+
+/// The string a JSON string's text (quotes included) holds: what lies
+/// between its quotes when it has no escapes, read through serde when it
+/// has.
+fn unquote(text: &str, escaped: bool) -> Option<Cow<'_, str>> {
+    if escaped {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        text.get(1..text.len().saturating_sub(1)).map(Cow::Borrowed)
+    }
 }
 
 /// `null`: the payload of a job submitted without one.
