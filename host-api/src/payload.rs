@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -34,7 +35,24 @@ use serde_json::value::RawValue;
 /// ```
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Payload(Box<RawValue>);
+pub struct Payload {
+    text: Box<RawValue>,
+    /// Where a tool call's fields lie in `text`, found at its first read
+    /// ([`Payload::tool_call_fields`]) and kept, since a tool call is read
+    /// at its admission and again at each attempt. 24 bytes, which a
+    /// queued job's record has to spare: it stays in the same size of
+    /// allocation.
+    #[serde(skip)]
+    tool_call: OnceLock<Option<ToolCallSpans>>,
+}
+
+/// The byte ranges of a tool call's `tool` (or `tool_name`) field and of
+/// its `args` field (`u32::MAX` when absent) in a payload's text.
+#[derive(Clone, Copy, Debug)]
+struct ToolCallSpans {
+    tool: [u32; 2],
+    args: [u32; 2],
+}
 
 impl Payload {
     /// `text`, once checked to be one JSON value.
@@ -43,7 +61,14 @@ impl Payload {
     ///
     /// When `text` is not JSON.
     pub fn from_text(text: String) -> serde_json::Result<Self> {
-        RawValue::from_string(text).map(Self)
+        RawValue::from_string(text).map(Self::new)
+    }
+
+    fn new(text: Box<RawValue>) -> Self {
+        Self {
+            text,
+            tool_call: OnceLock::new(),
+        }
     }
 
     /// `value` written as JSON text, with no tree built on the way.
@@ -51,12 +76,12 @@ impl Payload {
         // Writing fails only for a map keyed by something other than
         // strings, which neither a `Value` nor the engine's own payloads
         // hold.
-        serde_json::value::to_raw_value(value).map_or_else(|_| Self::default(), Self)
+        serde_json::value::to_raw_value(value).map_or_else(|_| Self::default(), Self::new)
     }
 
     /// The JSON text.
     pub fn as_str(&self) -> &str {
-        self.0.get()
+        self.text.get()
     }
 
     /// Reads the payload as a `T`, borrowing from its text where `T` does.
@@ -86,6 +111,48 @@ impl Payload {
             }
         })?;
         found
+    }
+
+    /// A tool call's `tool` field (or its alias `tool_name`) and its
+    /// `args` field, each as its JSON text; `None` when the payload is not
+    /// an object with a tool. Found by one walk over the text, the first
+    /// time it is asked; later reads (each attempt of the job) only slice
+    /// the text. A text longer than 4 GiB is not read as a tool call.
+    pub(crate) fn tool_call_fields(&self) -> Option<(&str, Option<&str>)> {
+        let spans = (*self.tool_call.get_or_init(|| self.find_tool_call()))?;
+        let text = self.as_str();
+        let slice = |[start, end]: [u32; 2]| text.get(start as usize..end as usize);
+        let args = if spans.args[0] == u32::MAX {
+            None
+        } else {
+            Some(slice(spans.args)?)
+        };
+        Some((slice(spans.tool)?, args))
+    }
+
+    fn find_tool_call(&self) -> Option<ToolCallSpans> {
+        let text = self.as_str();
+        // A field's value is a slice of the text: its place is the
+        // distance between their starts.
+        let span = |value: &str| -> Option<[u32; 2]> {
+            let start = value.as_ptr().addr().checked_sub(text.as_ptr().addr())?;
+            let start = u32::try_from(start).ok()?;
+            Some([start, start.checked_add(u32::try_from(value.len()).ok()?)?])
+        };
+        let (mut tool, mut alias, mut args) = (None, None, None);
+        self.for_each_field(|name, value| match name {
+            "tool" => tool = Some(value),
+            "tool_name" => alias = Some(value),
+            "args" => args = Some(value),
+            _ => {}
+        })?;
+        Some(ToolCallSpans {
+            tool: span(tool.or(alias)?)?,
+            args: match args {
+                Some(args) => span(args)?,
+                None => [u32::MAX; 2],
+            },
+        })
     }
 
     /// Calls `each` with the payload's top-level fields in order (repeats
@@ -227,7 +294,7 @@ fn unquote(text: &str, escaped: bool) -> Option<Cow<'_, str>> {
 /// `null`: the payload of a job submitted without one.
 impl Default for Payload {
     fn default() -> Self {
-        Self(RawValue::NULL.to_owned())
+        Self::new(RawValue::NULL.to_owned())
     }
 }
 
@@ -359,6 +426,33 @@ mod tests {
                 fields_through_serde(&text),
                 "{text}"
             );
+        }
+    }
+
+    /// A tool call's fields, found once and kept, are the ones `field`
+    /// finds by a walk of its own, at every read and in every clone.
+    #[test]
+    fn a_tool_calls_fields_are_kept_as_first_found() {
+        for text in [
+            r#"{"tool": "calculator", "args": {"op": "add", "a": 2, "b": 2}}"#,
+            r#"{"args": [1, "}"], "tool_name": "t\u0061g@1.0"}"#,
+            r#"{"tool": "a", "tool": "b", "args": 1, "args": null}"#,
+            r#"{"tool_name": "alias", "tool": "wins"}"#,
+            "{\n  \"tool\" : \"é\" ,\n  \"other\": {\"args\": 1}\n}",
+            r#"{"args": {}}"#,
+            r#"{"tool": 3, "args": {}}"#,
+            r#"["tool", "args"]"#,
+            "null",
+        ] {
+            let payload = Payload::from_text(text.to_owned()).unwrap();
+            let expected = payload
+                .field("tool")
+                .or_else(|| payload.field("tool_name"))
+                .map(|tool| (tool, payload.field("args")));
+            assert_eq!(payload.tool_call_fields(), expected, "{text}");
+            assert_eq!(payload.tool_call_fields(), expected, "{text}, read again");
+            let clone = payload.clone();
+            assert_eq!(clone.tool_call_fields(), expected, "{text}, cloned");
         }
     }
 
