@@ -32,6 +32,11 @@ impl<T> SpinningMutex<T> {
         Self(Mutex::new(value))
     }
 
+    /// The lock if it is free, at once; `None` without waiting if not.
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        self.0.try_lock()
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
         if let Some(guard) = self.0.try_lock() {
             return guard;

@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::id_map::{IdMap, NameMap, spread};
 use crate::spinning_mutex::SpinningMutex;
@@ -30,10 +30,12 @@ const SHARDS: usize = 32;
 /// keys, external ids), so a listing reads one tenant's index instead of
 /// every job. No lock is held across an `.await`.
 ///
-/// Lock order: a tenant's index, then a shard; never the other way round.
+/// Lock order: a tenant's index, then a shard, then the tenant's list of
+/// status changes not yet entered in its index ([`Tenant`]); never the
+/// other way round.
 pub struct MemoryStore {
     shards: [SpinningMutex<IdMap<Arc<Job>>>; SHARDS],
-    tenants: RwLock<NameMap<CompactString, Arc<SpinningMutex<TenantIndex>>>>,
+    tenants: RwLock<NameMap<CompactString, Arc<Tenant>>>,
     keep_finished: usize,
     /// Finished jobs (not dead letters), in the order they finished, with
     /// their `finished_at`: a job revived and finished again is entered
@@ -50,6 +52,54 @@ impl Default for MemoryStore {
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+/// A tenant's index, and the status changes made to its jobs but not yet
+/// entered in it.
+///
+/// A change of status (a claim, a finish) is made under the job's shard
+/// lock and entered in the index only if the index is free then; if not,
+/// whoever holds the index, or locks it next, enters it first. A runner
+/// that waited for the index instead waited behind whole submissions: a
+/// batch of 500 jobs holds it for some hundreds of microseconds, a wait
+/// long enough to put the runner's thread to sleep, with its core idle.
+/// Recorded under the shard lock, a job's changes are listed in the order
+/// they were made, whichever threads made them.
+#[derive(Default)]
+struct Tenant {
+    index: SpinningMutex<TenantIndex>,
+    moves: SpinningMutex<Vec<Move>>,
+}
+
+/// A job's change of status, to enter in its tenant's index.
+struct Move {
+    id: JobId,
+    before: JobStatus,
+    status: JobStatus,
+    dead_letter: bool,
+}
+
+impl Tenant {
+    /// The index, with every change made so far entered.
+    fn lock(&self) -> MutexGuard<'_, TenantIndex> {
+        let mut index = self.index.lock();
+        self.enter_moves(&mut index);
+        index
+    }
+
+    fn enter_moves(&self, index: &mut TenantIndex) {
+        for change in self.moves.lock().drain(..) {
+            index.moved(change.id, change.before, change.status, change.dead_letter);
+        }
+    }
+
+    /// Enters the changes made so far if the index is free; its holder
+    /// (or the next) does otherwise.
+    fn try_enter_moves(&self) {
+        if let Some(mut index) = self.index.try_lock() {
+            self.enter_moves(&mut index);
+        }
     }
 }
 
@@ -282,21 +332,13 @@ impl TenantIndex {
         }
     }
 
-    /// Moves `id` out of the status sets of `touched` and into those of
-    /// its current state. Updates may arrive out of order; each one reads
-    /// the job's state at the time, so the last one leaves the index right.
-    fn moved(
-        &mut self,
-        id: JobId,
-        touched: [JobStatus; 2],
-        (status, dead_letter): (JobStatus, bool),
-    ) {
-        for old in touched {
-            if old != status {
-                self.by_status.remove(old, &id);
-            }
+    /// Moves `id` from the status set of `before` to that of `status`,
+    /// and into or out of the dead letters.
+    fn moved(&mut self, id: JobId, before: JobStatus, status: JobStatus, dead_letter: bool) {
+        if before != status {
+            self.by_status.remove(before, &id);
+            self.by_status.insert(status, id);
         }
-        self.by_status.insert(status, id);
         if dead_letter {
             self.dead_letters.insert(key(&id));
         } else if !self.dead_letters.is_empty() {
@@ -378,7 +420,7 @@ impl MemoryStore {
         &self.shards[spread(id) as usize % SHARDS]
     }
 
-    fn tenant(&self, tenant: &str) -> Option<Arc<SpinningMutex<TenantIndex>>> {
+    fn tenant(&self, tenant: &str) -> Option<Arc<Tenant>> {
         self.tenants.read().get(tenant).cloned()
     }
 
@@ -392,28 +434,44 @@ impl MemoryStore {
         self.read(&id)
     }
 
-    fn tenant_or_new(&self, tenant: &str) -> Arc<SpinningMutex<TenantIndex>> {
+    fn tenant_or_new(&self, tenant: &str) -> Arc<Tenant> {
         if let Some(index) = self.tenant(tenant) {
             return index;
         }
         Arc::clone(self.tenants.write().entry(tenant.into()).or_default())
     }
 
-    /// Applies each change under its shard's lock, then brings the status
-    /// indexes up to date, taking each tenant's index lock once.
+    /// Applies each change under its shard's lock, and records the change
+    /// of status for its tenant's index there too (see [`Tenant`]).
     fn apply_all(&self, changes: Vec<(JobId, Transition)>) -> Vec<Result<Arc<Job>, StoreError>> {
-        let mut moved: Vec<(JobId, JobStatus, usize)> = Vec::with_capacity(changes.len());
         let mut finished: Vec<(JobId, DateTime<Utc>)> = Vec::new();
-        let results: Vec<_> = changes
+        // The batch's tenants (mostly one), each looked up once.
+        let mut tenants: Vec<Arc<Tenant>> = Vec::new();
+        let mut names: Vec<CompactString> = Vec::new();
+        let results = changes
             .into_iter()
-            .enumerate()
-            .map(|(i, (id, change))| {
+            .map(|(id, change)| {
                 let mut shard = self.shard(&id).lock();
                 let job = shard.get_mut(&id).ok_or(StoreError::NotFound(id))?;
                 let before = job.status;
                 // Copies only while a reader still holds the previous version.
                 change.apply(Arc::make_mut(job))?;
-                moved.push((id, before, i));
+                let slot = match names.iter().rposition(|name| *name == job.tenant_id) {
+                    Some(slot) => Some(slot),
+                    None => self.tenant(&job.tenant_id).map(|tenant| {
+                        tenants.push(tenant);
+                        names.push(job.tenant_id.clone());
+                        tenants.len() - 1
+                    }),
+                };
+                if let Some(slot) = slot {
+                    tenants[slot].moves.lock().push(Move {
+                        id,
+                        before,
+                        status: job.status,
+                        dead_letter: job.dead_letter,
+                    });
+                }
                 if let Some(at) = job.finished_at
                     && !before.is_terminal()
                     && !job.dead_letter
@@ -423,43 +481,9 @@ impl MemoryStore {
                 Ok(Arc::clone(job))
             })
             .collect();
-        // By tenant, so each index is locked once: look each tenant's
-        // index up once (batches are mostly one tenant's), then order by it.
-        let mut indexes: Vec<(&str, Arc<SpinningMutex<TenantIndex>>)> = Vec::new();
-        let mut grouped: Vec<(usize, JobId, JobStatus, usize)> = Vec::with_capacity(moved.len());
-        for (id, before, i) in moved {
-            let Ok(job) = &results[i] else { continue };
-            let tenant = job.tenant_id.as_str();
-            let slot = match indexes.iter().rposition(|(name, _)| *name == tenant) {
-                Some(slot) => slot,
-                None => match self.tenant(tenant) {
-                    Some(index) => {
-                        indexes.push((tenant, index));
-                        indexes.len() - 1
-                    }
-                    None => continue,
-                },
-            };
-            grouped.push((slot, id, before, i));
+        for tenant in &tenants {
+            tenant.try_enter_moves();
         }
-        grouped.sort_by_key(|&(slot, ..)| slot);
-        for group in grouped.chunk_by(|a, b| a.0 == b.0) {
-            let mut index = indexes[group[0].0].1.lock();
-            for &(_, id, before, i) in group {
-                let Ok(after) = &results[i] else { continue };
-                // Re-read under the index lock: a later transition may
-                // already have moved the job on.
-                let current = self
-                    .shard(&id)
-                    .lock()
-                    .get(&id)
-                    .map(|job| (job.status, job.dead_letter));
-                if let Some(current) = current {
-                    index.moved(id, [before, after.status], current);
-                }
-            }
-        }
-        drop(indexes);
         if !finished.is_empty() {
             self.retire(finished);
         }
@@ -668,6 +692,88 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::JobQuery;
+    use work_host_api::{OutcomeClass, Priority, Resources};
+
+    fn job(tenant: &str) -> Arc<Job> {
+        Arc::new(Job {
+            id: uuid::Uuid::now_v7(),
+            kind: "sim".into(),
+            tenant_id: tenant.into(),
+            namespace: "ns".into(),
+            priority: Priority::Batch,
+            payload: serde_json::json!({}).into(),
+            resources: Resources::default(),
+            constraints: Default::default(),
+            metadata: serde_json::Value::Null,
+            external_id: None,
+            batch_id: None,
+            status: JobStatus::Queued,
+            attempt: 0,
+            result: None,
+            error: None,
+            outcome: None,
+            backend: None,
+            next_run_at: None,
+            dead_letter: false,
+            lease_epoch: 0,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            cost_usd: 0.0,
+        })
+    }
+
+    /// Claims and a finish made while a submission holds the tenant's
+    /// index wait in its list of changes, and are in the index, in the
+    /// order made, as soon as anyone reads it.
+    #[tokio::test]
+    async fn changes_made_while_the_index_is_held_are_listed_once_it_is_free() {
+        let store = MemoryStore::new();
+        let jobs: Vec<Arc<Job>> = (0..3).map(|_| job("t")).collect();
+        let ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
+        store.insert(jobs, Commit::Durable).await.unwrap();
+        let tenant = store.tenant("t").unwrap();
+        let held = tenant.index.lock();
+        for id in &ids {
+            let claim = Transition::Claim {
+                backend: "mock".into(),
+                at: Utc::now(),
+            };
+            store.transition(*id, claim).await.unwrap();
+        }
+        let finish = Transition::Finish {
+            epoch: 1,
+            status: JobStatus::Succeeded,
+            outcome: OutcomeClass::Ok,
+            result: None,
+            error: None,
+            dead_letter: false,
+            at: Utc::now(),
+            cost_usd: 0.0,
+        };
+        store.transition(ids[0], finish).await.unwrap();
+        assert_eq!(
+            tenant.moves.lock().len(),
+            4,
+            "entered while the index was held"
+        );
+        drop(held);
+        let listed = |status| {
+            let store = &store;
+            async move {
+                let page = store
+                    .list(&JobQuery::tenant("t").status(status))
+                    .await
+                    .unwrap();
+                page.jobs.iter().map(|job| job.id).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(listed(JobStatus::Running).await, [ids[2], ids[1]]);
+        assert_eq!(listed(JobStatus::Succeeded).await, [ids[0]]);
+        assert!(listed(JobStatus::Queued).await.is_empty());
+        assert!(tenant.moves.lock().is_empty());
+    }
 
     /// Arrivals mostly in order, some out of order, some again after
     /// leaving; departures from anywhere: the set lists what a B-tree set
