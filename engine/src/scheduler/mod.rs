@@ -1232,10 +1232,16 @@ impl Inner {
             follow_up: FollowUp::default(),
             yield_now: false,
         };
-        let (wake, backlogged) = {
+        // A few dozen jobs a hold of the lock: a runner that needs it
+        // between (to record what it ran, to take more) waits for that
+        // many, not for a whole batch of hundreds. A wait that long put
+        // its thread to sleep, and left its core idle.
+        const AT_ONCE: usize = 32;
+        let mut jobs = prepared.into_iter().zip(inserted).peekable();
+        let (wake, backlogged) = loop {
             let mut state = self.state.lock();
             let now = Instant::now();
-            for (p, inserted) in prepared.into_iter().zip(inserted) {
+            for (p, inserted) in jobs.by_ref().take(AT_ONCE) {
                 if let Inserted::Existing(existing) = inserted {
                     state.abandon(&[p.job.id]);
                     placed.accepted.push(existing);
@@ -1262,7 +1268,9 @@ impl Inner {
                 self.announce_admitted(&p.job, p.backend, outcome);
                 placed.accepted.push(p.job);
             }
-            (state.dispatch(now), state.backlogged(executor::BATCH))
+            if jobs.peek().is_none() {
+                break (state.dispatch(now), state.backlogged(executor::BATCH));
+            }
         };
         self.wake_runner(wake);
         placed.yield_now = wake && backlogged;
