@@ -159,13 +159,13 @@ impl Payload {
     /// too: serde's maps and structs refuse them or keep the first), each
     /// value as its own text; `None` for a payload that is not an object.
     ///
-    /// A tool call's payload is read this way at admission and again at
-    /// each attempt. The text was checked to be JSON when the payload was
-    /// made, so this only finds where each field begins and ends: a walk
-    /// over the bytes, with no allocation unless a key has escapes. Read
-    /// through serde (a map visitor taking each value as a `RawValue`), a
-    /// `calculator` call's 60-byte payload took about 2,000 instructions a
-    /// read, twice a job: some 5 % of a scheduled tool call's.
+    /// A tool call's payload is read this way once, at its admission
+    /// ([`Payload::tool_call_fields`]). The text was checked to be JSON
+    /// when the payload was made, so this only finds where each field
+    /// begins and ends: a walk over the bytes, with no allocation unless a
+    /// key has escapes. Read through serde (a map visitor taking each
+    /// value as a `RawValue`), a `calculator` call's 60-byte payload took
+    /// about 2,000 instructions a read.
     pub(crate) fn for_each_field<'a>(&'a self, mut each: impl FnMut(&str, &'a str)) -> Option<()> {
         let text = self.as_str();
         let bytes = text.as_bytes();

@@ -740,7 +740,8 @@ mod tests {
                 backend: "mock".into(),
                 at: Utc::now(),
             };
-            store.transition(*id, claim).await.unwrap();
+            let [claimed] = <[_; 1]>::try_from(store.apply_all(vec![(*id, claim)])).unwrap();
+            claimed.unwrap();
         }
         let finish = Transition::Finish {
             epoch: 1,
@@ -752,7 +753,8 @@ mod tests {
             at: Utc::now(),
             cost_usd: 0.0,
         };
-        store.transition(ids[0], finish).await.unwrap();
+        let [finished] = <[_; 1]>::try_from(store.apply_all(vec![(ids[0], finish)])).unwrap();
+        finished.unwrap();
         assert_eq!(
             tenant.moves.lock().len(),
             4,
