@@ -693,35 +693,24 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
     use crate::store::JobQuery;
-    use work_host_api::{OutcomeClass, Priority, Resources};
+    use work_host_api::OutcomeClass;
 
+    /// A queued job of `tenant`, as a store reads one back.
     fn job(tenant: &str) -> Arc<Job> {
-        Arc::new(Job {
-            id: uuid::Uuid::now_v7(),
-            kind: "sim".into(),
-            tenant_id: tenant.into(),
-            namespace: "ns".into(),
-            priority: Priority::Batch,
-            payload: serde_json::json!({}).into(),
-            resources: Resources::default(),
-            constraints: Default::default(),
-            metadata: serde_json::Value::Null,
-            external_id: None,
-            batch_id: None,
-            status: JobStatus::Queued,
-            attempt: 0,
-            result: None,
-            error: None,
-            outcome: None,
-            backend: None,
-            next_run_at: None,
-            dead_letter: false,
-            lease_epoch: 0,
-            created_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-            cost_usd: 0.0,
-        })
+        let job = serde_json::json!({
+            "id": uuid::Uuid::now_v7(),
+            "kind": "sim",
+            "tenant_id": tenant,
+            "namespace": "ns",
+            "priority": "batch",
+            "payload": {},
+            "resources": {},
+            "constraints": {},
+            "status": "queued",
+            "attempt": 0,
+            "created_at": Utc::now(),
+        });
+        Arc::new(serde_json::from_value(job).unwrap())
     }
 
     /// Claims and a finish made while a submission holds the tenant's
