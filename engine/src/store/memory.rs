@@ -517,11 +517,10 @@ impl MemoryStore {
             .collect();
         // Freed in the order of their addresses: the oldest finished jobs
         // (100,000 finishes old by default) are cold, and in that order
-        // the allocator frees
-        // page after page and the hardware prefetcher sees where the next
-        // one is. In the order they finished, retiring took 0.49–0.78 µs
-        // a job in `cargo bench --bench scheduler`; in this one 0.36–0.61
-        // (two alternating pairs of runs).
+        // the allocator frees page after page and the hardware prefetcher
+        // sees where the next one is. In the order they finished, retiring
+        // took 0.49–0.78 µs a job in `cargo bench --bench scheduler`; in
+        // this one 0.36–0.61 (two alternating pairs of runs).
         gone.sort_unstable_by_key(|job| Arc::as_ptr(job).addr());
         // By tenant through a hash map, not a sort by name: a sort compared
         // the jobs' tenant and namespace names some 13 times a job, which
