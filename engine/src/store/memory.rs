@@ -32,7 +32,8 @@ const SHARDS: usize = 32;
 ///
 /// Lock order: a tenant's index, then a shard, then the tenant's list of
 /// status changes not yet entered in its index ([`Tenant`]); never the
-/// other way round.
+/// other way round. The map of tenants is only looked in and let go,
+/// never held while another lock is taken.
 pub struct MemoryStore {
     shards: [SpinningMutex<IdMap<Arc<Job>>>; SHARDS],
     tenants: RwLock<NameMap<CompactString, Arc<Tenant>>>,
@@ -288,6 +289,12 @@ impl Active {
             self.ids.retain(|_| gone.next().is_some_and(|gone| !gone));
             self.gone.clear();
             self.gone.resize(self.ids.len(), false);
+            // A tenant's burst of a million queued jobs, once run, does
+            // not keep its 16 MiB for good.
+            if self.ids.capacity() > 4 * self.ids.len() + 1024 {
+                self.ids.shrink_to(2 * self.ids.len());
+                self.gone.shrink_to(2 * self.ids.len());
+            }
         }
     }
 
@@ -809,5 +816,20 @@ mod tests {
             }
         }
         assert!(active.ids.len() <= 2 * active.live + 32);
+    }
+
+    /// A burst of ids that have all left gives its memory back.
+    #[test]
+    fn an_active_set_shrinks_once_a_burst_has_left() {
+        let mut active = Active::default();
+        for id in 0..100_000 {
+            active.insert(id);
+        }
+        for id in 0..99_990 {
+            active.remove(id);
+        }
+        let left: Vec<JobId> = (99_990..100_000_u128).rev().map(JobId::from_u128).collect();
+        assert!(active.below(None).eq(left));
+        assert!(active.ids.capacity() < 1_000, "{}", active.ids.capacity());
     }
 }
