@@ -579,7 +579,7 @@ impl Engine {
 
         // Quotas and capacity, for the whole submission at once.
         let now = Instant::now();
-        let refused = {
+        let reserved = {
             let mut state = inner.state.lock();
             let mut lives = Vec::with_capacity(prepared.len());
             for (index, p) in prepared.iter().enumerate() {
@@ -591,7 +591,38 @@ impl Engine {
                     }
                 }
             }
-            state.admit(lives, now).err()
+            match state.reserve(&lives, now) {
+                Ok(()) if lives.len() <= AT_ONCE => {
+                    for (id, live, hold) in lives {
+                        state.take_in(id, Box::new(live), hold);
+                    }
+                    Ok(Vec::new())
+                }
+                Ok(()) => Ok(lives),
+                Err(refused) => {
+                    state.discard(lives.into_iter().map(|(_, live, _)| live));
+                    Err(refused)
+                }
+            }
+        };
+        let refused = match reserved {
+            Ok(lives) => {
+                // A large submission is taken in a few jobs at a time, as it
+                // is placed later; the boxes made before, outside the lock.
+                let boxed: Vec<_> = lives
+                    .into_iter()
+                    .map(|(id, live, hold)| (id, Box::new(live), hold))
+                    .collect();
+                let mut boxed = boxed.into_iter().peekable();
+                while boxed.peek().is_some() {
+                    let mut state = inner.state.lock();
+                    for (id, live, hold) in boxed.by_ref().take(AT_ONCE) {
+                        state.take_in(id, live, hold);
+                    }
+                }
+                None
+            }
+            Err(refused) => Some(refused),
         };
         if let Some((err, overflow)) = refused {
             if let Some(existing) = inner.retried(&prepared).await {
@@ -985,6 +1016,13 @@ impl Engine {
 
 /// The instant `at` will be, given that it is `utc_now` at `now`; `None`
 /// for a time already past.
+/// The most jobs of a submission taken in, or placed, per hold of the
+/// scheduler's lock: a runner that needs the lock between (to record what
+/// it ran, to take more) waits for that many, not for a whole batch of
+/// hundreds. A wait that long put its thread to sleep, and left its core
+/// idle.
+const AT_ONCE: usize = 32;
+
 fn instant_of(at: DateTime<Utc>, utc_now: DateTime<Utc>, now: Instant) -> Option<Instant> {
     (at - utc_now).to_std().ok().map(|delay| later(now, delay))
 }
@@ -1232,11 +1270,6 @@ impl Inner {
             follow_up: FollowUp::default(),
             yield_now: false,
         };
-        // A few dozen jobs a hold of the lock: a runner that needs it
-        // between (to record what it ran, to take more) waits for that
-        // many, not for a whole batch of hundreds. A wait that long put
-        // its thread to sleep, and left its core idle.
-        const AT_ONCE: usize = 32;
         let mut jobs = prepared.into_iter().zip(inserted).peekable();
         let (wake, backlogged) = loop {
             let mut state = self.state.lock();

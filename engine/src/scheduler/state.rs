@@ -527,14 +527,53 @@ impl State {
         jobs: Vec<(JobId, Live, f64)>,
         now: Instant,
     ) -> Result<(), (EngineError, Option<Priority>)> {
-        if let Err(err) = self.check_admission(&jobs, now) {
+        if let Err(err) = self.reserve(&jobs, now) {
             self.discard(jobs.into_iter().map(|(_, live, _)| live));
             return Err(err);
         }
         for (id, live, hold) in jobs {
-            self.readmit(id, live, hold, now);
+            self.take_in(id, Box::new(live), hold);
         }
         Ok(())
+    }
+
+    /// [`State::admit`]'s checks, and the jobs counted where quotas and
+    /// queue capacity count them, all at once; but not yet taken in. A
+    /// submission's jobs are then taken in ([`State::take_in`]) a few at
+    /// a time, with the lock let go between, so that a runner does not
+    /// wait for a whole batch of hundreds. Jobs counted and not yet taken
+    /// in are no one's to act on: their submission has not returned.
+    ///
+    /// # Errors
+    ///
+    /// As [`State::admit`]; nothing is counted then.
+    pub(crate) fn reserve(
+        &mut self,
+        jobs: &[(JobId, Live, f64)],
+        now: Instant,
+    ) -> Result<(), (EngineError, Option<Priority>)> {
+        self.check_admission(jobs, now)?;
+        for (_, live, hold) in jobs {
+            self.count_in(live, *hold, now);
+        }
+        Ok(())
+    }
+
+    fn count_in(&mut self, live: &Live, hold: f64, now: Instant) {
+        self.levels[live.priority.index()].waiting += 1;
+        let tenant = self.tenant_mut(&live.tenant, now);
+        tenant.waiting += 1;
+        if hold > 0.0 {
+            tenant.held_usd += hold;
+        }
+    }
+
+    /// Takes in a job counted by [`State::reserve`].
+    pub(crate) fn take_in(&mut self, id: JobId, live: Box<Live>, hold: f64) {
+        if hold > 0.0 {
+            self.cost_holds.insert(id, hold);
+        }
+        self.jobs.insert(id, live);
     }
 
     fn check_admission(
@@ -623,14 +662,8 @@ impl State {
     /// jobs.
     /// `hold`: what it may still be charged ([`State::admit`]).
     pub(crate) fn readmit(&mut self, id: JobId, live: Live, hold: f64, now: Instant) {
-        self.levels[live.priority.index()].waiting += 1;
-        let tenant = self.tenant_mut(&live.tenant, now);
-        tenant.waiting += 1;
-        if hold > 0.0 {
-            tenant.held_usd += hold;
-            self.cost_holds.insert(id, hold);
-        }
-        self.jobs.insert(id, Box::new(live));
+        self.count_in(&live, hold, now);
+        self.take_in(id, Box::new(live), hold);
     }
 
     /// Lets go of what is still held for `id`'s cost.
