@@ -353,33 +353,19 @@ impl TenantIndex {
         }
     }
 
-    /// Forgets `jobs`, finished, which have left the store.
-    fn forget(&mut self, jobs: &[Arc<Job>]) {
-        debug_assert!(jobs.iter().all(|job| job.status.is_terminal()));
-        // One sort, by id; each namespace's ids then come out in order.
-        let mut gone: Vec<(Key, &str)> = jobs
-            .iter()
-            .map(|job| (key(&job.id), job.namespace.as_str()))
-            .collect();
-        gone.sort_unstable_by_key(|&(id, _)| id);
-        let ids: Vec<Key> = gone.iter().map(|&(id, _)| id).collect();
-        self.all.remove_sorted(&ids);
-        // By namespace through a hash map: sorting the jobs by their
-        // namespace's name compared strings some 13 times a job.
-        let mut by_namespace: NameMap<&str, Vec<Key>> = NameMap::default();
-        for (id, namespace) in gone {
-            by_namespace.entry(namespace).or_default().push(id);
-        }
-        for (namespace, gone) in by_namespace {
-            if let Some(ids) = self.by_namespace.get_mut(namespace) {
-                ids.remove_sorted(&gone);
+    /// Forgets the jobs `leaving`, finished, which have left the store.
+    fn forget(&mut self, leaving: &Leaving<'_>) {
+        self.all.remove_sorted(&leaving.ids);
+        for (namespace, gone) in &leaving.by_namespace {
+            if let Some(ids) = self.by_namespace.get_mut(*namespace) {
+                ids.remove_sorted(gone);
                 if ids.is_empty() {
-                    self.by_namespace.remove(namespace);
+                    self.by_namespace.remove(*namespace);
                 }
             }
         }
-        self.by_status.remove_finished(&ids);
-        for job in jobs {
+        self.by_status.remove_finished(&leaving.ids);
+        for job in leaving.jobs {
             // A key or external id may name a newer job by now.
             if let Some(key) = &job.constraints.idempotency_key
                 && self.idempotency.get(key) == Some(&job.id)
@@ -391,6 +377,40 @@ impl TenantIndex {
             {
                 self.external.remove(external);
             }
+        }
+    }
+}
+
+/// One tenant's finished jobs leaving the store, their ids sorted as
+/// [`TenantIndex::forget`] takes them: sorted before the index is locked,
+/// which is then held only for its own passes. Sorting 12,500 jobs under
+/// it made a submission wait about 2 ms for it.
+struct Leaving<'a> {
+    jobs: &'a [Arc<Job>],
+    ids: Vec<Key>,
+    by_namespace: NameMap<&'a str, Vec<Key>>,
+}
+
+impl<'a> Leaving<'a> {
+    fn new(jobs: &'a [Arc<Job>]) -> Self {
+        debug_assert!(jobs.iter().all(|job| job.status.is_terminal()));
+        // One sort, by id; each namespace's ids then come out in order.
+        let mut gone: Vec<(Key, &str)> = jobs
+            .iter()
+            .map(|job| (key(&job.id), job.namespace.as_str()))
+            .collect();
+        gone.sort_unstable_by_key(|&(id, _)| id);
+        let ids = gone.iter().map(|&(id, _)| id).collect();
+        // By namespace through a hash map: sorting the jobs by their
+        // namespace's name compared strings some 13 times a job.
+        let mut by_namespace: NameMap<&str, Vec<Key>> = NameMap::default();
+        for (id, namespace) in gone {
+            by_namespace.entry(namespace).or_default().push(id);
+        }
+        Self {
+            jobs,
+            ids,
+            by_namespace,
         }
     }
 }
@@ -541,7 +561,8 @@ impl MemoryStore {
         }
         for (tenant, jobs) in by_tenant {
             if let Some(index) = self.tenant(&tenant) {
-                index.lock().forget(&jobs);
+                let leaving = Leaving::new(&jobs);
+                index.lock().forget(&leaving);
             }
         }
     }
