@@ -1030,6 +1030,60 @@ async fn idempotent_resubmission_returns_the_first_job() {
     );
 }
 
+/// A submission larger than the engine takes in at one hold of its lock
+/// is still checked against the quota as a whole: refused, it leaves
+/// nothing counted; at the limit, every job is taken in and queued.
+#[tokio::test(start_paused = true)]
+async fn a_large_batch_is_refused_or_taken_in_whole() {
+    let mock = MockBackend::new();
+    let engine = builder(1.0, &mock)
+        .tenant(
+            "a",
+            TenantConfig {
+                quota: Quota {
+                    max_queued: Some(100),
+                    ..Quota::default()
+                },
+                ..TenantConfig::default()
+            },
+        )
+        .build()
+        .unwrap();
+    // One job holds the only CPU, so the rest wait.
+    let running = engine
+        .submit(job("a", json!({"hang": true})))
+        .await
+        .unwrap();
+    let batch = |n: usize| (0..n).map(|_| job("a", json!({}))).collect::<Vec<_>>();
+    let refused = engine.submit_batch(batch(101)).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(EngineError::Batch { source, .. })
+                if matches!(**source, EngineError::QuotaExceeded { limit: "max_queued", .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        engine.stats().jobs.queued,
+        0,
+        "the refused batch left nothing counted"
+    );
+    let accepted = engine.submit_batch(batch(100)).await.unwrap().jobs;
+    assert_eq!(accepted.len(), 100);
+    assert_eq!(engine.stats().jobs.queued, 100);
+    let refused = engine.submit(job("a", json!({}))).await;
+    assert!(
+        matches!(refused, Err(EngineError::QuotaExceeded { .. })),
+        "{refused:?}"
+    );
+    engine.cancel(running.id).await.unwrap();
+    for job in &accepted {
+        let done = engine.wait(job.id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(done.status, JobStatus::Succeeded);
+    }
+}
+
 /// A resubmission is a retry of a submission that was accepted: it gets
 /// its job even when the tenant's quota or rate would refuse a new one.
 #[tokio::test(start_paused = true)]
