@@ -582,8 +582,9 @@ impl Engine {
         let reserved = {
             let mut state = inner.state.lock();
             let mut lives = Vec::with_capacity(prepared.len());
+            let mut seen = None;
             for (index, p) in prepared.iter().enumerate() {
-                match live_for(&mut state, &p.job, p.backend, now) {
+                match live_for(&mut state, &p.job, p.backend, now, &mut seen) {
                     Ok(live) => lives.push((p.job.id, live, cost_hold(&p.job))),
                     Err(err) => {
                         state.discard(lives.into_iter().map(|(_, live, _)| live));
@@ -773,7 +774,7 @@ impl Engine {
                 let mut state = inner.state.lock();
                 let placed = inner
                     .select_backend(&job)
-                    .and_then(|backend| live_for(&mut state, &job, backend, now));
+                    .and_then(|backend| live_for(&mut state, &job, backend, now, &mut None));
                 match placed {
                     Ok(live) => {
                         state.readmit(job.id, live, cost_hold(&job), now);
@@ -898,7 +899,7 @@ impl Engine {
                 let mut state = inner.state.lock();
                 match state.revival(id) {
                     Revival::Free => {
-                        let live = live_for(&mut state, &job, backend, now)?;
+                        let live = live_for(&mut state, &job, backend, now, &mut None)?;
                         state
                             .admit(vec![(id, live, cost_hold(&job))], now)
                             .map_err(|(err, _)| err)?;
@@ -1073,15 +1074,29 @@ fn cost_hold(job: &Job) -> f64 {
 
 /// The scheduler's entry for `job`, not yet admitted: what it needs, its
 /// tenant and group interned.
+/// The tenant [`live_for`] looked up last, interned, with its
+/// configuration: a submission's jobs are mostly one tenant's, looked up
+/// once.
+type TenantSeen = Option<(Arc<str>, TenantConfig)>;
+
 fn live_for(
     state: &mut State,
     job: &Job,
     backend: usize,
     now: Instant,
+    seen: &mut TenantSeen,
 ) -> Result<Live, EngineError> {
-    let tenant = state.intern_tenant(&job.tenant_id, now);
-    let config = state.tenant_config(&tenant);
-    let need = need_for(state, job, &config)?;
+    let (tenant, config) = match seen {
+        Some((name, config)) if **name == *job.tenant_id => (&*name, &*config),
+        _ => {
+            let name = state.intern_tenant(&job.tenant_id, now);
+            let config = state.tenant_config(&name);
+            let (name, config) = seen.insert((name, config));
+            (&*name, &*config)
+        }
+    };
+    let tenant = Arc::clone(tenant);
+    let need = need_for(state, job, config)?;
     let group = job
         .constraints
         .concurrency_group
