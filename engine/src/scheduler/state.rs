@@ -118,6 +118,40 @@ impl Live {
     }
 }
 
+/// A submission's jobs counted as quotas and queue capacity count them:
+/// per level, and per tenant with their cost holds.
+struct Counted {
+    per_level: [usize; Priority::ALL.len()],
+    per_tenant: Vec<(Arc<str>, u64, f64)>,
+}
+
+impl Counted {
+    fn of(jobs: &[(JobId, Live, f64)]) -> Self {
+        let mut counted = Self {
+            per_level: [0; Priority::ALL.len()],
+            per_tenant: Vec::with_capacity(1),
+        };
+        for (_, live, hold) in jobs {
+            counted.per_level[live.priority.index()] += 1;
+            // Tenant names are interned: one pointer per tenant.
+            match counted
+                .per_tenant
+                .iter_mut()
+                .find(|(name, ..)| Arc::ptr_eq(name, &live.tenant))
+            {
+                Some((_, n, held)) => {
+                    *n += 1;
+                    *held += hold;
+                }
+                None => counted
+                    .per_tenant
+                    .push((Arc::clone(&live.tenant), 1, *hold)),
+            }
+        }
+        counted
+    }
+}
+
 /// See [`State::revival`].
 pub(crate) enum Revival {
     /// Not live: it may be admitted again.
@@ -552,19 +586,19 @@ impl State {
         jobs: &[(JobId, Live, f64)],
         now: Instant,
     ) -> Result<(), (EngineError, Option<Priority>)> {
-        self.check_admission(jobs, now)?;
-        for (_, live, hold) in jobs {
-            self.count_in(live, *hold, now);
-        }
+        let counted = self.check_admission(jobs, now)?;
+        self.count_in(counted, now);
         Ok(())
     }
 
-    fn count_in(&mut self, live: &Live, hold: f64, now: Instant) {
-        self.levels[live.priority.index()].waiting += 1;
-        let tenant = self.tenant_mut(&live.tenant, now);
-        tenant.waiting += 1;
-        if hold > 0.0 {
-            tenant.held_usd += hold;
+    fn count_in(&mut self, counted: Counted, now: Instant) {
+        for (level, n) in counted.per_level.iter().enumerate() {
+            self.levels[level].waiting += n;
+        }
+        for (name, n, held) in counted.per_tenant {
+            let tenant = self.tenant_mut(&name, now);
+            tenant.waiting += n;
+            tenant.held_usd += held;
         }
     }
 
@@ -580,24 +614,12 @@ impl State {
         &mut self,
         jobs: &[(JobId, Live, f64)],
         now: Instant,
-    ) -> Result<(), (EngineError, Option<Priority>)> {
-        let mut per_level = [0usize; 4];
-        // Per tenant: jobs, and their cost holds.
-        let mut per_tenant: Vec<(Arc<str>, u64, f64)> = Vec::with_capacity(1);
-        for (_, live, hold) in jobs {
-            per_level[live.priority.index()] += 1;
-            // Tenant names are interned: one pointer per tenant.
-            match per_tenant
-                .iter_mut()
-                .find(|(name, ..)| Arc::ptr_eq(name, &live.tenant))
-            {
-                Some((_, n, held)) => {
-                    *n += 1;
-                    *held += hold;
-                }
-                None => per_tenant.push((Arc::clone(&live.tenant), 1, *hold)),
-            }
-        }
+    ) -> Result<Counted, (EngineError, Option<Priority>)> {
+        let counted = Counted::of(jobs);
+        let Counted {
+            per_level,
+            per_tenant,
+        } = &counted;
         for (level, n) in per_level.iter().enumerate() {
             let capacity = self.config.queue_capacity[level];
             if *n > 0 && self.levels[level].waiting + n > capacity {
@@ -608,7 +630,7 @@ impl State {
                 ));
             }
         }
-        for (name, n, held) in &per_tenant {
+        for (name, n, held) in per_tenant {
             let tenant = self.tenant_mut(name, now);
             // Spent, held for capped jobs already accepted, and asked for
             // by these: all within the budget, and room left for jobs
@@ -640,7 +662,7 @@ impl State {
             }
         }
         // Rate last, so a refusal for another reason costs no tokens.
-        for (name, n, _) in &per_tenant {
+        for (name, n, _) in per_tenant {
             let tenant = self.tenant_mut(name, now);
             if let Some(bucket) = &mut tenant.bucket {
                 bucket.take(*n as f64, now).map_err(|retry_after| {
@@ -654,7 +676,7 @@ impl State {
                 })?;
             }
         }
-        Ok(())
+        Ok(counted)
     }
 
     /// Takes in a job without checking queue capacity or quotas: one
@@ -662,7 +684,9 @@ impl State {
     /// jobs.
     /// `hold`: what it may still be charged ([`State::admit`]).
     pub(crate) fn readmit(&mut self, id: JobId, live: Live, hold: f64, now: Instant) {
-        self.count_in(&live, hold, now);
+        let job = [(id, live, hold)];
+        self.count_in(Counted::of(&job), now);
+        let [(id, live, hold)] = job;
         self.take_in(id, Box::new(live), hold);
     }
 
