@@ -35,6 +35,17 @@ pub fn builder(cpu: f64, mock: &MockBackend) -> EngineBuilder {
 }
 
 /// A mock job of `tenant` doing what `mock` says (`{}`: succeed at once).
+/// A tenant that may have at most `n` jobs waiting.
+fn max_queued(n: u64) -> TenantConfig {
+    TenantConfig {
+        quota: Quota {
+            max_queued: Some(n),
+            ..Quota::default()
+        },
+        ..TenantConfig::default()
+    }
+}
+
 pub fn job(tenant: &str, mock: Value) -> NewJob {
     NewJob::new("sim", tenant, json!({ "mock": mock }))
 }
@@ -509,16 +520,7 @@ async fn a_submission_dropped_while_it_is_stored_still_runs_its_job() {
     let store = SlowStore::late_admissions();
     let engine = builder(2.0, &mock)
         .store(store.clone())
-        .tenant(
-            "a",
-            TenantConfig {
-                quota: Quota {
-                    max_queued: Some(1),
-                    ..Quota::default()
-                },
-                ..TenantConfig::default()
-            },
-        )
+        .tenant("a", max_queued(1))
         .build()
         .unwrap();
     let gave_up =
@@ -1037,16 +1039,7 @@ async fn idempotent_resubmission_returns_the_first_job() {
 async fn a_large_batch_is_refused_or_taken_in_whole() {
     let mock = MockBackend::new();
     let engine = builder(1.0, &mock)
-        .tenant(
-            "a",
-            TenantConfig {
-                quota: Quota {
-                    max_queued: Some(100),
-                    ..Quota::default()
-                },
-                ..TenantConfig::default()
-            },
-        )
+        .tenant("a", max_queued(100))
         .build()
         .unwrap();
     // One job holds the only CPU, so the rest wait.
