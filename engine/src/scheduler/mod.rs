@@ -1015,8 +1015,6 @@ impl Engine {
     }
 }
 
-/// The instant `at` will be, given that it is `utc_now` at `now`; `None`
-/// for a time already past.
 /// The most jobs of a submission taken in, or placed, per hold of the
 /// scheduler's lock: a runner that needs the lock between (to record what
 /// it ran, to take more) waits for that many, not for a whole batch of
@@ -1024,6 +1022,8 @@ impl Engine {
 /// idle.
 const AT_ONCE: usize = 32;
 
+/// The instant `at` will be, given that it is `utc_now` at `now`; `None`
+/// for a time already past.
 fn instant_of(at: DateTime<Utc>, utc_now: DateTime<Utc>, now: Instant) -> Option<Instant> {
     (at - utc_now).to_std().ok().map(|delay| later(now, delay))
 }
@@ -1072,13 +1072,13 @@ fn cost_hold(job: &Job) -> f64 {
     cost_left(job).unwrap_or(0.0)
 }
 
-/// The scheduler's entry for `job`, not yet admitted: what it needs, its
-/// tenant and group interned.
 /// The tenant [`live_for`] looked up last, interned, with its
 /// configuration: a submission's jobs are mostly one tenant's, looked up
 /// once.
 type TenantSeen = Option<(Arc<str>, TenantConfig)>;
 
+/// The scheduler's entry for `job`, not yet admitted: what it needs, its
+/// tenant and group interned.
 fn live_for(
     state: &mut State,
     job: &Job,

@@ -31,7 +31,7 @@ const SHARDS: usize = 32;
 /// every job. No lock is held across an `.await`.
 ///
 /// Lock order: a tenant's index, then a shard, then the tenant's list of
-/// status changes not yet entered in its index ([`Tenant`]); never the
+/// status changes not yet entered in its index (`Tenant`); never the
 /// other way round. The map of tenants is only looked in and let go,
 /// never held while another lock is taken.
 pub struct MemoryStore {
