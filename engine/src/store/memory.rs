@@ -90,9 +90,13 @@ impl Tenant {
     }
 
     fn enter_moves(&self, index: &mut TenantIndex) {
-        for change in self.moves.lock().drain(..) {
+        // Swapped out, so runners recording changes wait only for the swap.
+        let mut moves = std::mem::take(&mut index.entering);
+        std::mem::swap(&mut moves, &mut *self.moves.lock());
+        for change in moves.drain(..) {
             index.moved(change.id, change.before, change.status, change.dead_letter);
         }
+        index.entering = moves;
     }
 
     /// Enters the changes made so far if the index is free; its holder
@@ -113,6 +117,9 @@ struct TenantIndex {
     dead_letters: BTreeSet<Key>,
     idempotency: NameMap<String, JobId>,
     external: NameMap<String, JobId>,
+    /// An empty list, kept for its room: swapped with the tenant's list
+    /// of changes to enter them.
+    entering: Vec<Move>,
 }
 
 /// A job id as the ordered indexes keep it: the UUID's 128 bits as one
