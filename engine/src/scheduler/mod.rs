@@ -592,18 +592,10 @@ impl Engine {
                     }
                 }
             }
-            match state.reserve(&lives, now) {
-                Ok(()) if lives.len() <= AT_ONCE => {
-                    for (id, live, hold) in lives {
-                        state.take_in(id, Box::new(live), hold);
-                    }
-                    Ok(Vec::new())
-                }
-                Ok(()) => Ok(lives),
-                Err(refused) => {
-                    state.discard(lives.into_iter().map(|(_, live, _)| live));
-                    Err(refused)
-                }
+            if lives.len() <= AT_ONCE {
+                state.admit(lives, now).map(|()| Vec::new())
+            } else {
+                state.reserve(lives, now)
             }
         };
         let refused = match reserved {

@@ -118,6 +118,10 @@ impl Live {
     }
 }
 
+/// A job asking to be admitted: its id, its entry, and what it may still
+/// be charged (its cost hold: 0 without a `max_cost_usd`).
+pub(crate) type Candidate = (JobId, Live, f64);
+
 /// A submission's jobs counted as quotas and queue capacity count them:
 /// per level, and per tenant with their cost holds.
 struct Counted {
@@ -126,7 +130,7 @@ struct Counted {
 }
 
 impl Counted {
-    fn of(jobs: &[(JobId, Live, f64)]) -> Self {
+    fn of(jobs: &[Candidate]) -> Self {
         let mut counted = Self {
             per_level: [0; Priority::ALL.len()],
             per_tenant: Vec::with_capacity(1),
@@ -558,14 +562,10 @@ impl State {
     /// 0 without a `max_cost_usd`).
     pub(crate) fn admit(
         &mut self,
-        jobs: Vec<(JobId, Live, f64)>,
+        jobs: Vec<Candidate>,
         now: Instant,
     ) -> Result<(), (EngineError, Option<Priority>)> {
-        if let Err(err) = self.reserve(&jobs, now) {
-            self.discard(jobs.into_iter().map(|(_, live, _)| live));
-            return Err(err);
-        }
-        for (id, live, hold) in jobs {
+        for (id, live, hold) in self.reserve(jobs, now)? {
             self.take_in(id, Box::new(live), hold);
         }
         Ok(())
@@ -580,15 +580,23 @@ impl State {
     ///
     /// # Errors
     ///
-    /// As [`State::admit`]; nothing is counted then.
+    /// As [`State::admit`]; nothing is counted then, and the jobs are
+    /// discarded.
     pub(crate) fn reserve(
         &mut self,
-        jobs: &[(JobId, Live, f64)],
+        jobs: Vec<Candidate>,
         now: Instant,
-    ) -> Result<(), (EngineError, Option<Priority>)> {
-        let counted = self.check_admission(jobs, now)?;
-        self.count_in(counted, now);
-        Ok(())
+    ) -> Result<Vec<Candidate>, (EngineError, Option<Priority>)> {
+        match self.check_admission(&jobs, now) {
+            Ok(counted) => {
+                self.count_in(counted, now);
+                Ok(jobs)
+            }
+            Err(err) => {
+                self.discard(jobs.into_iter().map(|(_, live, _)| live));
+                Err(err)
+            }
+        }
     }
 
     fn count_in(&mut self, counted: Counted, now: Instant) {
@@ -612,7 +620,7 @@ impl State {
 
     fn check_admission(
         &mut self,
-        jobs: &[(JobId, Live, f64)],
+        jobs: &[Candidate],
         now: Instant,
     ) -> Result<Counted, (EngineError, Option<Priority>)> {
         let counted = Counted::of(jobs);

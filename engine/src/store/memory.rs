@@ -480,8 +480,7 @@ impl MemoryStore {
     fn apply_all(&self, changes: Vec<(JobId, Transition)>) -> Vec<Result<Arc<Job>, StoreError>> {
         let mut finished: Vec<(JobId, DateTime<Utc>)> = Vec::new();
         // The batch's tenants (mostly one), each looked up once.
-        let mut tenants: Vec<Arc<Tenant>> = Vec::new();
-        let mut names: Vec<CompactString> = Vec::new();
+        let mut tenants: Vec<(CompactString, Arc<Tenant>)> = Vec::new();
         let results = changes
             .into_iter()
             .map(|(id, change)| {
@@ -490,16 +489,15 @@ impl MemoryStore {
                 let before = job.status;
                 // Copies only while a reader still holds the previous version.
                 change.apply(Arc::make_mut(job))?;
-                let slot = match names.iter().rposition(|name| *name == job.tenant_id) {
+                let slot = match tenants.iter().rposition(|(name, _)| *name == job.tenant_id) {
                     Some(slot) => Some(slot),
                     None => self.tenant(&job.tenant_id).map(|tenant| {
-                        tenants.push(tenant);
-                        names.push(job.tenant_id.clone());
+                        tenants.push((job.tenant_id.clone(), tenant));
                         tenants.len() - 1
                     }),
                 };
                 if let Some(slot) = slot {
-                    tenants[slot].moves.lock().push(Move {
+                    tenants[slot].1.moves.lock().push(Move {
                         id,
                         before,
                         status: job.status,
@@ -515,7 +513,7 @@ impl MemoryStore {
                 Ok(Arc::clone(job))
             })
             .collect();
-        for tenant in &tenants {
+        for (_, tenant) in &tenants {
             tenant.try_enter_moves();
         }
         if !finished.is_empty() {

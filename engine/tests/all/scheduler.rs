@@ -35,6 +35,10 @@ pub fn builder(cpu: f64, mock: &MockBackend) -> EngineBuilder {
 }
 
 /// A mock job of `tenant` doing what `mock` says (`{}`: succeed at once).
+pub fn job(tenant: &str, mock: Value) -> NewJob {
+    NewJob::new("sim", tenant, json!({ "mock": mock }))
+}
+
 /// A tenant that may have at most `n` jobs waiting.
 fn max_queued(n: u64) -> TenantConfig {
     TenantConfig {
@@ -44,10 +48,6 @@ fn max_queued(n: u64) -> TenantConfig {
         },
         ..TenantConfig::default()
     }
-}
-
-pub fn job(tenant: &str, mock: Value) -> NewJob {
-    NewJob::new("sim", tenant, json!({ "mock": mock }))
 }
 
 async fn run_all(engine: &Engine, ids: &[JobId]) -> Vec<Arc<Job>> {
