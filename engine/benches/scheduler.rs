@@ -378,6 +378,33 @@ fn noop_section(rt: &tokio::runtime::Runtime, rounds: usize, jobs: usize) {
     }
 }
 
+/// Marks for `scripts/count-instructions.py`: callgrind dumps its counts
+/// as each is entered (`--dump-before=*_round_mark`), so every round of
+/// (c) is counted on its own. Never inlined, and each with a side effect
+/// of its own, or the optimizer would fold them into one function or drop
+/// the calls.
+mod marks {
+    #[inline(never)]
+    pub fn direct_round_mark() {
+        std::hint::black_box(0);
+    }
+
+    #[inline(never)]
+    pub fn all_at_once_round_mark() {
+        std::hint::black_box(1);
+    }
+
+    #[inline(never)]
+    pub fn in_flight_round_mark() {
+        std::hint::black_box(2);
+    }
+
+    #[inline(never)]
+    pub fn end_of_round_mark() {
+        std::hint::black_box(3);
+    }
+}
+
 fn tool_call_section(rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
     let cores = env("BENCH_CAPACITY", 8);
     println!(
@@ -403,17 +430,29 @@ fn tool_call_section(rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) 
         // of the rounds' own ratios (the paths' medians apart are printed
         // too).
         let submitters = [
-            ("all at once", Submitter::AllAtOnce),
-            ("256 in flight", Submitter::InFlight256),
+            (
+                "all at once",
+                Submitter::AllAtOnce,
+                marks::all_at_once_round_mark as fn(),
+            ),
+            (
+                "256 in flight",
+                Submitter::InFlight256,
+                marks::in_flight_round_mark,
+            ),
         ];
         let (mut direct, mut direct_cpu) = (Vec::new(), Vec::new());
         let mut scheduled: Vec<Rounds> = submitters.iter().map(|_| Rounds::default()).collect();
         for _ in 0..rounds {
+            marks::direct_round_mark();
             let (direct_rate, direct_us) = direct_calls(&host, calls).await;
+            marks::end_of_round_mark();
             direct.push(direct_rate);
             direct_cpu.push(direct_us);
-            for ((_, submitter), rounds) in submitters.iter().zip(&mut scheduled) {
+            for ((_, submitter, mark), rounds) in submitters.iter().zip(&mut scheduled) {
+                mark();
                 let (rate, cpu) = scheduled_calls(&engine, calls, *submitter).await;
+                marks::end_of_round_mark();
                 rounds.push(rate, cpu, direct_rate, direct_us);
             }
         }
@@ -422,7 +461,7 @@ fn tool_call_section(rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) 
             "  direct ToolHost::call, 2 tasks         {direct:>10.0} calls/s  {:>7.2} us/call  {direct_cpu:>6.2} us CPU/call",
             1e6 / direct
         );
-        for ((name, _), rounds) in submitters.iter().zip(scheduled) {
+        for ((name, _, _), rounds) in submitters.iter().zip(scheduled) {
             let (rate, cpu) = (median(rounds.rate), median(rounds.cpu));
             println!(
                 "  tool_call jobs, {name:<14}         {rate:>10.0} jobs/s   {:>7.2} us/job   {cpu:>6.2} us CPU/job  ({:.2}x the direct path's time per call, {:.2}x its CPU: medians of the rounds' ratios)",

@@ -336,10 +336,11 @@ impl Runtime {
         let start = Instant::now();
         // A timeout past the clock's range is none.
         let deadline = start.checked_add(timeout);
-        let epoch_cancel = cancel.clone();
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if is_cancelled(epoch_cancel.as_ref())
+        // The token is read from the call's state: a clone of its own would
+        // cost a lock and an atomic each way on every call.
+        store.epoch_deadline_callback(move |store| {
+            if is_cancelled(store.data().host.cancel.as_ref())
                 || deadline.is_some_and(|deadline| Instant::now() >= deadline)
             {
                 Ok(UpdateDeadline::Interrupt)
