@@ -42,11 +42,16 @@ MARKS = {
 NAME = re.compile(r"(c?fn)=\((\d+)\)(?: (.*))?")
 
 
-def exclusive_costs(path):
-    """Instructions per function, its own only (not its callees')."""
+def exclusive_costs(path, event="Ir"):
+    """`event` (instructions unless told) per function, its own only (not
+    its callees')."""
     names, costs, current, after_call = {}, collections.Counter(), None, False
+    columns = None
     with open(path, errors="replace") as dump:
         for line in dump:
+            if line.startswith("events:"):
+                columns = [1 + line.split()[1:].index(e) for e in event.split("+")]
+                continue
             named = NAME.match(line.rstrip("\n"))
             if named:
                 kind, number, name = named.groups()
@@ -68,8 +73,9 @@ def exclusive_costs(path):
                     after_call = False
                 elif current is not None:
                     fields = line.split()
-                    if len(fields) > 1:
-                        costs[current] += int(fields[1])
+                    costs[current] += sum(
+                        int(fields[c]) for c in columns if c < len(fields)
+                    )
     return costs
 
 
@@ -102,54 +108,75 @@ def main():
     parser.add_argument("bench", help="the scheduler bench's binary")
     parser.add_argument("--top", type=int, default=0, help="functions to list")
     parser.add_argument("--keep", help="keep callgrind's dumps in this folder")
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="simulate the caches too (a 512 KiB last level, as this host's L2;"
+        " twice as slow) and count misses beside instructions",
+    )
+    parser.add_argument(
+        "--dumps", help="read the dumps a run with --keep left in this folder instead of running"
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
-    directory = args.keep or tempfile.mkdtemp(prefix="count-instructions-")
+    directory = args.dumps or args.keep or tempfile.mkdtemp(prefix="count-instructions-")
     os.makedirs(directory, exist_ok=True)
     env = dict(os.environ, BENCH_SECTIONS="c", BENCH_PAIRS="2", BENCH_CALLS=str(CALLS))
-    subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--dump-before=*_round_mark",
-            f"--callgrind-out-file={directory}/callgrind.out.%p",
-            os.path.abspath(args.bench),
-            "--bench",
-        ],
-        env=env,
-        cwd=directory,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    per_path = collections.defaultdict(list)
+    cache = ["--cache-sim=yes", "--LL=524288,8,64"] if args.cache else []
+    if not args.dumps:
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                *cache,
+                "--dump-before=*_round_mark",
+                f"--callgrind-out-file={directory}/callgrind.out.%p",
+                os.path.abspath(args.bench),
+                "--bench",
+            ],
+            env=env,
+            cwd=directory,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    found = rounds(directory)
+    simulated = any(line.startswith("events:") and "DLmr" in line for line in open(found[0][1]))
+    events = {"Ir": "instructions"}
+    if simulated:
+        events.update({"D1mr+D1mw": "L1 data misses", "DLmr+DLmw": "last-level data misses"})
+    per_path = collections.defaultdict(lambda: collections.defaultdict(list))
     last = {}
-    for path, dump in rounds(directory):
-        costs = exclusive_costs(dump)
-        per_path[path].append(sum(costs.values()) / CALLS)
-        last[path] = costs
-    direct = per_path.get(MARKS["direct_round_mark"])
-    if not direct:
-        sys.exit(f"no rounds found in {directory}: is {args.bench} the scheduler bench?")
-    base = min(direct)
-    for path, counts in per_path.items():
-        figures = ", ".join(f"{c:,.0f}" for c in counts)
-        print(f"{path:<32} {figures:>20} instructions a call  ({min(counts) / base:.3f}x)")
-    if args.top:
-        all_at_once = last[MARKS["all_at_once_round_mark"]]
-        direct_costs = last[MARKS["direct_round_mark"]]
+    for path, dump in found:
+        for event in events:
+            costs = exclusive_costs(dump, event)
+            per_path[event][path].append(sum(costs.values()) / CALLS)
+            last[path, event] = costs
+    for event, what in events.items():
+        direct = per_path[event].get(MARKS["direct_round_mark"])
+        if not direct:
+            sys.exit(f"no rounds found in {directory}: is {args.bench} the scheduler bench?")
+        base = min(direct)
+        for path, counts in per_path[event].items():
+            figures = ", ".join(f"{c:,.1f}" if c < 100 else f"{c:,.0f}" for c in counts)
+            print(f"{path:<32} {figures:>20} {what} a call  ({min(counts) / base:.3f}x)")
+    for event, what in events.items():
+        if not args.top:
+            break
+        all_at_once = last[MARKS["all_at_once_round_mark"], event]
+        direct_costs = last[MARKS["direct_round_mark"], event]
         differences = {
             name: (all_at_once[name] - direct_costs[name]) / CALLS
             for name in set(all_at_once) | set(direct_costs)
         }
-        print(f"\nown instructions a call, direct -> all at once (the {args.top} largest differences):")
+        print(f"\nown {what} a call, direct -> all at once (the {args.top} largest differences):")
         for name in sorted(differences, key=lambda n: -abs(differences[n]))[: args.top]:
             print(
-                f"{direct_costs[name] / CALLS:9.0f} {all_at_once[name] / CALLS:9.0f}"
-                f" {differences[name]:+8.0f}  {name[-100:]}"
+                f"{direct_costs[name] / CALLS:9.1f} {all_at_once[name] / CALLS:9.1f}"
+                f" {differences[name]:+8.1f}  {name[-100:]}"
             )
-    if not args.keep:
+    if not (args.keep or args.dumps):
         shutil.rmtree(directory)
 
 

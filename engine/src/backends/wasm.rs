@@ -63,27 +63,9 @@ impl WasmBackend {
                 .map_err(|e| AdmitError::InvalidPayload(format!("loading the tool failed: {e}")))?;
         loaded.map_err(admit_error)
     }
-}
 
-fn admit_error(err: Error) -> AdmitError {
-    match err {
-        Error::InvalidArgs { violations, .. } => AdmitError::InvalidArgs(violations),
-        Error::ToolNotFound { name } => AdmitError::UnknownTool(name),
-        other => AdmitError::InvalidPayload(other.to_string()),
-    }
-}
-
-#[async_trait::async_trait]
-impl Backend for WasmBackend {
-    fn name(&self) -> &str {
-        "wasm"
-    }
-
-    fn supports(&self, job: &Job) -> bool {
-        job.kind == JobKind::ToolCall
-    }
-
-    async fn admit(&self, job: &Job) -> Result<(), AdmitError> {
+    /// [`Backend::admit`], unboxed, as [`WasmBackend::run`] is.
+    pub(crate) async fn check(&self, job: &Job) -> Result<(), AdmitError> {
         let (ready, args) = self.tool(job).await?;
         let args = args.filter(|args| *args != "null").ok_or_else(|| {
             AdmitError::InvalidArgs(vec![Violation {
@@ -94,7 +76,16 @@ impl Backend for WasmBackend {
         self.host.check_args(&ready, args).map_err(admit_error)
     }
 
-    async fn execute(&self, job: &Job, ctx: ExecContext) -> Result<serde_json::Value, ExecError> {
+    /// [`Backend::execute`], unboxed: the engine calls it directly for
+    /// the `wasm` backend it was built with
+    /// ([`EngineBuilder::tool_host`](crate::EngineBuilder::tool_host)),
+    /// so an attempt's call lives in the attempt's own future instead of
+    /// a box of its own, allocated and written afresh at each attempt.
+    pub(crate) async fn run(
+        &self,
+        job: &Job,
+        ctx: ExecContext,
+    ) -> Result<serde_json::Value, ExecError> {
         let (ready, args) = self
             .tool(job)
             .await
@@ -146,6 +137,33 @@ impl Backend for WasmBackend {
         report
             .outcome
             .map_err(|failure| ExecError::new(failure.class, failure.message))
+    }
+}
+
+fn admit_error(err: Error) -> AdmitError {
+    match err {
+        Error::InvalidArgs { violations, .. } => AdmitError::InvalidArgs(violations),
+        Error::ToolNotFound { name } => AdmitError::UnknownTool(name),
+        other => AdmitError::InvalidPayload(other.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for WasmBackend {
+    fn name(&self) -> &str {
+        "wasm"
+    }
+
+    fn supports(&self, job: &Job) -> bool {
+        job.kind == JobKind::ToolCall
+    }
+
+    async fn admit(&self, job: &Job) -> Result<(), AdmitError> {
+        self.check(job).await
+    }
+
+    async fn execute(&self, job: &Job, ctx: ExecContext) -> Result<serde_json::Value, ExecError> {
+        self.run(job, ctx).await
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
+use futures_util::future::OptionFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -132,6 +133,11 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) -> bool {
     let claimed = inner.store.transition_batch(claims, Commit::Ordered).await;
     let began = Instant::now();
     let mut done = Vec::with_capacity(batch.len());
+    // One allocation for the batch's attempts, each written over the one
+    // before: an attempt's future is some kilobytes, and boxing each
+    // afresh wrote them to memory the cache no longer held. Only an
+    // attempt that goes on in a task of its own takes the box with it.
+    let mut slot = Box::pin(OptionFuture::default());
     for (start, claimed) in batch.into_iter().zip(claimed) {
         let job = match claimed {
             Ok(job) => job,
@@ -141,7 +147,7 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) -> bool {
                 continue;
             }
         };
-        let mut attempt = Box::pin(attempt(Arc::clone(inner), start, job));
+        slot.set(Some(attempt(Arc::clone(inner), start, job)).into());
         // Polled with a waker that does nothing: if it is not finished,
         // the task it moves to polls it again first thing, and that poll
         // registers the real waker. Outside Tokio's cooperative budget:
@@ -150,17 +156,20 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) -> bool {
         // send a quick attempt to a task of its own for nothing.
         // IN_PLACE_BUDGET bounds the time spent here instead.
         if began.elapsed() < IN_PLACE_BUDGET
-            && let Poll::Ready(finished) =
-                std::pin::pin!(tokio::task::unconstrained(attempt.as_mut()))
-                    .poll(&mut Context::from_waker(Waker::noop()))
+            && let Poll::Ready(finished) = std::pin::pin!(tokio::task::unconstrained(slot.as_mut()))
+                .poll(&mut Context::from_waker(Waker::noop()))
         {
-            done.push(finished);
+            // What the attempt held (its job, its engine) goes now.
+            slot.set(OptionFuture::default());
+            done.extend(finished);
             continue;
         }
+        let attempt = std::mem::replace(&mut slot, Box::pin(OptionFuture::default()));
         let inner = Arc::clone(inner);
         tokio::spawn(async move {
-            let finished = attempt.await;
-            record(&inner, vec![finished]).await;
+            if let Some(finished) = attempt.await {
+                record(&inner, vec![finished]).await;
+            }
         });
     }
     if done.is_empty() {
@@ -298,14 +307,16 @@ async fn execute(
     .with_cost_limit(cost_left(job));
     let meter = Arc::clone(ctx.cost_meter());
     let timeout = job.resources.timeout().or(inner.defaults.timeout);
-    let outcome = supervise(
-        // The call inside: a backend may panic before it returns a future.
-        unwound(async move { backend.execute(job, ctx).await }),
-        &start.cancel,
-        timeout,
-        inner.defaults.cancel_grace,
-    )
-    .await;
+    // Pinned here and lent to `supervise`, not moved into it: a future
+    // moved into an `async fn` is kept in its caller's state and again in
+    // the callee's, and the call inside is some kilobytes.
+    let exec = std::pin::pin!(unwound(async move {
+        match &inner.wasm {
+            Some((index, wasm)) if *index == start.backend => wasm.run(job, ctx).await,
+            _ => backend.execute(job, ctx).await,
+        }
+    }));
+    let outcome = supervise(exec, &start.cancel, timeout, inner.defaults.cancel_grace).await;
     (outcome, meter)
 }
 
@@ -517,18 +528,17 @@ async fn abandon_attempt(inner: &Arc<Inner>, start: &Start) {
 /// engine cancels `cancel` itself; either way the backend gets `grace` to
 /// return, and is dropped after that.
 async fn supervise(
-    exec: impl Future<Output = Result<serde_json::Value, ExecError>>,
+    mut exec: Pin<&mut impl Future<Output = Result<serde_json::Value, ExecError>>>,
     cancel: &CancellationToken,
     timeout: Option<Duration>,
     grace: Duration,
 ) -> Result<serde_json::Value, ExecError> {
     // A timeout past the clock's range is none.
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    tokio::pin!(exec);
     // Most attempts end at their first poll. They end here, without the
     // watch's timers: those make the watch's future large (and every
-    // attempt's with it, copied as it is boxed), so it is boxed apart,
-    // for the attempts that wait.
+    // attempt's with it), so it is boxed apart, for the attempts that
+    // wait.
     match super::poll_once(exec.as_mut()).await {
         Poll::Ready(result) => result,
         Poll::Pending => Box::pin(watch(exec, cancel, deadline, grace)).await,
@@ -606,18 +616,18 @@ impl<F: Future> Future for PolledAlready<'_, F> {
 /// fails that attempt. Unwinding on would take down the runner that
 /// polled it, with the other attempts of its batch, and leave the job
 /// running for good, holding its resources.
-async fn unwound(
+fn unwound(
     exec: impl Future<Output = Result<serde_json::Value, ExecError>>,
-) -> Result<serde_json::Value, ExecError> {
-    AssertUnwindSafe(exec)
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
+) -> impl Future<Output = Result<serde_json::Value, ExecError>> {
+    // Combinators, not an `async fn`: they hold `exec` once.
+    AssertUnwindSafe(exec).catch_unwind().map(|unwound| {
+        unwound.unwrap_or_else(|panic| {
             Err(ExecError::new(
                 OutcomeClass::BackendError,
                 format!("the backend panicked: {}", super::panic_text(&*panic)),
             ))
         })
+    })
 }
 
 fn stop_message(class: OutcomeClass, detail: &str) -> String {

@@ -43,6 +43,7 @@ use work_host_api::{
     RetryPolicy,
 };
 
+use crate::backends::WasmBackend;
 use crate::events::{EventData, EventStream, Telemetry};
 use crate::spinning_mutex::SpinningMutex;
 use crate::store::{
@@ -87,6 +88,9 @@ pub(crate) struct Inner {
     state: SpinningMutex<State>,
     store: Arc<dyn Store>,
     backends: Vec<Arc<dyn Backend>>,
+    /// The `wasm` backend [`EngineBuilder::tool_host`] added, and its
+    /// place in `backends`: called without the trait's boxed future.
+    wasm: Option<(usize, Arc<WasmBackend>)>,
     telemetry: Telemetry,
     timer: Arc<Notify>,
     /// Wakes an idle runner when jobs are dispatched.
@@ -112,6 +116,7 @@ pub struct EngineBuilder {
     config: SchedulerConfig,
     defaults: JobDefaults,
     backends: Vec<Arc<dyn Backend>>,
+    wasm: Option<(usize, Arc<WasmBackend>)>,
     store: Option<Arc<dyn Store>>,
     runners: Option<usize>,
     observer: Option<crate::events::EventObserver>,
@@ -125,8 +130,10 @@ impl EngineBuilder {
     }
 
     /// Runs `tool_call` jobs on `host`'s tools (the `wasm` backend).
-    pub fn tool_host(self, host: Arc<ToolHost>) -> Self {
-        self.backend(crate::backends::WasmBackend::new(host))
+    pub fn tool_host(mut self, host: Arc<ToolHost>) -> Self {
+        let wasm = Arc::new(WasmBackend::new(host));
+        self.wasm = Some((self.backends.len(), Arc::clone(&wasm)));
+        self.backend_arc(wasm)
     }
 
     /// Adds a backend. A job runs on the first backend, in the order
@@ -291,6 +298,7 @@ impl EngineBuilder {
         let inner = Arc::new(Inner {
             store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
             backends: self.backends,
+            wasm: self.wasm,
             telemetry: Telemetry::new(event_capacity, self.observer),
             timer: Arc::new(Notify::new()),
             runner_wake: Arc::new(Notify::new()),
@@ -463,6 +471,7 @@ impl Engine {
             config: SchedulerConfig::default(),
             defaults: JobDefaults::default(),
             backends: Vec::new(),
+            wasm: None,
             store: None,
             runners: None,
             observer: None,
@@ -1450,7 +1459,13 @@ impl Inner {
         run_at: Option<Instant>,
     ) -> Result<Prepared, EngineError> {
         let admitter = &self.backends[backend];
-        AssertUnwindSafe(admitter.admit(&job))
+        let admitted = async {
+            match &self.wasm {
+                Some((index, wasm)) if *index == backend => wasm.check(&job).await,
+                _ => admitter.admit(&job).await,
+            }
+        };
+        AssertUnwindSafe(admitted)
             .catch_unwind()
             .await
             .map_err(|panic| backend_panicked(admitter.name(), &*panic))?

@@ -66,6 +66,32 @@ async fn a_tool_call_job_runs_in_the_sandbox() {
     assert_eq!(done.result, Some(json!(2.0)));
 }
 
+/// `tool_host` calls its `wasm` backend without the trait's boxed
+/// futures; the same backend added as any other goes through the trait,
+/// and admits and runs alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wasm_backend_added_as_any_backend_admits_and_runs_alike() {
+    let dir = TempDir::new().unwrap();
+    let host = ToolHost::open(dir.path(), config()).unwrap();
+    host.register(&wasm(guests::CALCULATOR), Grants::default())
+        .await
+        .unwrap();
+    let engine = Engine::builder()
+        .backend(work_engine::backends::WasmBackend::new(Arc::new(host)))
+        .build()
+        .unwrap();
+    let call = |args| NewJob::tool_call("acme", "calculator", args);
+    let done = submit_and_wait(&engine, call(json!({"op": "mul", "a": 6, "b": 7})), LONG).await;
+    assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
+    assert_eq!(done.result, Some(json!(42.0)));
+    assert_eq!(done.backend.as_deref(), Some("wasm"));
+    let err = engine.submit(call(json!({"op": "pow"}))).await.unwrap_err();
+    assert!(
+        matches!(&err, EngineError::InvalidArgs { violations, .. } if !violations.is_empty()),
+        "{err:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tool_calls_are_refused_at_admission_with_every_violation() {
     let (_dir, engine) = engine_with(&[guests::CALCULATOR]).await;
