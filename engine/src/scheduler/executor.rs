@@ -79,6 +79,9 @@ struct Done {
 /// jobs and runs them. Holds the engine only while it has work.
 pub(crate) async fn runner(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: CancellationToken) {
     let mut idle = false;
+    // Where this runner's attempts run in place, one after another, batch
+    // after batch (see `run_batch`).
+    let mut slot = Box::pin(OptionFuture::default());
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -101,7 +104,7 @@ pub(crate) async fn runner(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: Canc
         if wake_another {
             super::yield_to_workers().await;
         }
-        let woke_another = run_batch(&strong, batch).await;
+        let woke_another = run_batch(&strong, batch, &mut slot, attempt).await;
         drop(strong);
         if woke_another {
             super::yield_to_workers().await;
@@ -116,7 +119,18 @@ pub(crate) async fn runner(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: Canc
 /// Claims `batch`, runs each attempt (in place while they finish at once),
 /// and records the ones that finished. Returns whether recording them in
 /// place woke another runner.
-async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) -> bool {
+///
+/// The attempts run in place in `slot`, each written over the one before:
+/// an attempt's future is some kilobytes, and a fresh box for each went
+/// to memory the cache no longer held. Only an attempt that goes on in a
+/// task of its own takes the box with it, and leaves a new one. (`begin`
+/// is [`attempt`], passed in so that the slot's type can be named.)
+async fn run_batch<F: Future<Output = Done> + Send + 'static>(
+    inner: &Arc<Inner>,
+    batch: Vec<Start>,
+    slot: &mut Pin<Box<OptionFuture<F>>>,
+    begin: fn(Arc<Inner>, Start, Arc<Job>) -> F,
+) -> bool {
     let at = Utc::now();
     let claims = batch
         .iter()
@@ -133,11 +147,6 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) -> bool {
     let claimed = inner.store.transition_batch(claims, Commit::Ordered).await;
     let began = Instant::now();
     let mut done = Vec::with_capacity(batch.len());
-    // One allocation for the batch's attempts, each written over the one
-    // before: an attempt's future is some kilobytes, and boxing each
-    // afresh wrote them to memory the cache no longer held. Only an
-    // attempt that goes on in a task of its own takes the box with it.
-    let mut slot = Box::pin(OptionFuture::default());
     for (start, claimed) in batch.into_iter().zip(claimed) {
         let job = match claimed {
             Ok(job) => job,
@@ -147,7 +156,7 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) -> bool {
                 continue;
             }
         };
-        slot.set(Some(attempt(Arc::clone(inner), start, job)).into());
+        slot.set(Some(begin(Arc::clone(inner), start, job)).into());
         // Polled with a waker that does nothing: if it is not finished,
         // the task it moves to polls it again first thing, and that poll
         // registers the real waker. Outside Tokio's cooperative budget:
@@ -164,7 +173,7 @@ async fn run_batch(inner: &Arc<Inner>, batch: Vec<Start>) -> bool {
             done.extend(finished);
             continue;
         }
-        let attempt = std::mem::replace(&mut slot, Box::pin(OptionFuture::default()));
+        let attempt = std::mem::replace(slot, Box::pin(OptionFuture::default()));
         let inner = Arc::clone(inner);
         tokio::spawn(async move {
             if let Some(finished) = attempt.await {
