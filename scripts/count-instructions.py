@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Counts the instructions a `calculator` call takes on each path of the
-scheduler bench's (c) section, under callgrind: exact where timings on a
-shared host move by ±5 % from run to run, so a change that saves a few
-hundred instructions a job shows in one run of each build.
+scheduler bench's (c) section, under callgrind: far steadier than timings
+on a shared host, which move by ±5 % from run to run. The count still
+moves with how the runners' batches fall, by up to 2 % between runs, so
+a change of a few hundred instructions a job needs several runs of each
+build.
 
     cargo bench -p work-engine --bench scheduler --no-run   # prints BENCH, the binary
-    scripts/count-instructions.py BENCH [--top N] [--keep DIR]
+    scripts/count-instructions.py BENCH [--top N] [--keep DIR] [--cache]
+    scripts/count-instructions.py - --dumps DIR [--top N]   # read a kept run again
 
 It runs BENCH under `valgrind --tool=callgrind` with BENCH_SECTIONS=c,
 BENCH_PAIRS=2 and BENCH_CALLS=12500 (about three minutes): 12,500 jobs a
@@ -16,6 +19,10 @@ counts on entering one, so each dump is one round. Printed: instructions
 per call on the direct path, per job on the two scheduled ones, their
 ratio, and with --top the functions whose own (exclusive) instructions
 differ most between the last direct round and the last all-at-once one.
+
+With --cache, callgrind simulates the caches as well (a 512 KiB last
+level, as this host's L2; about twice as slow), and L1 and last-level data
+misses a call are printed beside the instructions, and listed by --top.
 
 Callgrind runs the threads one at a time and cannot reserve the instance
 pool's address space, so wasmtime falls back to on-demand instances there:
