@@ -319,12 +319,7 @@ async fn execute(
     // Pinned here and lent to `supervise`, not moved into it: a future
     // moved into an `async fn` is kept in its caller's state and again in
     // the callee's, and the call inside is some kilobytes.
-    let exec = std::pin::pin!(unwound(async move {
-        match &inner.wasm {
-            Some((index, wasm)) if *index == start.backend => wasm.run(job, ctx).await,
-            _ => backend.execute(job, ctx).await,
-        }
-    }));
+    let exec = std::pin::pin!(unwound(backend.execute(job, ctx)));
     let outcome = supervise(exec, &start.cancel, timeout, inner.defaults.cancel_grace).await;
     (outcome, meter)
 }

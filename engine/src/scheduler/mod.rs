@@ -39,8 +39,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use work_host_api::{
-    AdmitError, Backend, Job, JobError, JobId, JobKind, JobStatus, NewJob, OutcomeClass, Priority,
-    RetryPolicy,
+    AdmitError, Backend, ExecContext, ExecError, Job, JobError, JobId, JobKind, JobStatus, NewJob,
+    OutcomeClass, Priority, RetryPolicy,
 };
 
 use crate::backends::WasmBackend;
@@ -84,13 +84,53 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// A backend as the engine holds it. The `wasm` backend that
+/// [`EngineBuilder::tool_host`] adds is held as its own type, and its
+/// admissions and attempts are called directly, not through the trait's
+/// `async_trait` boxes: an attempt's call then lives in the attempt's own
+/// future instead of a box allocated and written afresh at each attempt.
+/// Every other backend (a `WasmBackend` added with
+/// [`EngineBuilder::backend`] too) goes through [`Backend`].
+enum Registered {
+    Wasm(Arc<WasmBackend>),
+    Other(Arc<dyn Backend>),
+}
+
+impl Registered {
+    fn as_backend(&self) -> &dyn Backend {
+        match self {
+            Self::Wasm(wasm) => &**wasm,
+            Self::Other(backend) => &**backend,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.as_backend().name()
+    }
+
+    fn supports(&self, job: &Job) -> bool {
+        self.as_backend().supports(job)
+    }
+
+    async fn admit(&self, job: &Job) -> Result<(), AdmitError> {
+        match self {
+            Self::Wasm(wasm) => wasm.check(job).await,
+            Self::Other(backend) => backend.admit(job).await,
+        }
+    }
+
+    async fn execute(&self, job: &Job, ctx: ExecContext) -> Result<serde_json::Value, ExecError> {
+        match self {
+            Self::Wasm(wasm) => wasm.run(job, ctx).await,
+            Self::Other(backend) => backend.execute(job, ctx).await,
+        }
+    }
+}
+
 pub(crate) struct Inner {
     state: SpinningMutex<State>,
     store: Arc<dyn Store>,
-    backends: Vec<Arc<dyn Backend>>,
-    /// The `wasm` backend [`EngineBuilder::tool_host`] added, and its
-    /// place in `backends`: called without the trait's boxed future.
-    wasm: Option<(usize, Arc<WasmBackend>)>,
+    backends: Vec<Registered>,
     telemetry: Telemetry,
     timer: Arc<Notify>,
     /// Wakes an idle runner when jobs are dispatched.
@@ -115,8 +155,7 @@ impl Drop for Inner {
 pub struct EngineBuilder {
     config: SchedulerConfig,
     defaults: JobDefaults,
-    backends: Vec<Arc<dyn Backend>>,
-    wasm: Option<(usize, Arc<WasmBackend>)>,
+    backends: Vec<Registered>,
     store: Option<Arc<dyn Store>>,
     runners: Option<usize>,
     observer: Option<crate::events::EventObserver>,
@@ -131,9 +170,9 @@ impl EngineBuilder {
 
     /// Runs `tool_call` jobs on `host`'s tools (the `wasm` backend).
     pub fn tool_host(mut self, host: Arc<ToolHost>) -> Self {
-        let wasm = Arc::new(WasmBackend::new(host));
-        self.wasm = Some((self.backends.len(), Arc::clone(&wasm)));
-        self.backend_arc(wasm)
+        let wasm = WasmBackend::new(host);
+        self.backends.push(Registered::Wasm(Arc::new(wasm)));
+        self
     }
 
     /// Adds a backend. A job runs on the first backend, in the order
@@ -144,7 +183,7 @@ impl EngineBuilder {
 
     /// [`EngineBuilder::backend`] for a backend already shared.
     pub fn backend_arc(mut self, backend: Arc<dyn Backend>) -> Self {
-        self.backends.push(backend);
+        self.backends.push(Registered::Other(backend));
         self
     }
 
@@ -298,7 +337,6 @@ impl EngineBuilder {
         let inner = Arc::new(Inner {
             store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
             backends: self.backends,
-            wasm: self.wasm,
             telemetry: Telemetry::new(event_capacity, self.observer),
             timer: Arc::new(Notify::new()),
             runner_wake: Arc::new(Notify::new()),
@@ -471,7 +509,6 @@ impl Engine {
             config: SchedulerConfig::default(),
             defaults: JobDefaults::default(),
             backends: Vec::new(),
-            wasm: None,
             store: None,
             runners: None,
             observer: None,
@@ -1459,13 +1496,7 @@ impl Inner {
         run_at: Option<Instant>,
     ) -> Result<Prepared, EngineError> {
         let admitter = &self.backends[backend];
-        let admitted = async {
-            match &self.wasm {
-                Some((index, wasm)) if *index == backend => wasm.check(&job).await,
-                _ => admitter.admit(&job).await,
-            }
-        };
-        AssertUnwindSafe(admitted)
+        AssertUnwindSafe(admitter.admit(&job))
             .catch_unwind()
             .await
             .map_err(|panic| backend_panicked(admitter.name(), &*panic))?
