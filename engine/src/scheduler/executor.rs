@@ -80,7 +80,10 @@ pub(crate) async fn runner(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: Canc
     let mut idle = false;
     // Where this runner's attempts run in place, one after another, batch
     // after batch (see `run_batch`).
-    let mut slot = Box::pin(None);
+    let mut slots = Slots {
+        attempt: Box::pin(None),
+        record: Box::pin(None),
+    };
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -103,7 +106,7 @@ pub(crate) async fn runner(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: Canc
         if wake_another {
             super::yield_to_workers().await;
         }
-        let woke_another = run_batch(&strong, batch, &mut slot, attempt).await;
+        let woke_another = run_batch(&strong, batch, &mut slots, attempt, record_owned).await;
         drop(strong);
         if woke_another {
             super::yield_to_workers().await;
@@ -119,21 +122,27 @@ pub(crate) async fn runner(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: Canc
 /// and records the ones that finished. Returns whether recording them in
 /// place woke another runner.
 ///
-/// The attempts run in place in `slot`, each written over the one before
-/// ([`begin_in`]): an attempt's future is some kilobytes, and a fresh box
-/// for each went to memory the cache no longer held. Only an attempt that goes on in a
-/// task of its own takes the box with it, and leaves a new one. (`begin`
-/// is [`attempt`], passed in so that the slot's type can be named.)
-async fn run_batch<F, B>(
+/// The attempts run in place in `slots.attempt`, each written over the
+/// one before ([`write_in`]): an attempt's future is some kilobytes, and a
+/// fresh box for each went to memory the cache no longer held. Only an
+/// attempt that goes on in a task of its own takes the box with it, and
+/// leaves a new one. The batch's record runs so in `slots.record`.
+/// (`begin` is [`attempt`] and `begin_record` [`record_owned`], passed in
+/// so that the slots' types can be named.)
+async fn run_batch<F, B, R, M>(
     inner: &Arc<Inner>,
     batch: Vec<Start>,
-    slot: &mut Pin<Box<Option<F>>>,
+    slots: &mut Slots<F, R>,
     begin: B,
+    begin_record: M,
 ) -> bool
 where
     F: Future<Output = Done> + Send + 'static,
     B: Fn(Arc<Inner>, Start, Arc<Job>) -> F + Copy,
+    R: Future<Output = bool> + Send + 'static,
+    M: FnOnce(Arc<Inner>, Vec<Done>) -> R,
 {
+    let slot = &mut slots.attempt;
     let at = Utc::now();
     let claims = batch
         .iter()
@@ -159,7 +168,7 @@ where
                 continue;
             }
         };
-        begin_in(slot.as_mut(), begin, Arc::clone(inner), start, job);
+        write_in(slot.as_mut(), || begin(Arc::clone(inner), start, job));
         // Polled with a waker that does nothing: if it is not finished,
         // the task it moves to polls it again first thing, and that poll
         // registers the real waker. Outside Tokio's cooperative budget:
@@ -192,61 +201,69 @@ where
     // A durable store answers after its commit: the runner does not wait
     // for it, but goes on to the next batch while a task of its own waits,
     // up to RECORDS_IN_FLIGHT such tasks.
-    let records = Arc::clone(&inner.records);
-    let inner = Arc::clone(inner);
-    let mut recording = Box::pin(async move { record(&inner, done).await });
-    let polled = recording
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()));
-    if let Poll::Ready(woke_another) = polled {
+    let slot = &mut slots.record;
+    write_in(slot.as_mut(), || begin_record(Arc::clone(inner), done));
+    if let Some(recording) = slot.as_mut().as_pin_mut()
+        && let Poll::Ready(woke_another) = recording.poll(&mut Context::from_waker(Waker::noop()))
+    {
+        slot.set(None);
         return woke_another;
     }
-    match records.try_acquire_owned() {
+    let mut recording = std::mem::replace(slot, Box::pin(None));
+    let finish = async move {
+        match recording.as_mut().as_pin_mut() {
+            Some(recording) => recording.await,
+            None => false,
+        }
+    };
+    match Arc::clone(&inner.records).try_acquire_owned() {
         Ok(permit) => {
             tokio::spawn(async move {
-                recording.await;
+                finish.await;
                 drop(permit);
             });
             false
         }
-        Err(_) => recording.await,
+        Err(_) => finish.await,
     }
 }
 
-/// Writes the attempt `begin` makes into the empty `slot`.
+/// Where a runner's attempts and records run, one after another (see
+/// [`run_batch`]).
+struct Slots<F, R> {
+    attempt: Pin<Box<Option<F>>>,
+    record: Pin<Box<Option<R>>>,
+}
+
+/// Writes the future `make` returns into the empty `slot`.
 ///
 /// Written where it will run, not built elsewhere and moved there: an
-/// attempt's future is some kilobytes, and moving it copies all of them,
-/// though only its arguments are set before its first poll. Set with
-/// `Pin::set`, the future was built on the stack and copied into the slot:
-/// some 900 instructions and 160 first-level cache misses a job
-/// (`scripts/count-instructions.py --cache`). Written with no read of the
-/// slot between the call and the write (an assignment drops the old value
-/// there), in a function of its own, only its arguments are written, in
-/// place (checked in the disassembly: no `memcpy` here).
+/// attempt's future is some kilobytes (a record's, one), and moving it
+/// copies all of them, though only its arguments are set before its first
+/// poll. Set with `Pin::set`, each attempt's future was built on the stack
+/// and copied into the slot: some 900 instructions and 160 first-level
+/// cache misses a job (`scripts/count-instructions.py --cache`). Written
+/// with no read of the slot between the call and the write (an assignment
+/// drops the old value there), in a function of its own, only its
+/// arguments are written, in place (checked in the disassembly: no
+/// `memcpy` here).
 #[inline(never)]
 #[expect(
     unsafe_code,
     reason = "writes into an empty pinned slot without dropping its `None` first"
 )]
-fn begin_in<F>(
-    mut slot: Pin<&mut Option<F>>,
-    begin: impl FnOnce(Arc<Inner>, Start, Arc<Job>) -> F,
-    inner: Arc<Inner>,
-    start: Start,
-    job: Arc<Job>,
-) {
+fn write_in<F>(mut slot: Pin<&mut Option<F>>, make: impl FnOnce() -> F) {
     if slot.is_some() {
-        // Not reached: each attempt is taken out of the slot, or dropped
+        // Not reached: each future is taken out of its slot, or dropped
         // in place, before the next. Were one there, it is dropped first.
-        slot.set(Some(begin(inner, start, job)));
+        slot.set(Some(make()));
         return;
     }
     // SAFETY: nothing pinned moves or is left undropped: the slot holds
     // `None`, which has nothing to drop, and the future written into it
     // is pinned from then on, as `Pin::set` would leave it.
     unsafe {
-        std::ptr::write(slot.get_unchecked_mut(), Some(begin(inner, start, job)));
+        std::ptr::write(slot.get_unchecked_mut(), Some(make()));
     }
 }
 
@@ -364,6 +381,12 @@ async fn execute(
     let exec = std::pin::pin!(unwound(backend.execute(job, ctx)));
     let outcome = supervise(exec, &start.cancel, timeout, inner.defaults.cancel_grace).await;
     (outcome, meter)
+}
+
+/// [`record`] of a batch, owning what it needs, as a runner's slot holds
+/// it.
+async fn record_owned(inner: Arc<Inner>, done: Vec<Done>) -> bool {
+    record(&inner, done).await
 }
 
 /// Records finished attempts: their transitions in one store call, the
