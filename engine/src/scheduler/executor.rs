@@ -81,8 +81,8 @@ pub(crate) async fn runner(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: Canc
     // Where this runner's attempts run in place, one after another, batch
     // after batch (see `run_batch`).
     let mut slots = Slots {
-        attempt: Box::pin(None),
-        record: Box::pin(None),
+        attempt: Slot::default(),
+        record: Slot::default(),
     };
     loop {
         let Some(strong) = inner.upgrade() else {
@@ -123,10 +123,7 @@ pub(crate) async fn runner(inner: Weak<Inner>, wake: Arc<Notify>, shutdown: Canc
 /// place woke another runner.
 ///
 /// The attempts run in place in `slots.attempt`, each written over the
-/// one before ([`write_in`]): an attempt's future is some kilobytes, and a
-/// fresh box for each went to memory the cache no longer held. Only an
-/// attempt that goes on in a task of its own takes the box with it, and
-/// leaves a new one. The batch's record runs so in `slots.record`.
+/// one before (see [`Slot`]), and the batch's record in `slots.record`.
 /// (`begin` is [`attempt`] and `begin_record` [`record_owned`], passed in
 /// so that the slots' types can be named.)
 async fn run_batch<F, B, R, M>(
@@ -142,7 +139,6 @@ where
     R: Future<Output = bool> + Send + 'static,
     M: FnOnce(Arc<Inner>, Vec<Done>) -> R,
 {
-    let slot = &mut slots.attempt;
     let at = Utc::now();
     let claims = batch
         .iter()
@@ -168,29 +164,18 @@ where
                 continue;
             }
         };
-        write_in(slot.as_mut(), || begin(Arc::clone(inner), start, job));
-        // Polled with a waker that does nothing: if it is not finished,
-        // the task it moves to polls it again first thing, and that poll
-        // registers the real waker. Outside Tokio's cooperative budget:
-        // the runner's task spends it over a batch, and a spent budget
-        // makes any `select!` in the attempt answer `Pending`, which would
-        // send a quick attempt to a task of its own for nothing.
-        // IN_PLACE_BUDGET bounds the time spent here instead.
+        slots.attempt.start(|| begin(Arc::clone(inner), start, job));
+        // IN_PLACE_BUDGET bounds the time spent running attempts here.
         if began.elapsed() < IN_PLACE_BUDGET
-            && let Some(running) = slot.as_mut().as_pin_mut()
-            && let Poll::Ready(finished) = std::pin::pin!(tokio::task::unconstrained(running))
-                .poll(&mut Context::from_waker(Waker::noop()))
+            && let Poll::Ready(finished) = slots.attempt.poll_here()
         {
-            // What the attempt held (its job, its engine) goes now.
-            slot.set(None);
             done.push(finished);
             continue;
         }
-        let mut attempt = std::mem::replace(slot, Box::pin(None));
+        let attempt = slots.attempt.take();
         let inner = Arc::clone(inner);
         tokio::spawn(async move {
-            if let Some(running) = attempt.as_mut().as_pin_mut() {
-                let finished = running.await;
+            if let Some(finished) = attempt.await {
                 record(&inner, vec![finished]).await;
             }
         });
@@ -201,69 +186,108 @@ where
     // A durable store answers after its commit: the runner does not wait
     // for it, but goes on to the next batch while a task of its own waits,
     // up to RECORDS_IN_FLIGHT such tasks.
-    let slot = &mut slots.record;
-    write_in(slot.as_mut(), || begin_record(Arc::clone(inner), done));
-    if let Some(recording) = slot.as_mut().as_pin_mut()
-        && let Poll::Ready(woke_another) = recording.poll(&mut Context::from_waker(Waker::noop()))
-    {
-        slot.set(None);
+    slots.record.start(|| begin_record(Arc::clone(inner), done));
+    if let Poll::Ready(woke_another) = slots.record.poll_here() {
         return woke_another;
     }
-    let mut recording = std::mem::replace(slot, Box::pin(None));
-    let finish = async move {
-        match recording.as_mut().as_pin_mut() {
-            Some(recording) => recording.await,
-            None => false,
-        }
-    };
+    let recording = slots.record.take();
     match Arc::clone(&inner.records).try_acquire_owned() {
         Ok(permit) => {
             tokio::spawn(async move {
-                finish.await;
+                recording.await;
                 drop(permit);
             });
             false
         }
-        Err(_) => finish.await,
+        Err(_) => recording.await.unwrap_or(false),
     }
 }
 
 /// Where a runner's attempts and records run, one after another (see
 /// [`run_batch`]).
 struct Slots<F, R> {
-    attempt: Pin<Box<Option<F>>>,
-    record: Pin<Box<Option<R>>>,
+    attempt: Slot<F>,
+    record: Slot<R>,
 }
 
-/// Writes the future `make` returns into the empty `slot`.
-///
-/// Written where it will run, not built elsewhere and moved there: an
-/// attempt's future is some kilobytes (a record's, one), and moving it
-/// copies all of them, though only its arguments are set before its first
-/// poll. Set with `Pin::set`, each attempt's future was built on the stack
-/// and copied into the slot: some 900 instructions and 160 first-level
-/// cache misses a job (`scripts/count-instructions.py --cache`). Written
-/// with no read of the slot between the call and the write (an assignment
-/// drops the old value there), in a function of its own, only its
-/// arguments are written, in place (checked in the disassembly: no
-/// `memcpy` here).
-#[inline(never)]
-#[expect(
-    unsafe_code,
-    reason = "writes into an empty pinned slot without dropping its `None` first"
-)]
-fn write_in<F>(mut slot: Pin<&mut Option<F>>, make: impl FnOnce() -> F) {
-    if slot.is_some() {
-        // Not reached: each future is taken out of its slot, or dropped
-        // in place, before the next. Were one there, it is dropped first.
-        slot.set(Some(make()));
-        return;
+/// A place where a runner's futures of one kind run, each written over
+/// the one before, so that none needs a fresh box: a future is some
+/// kilobytes (an attempt's; a record's, one), and a fresh box for each
+/// went to memory the cache no longer held. One that does not finish at
+/// its first poll is taken away, box and all, to a task of its own, and a
+/// new box is left in its place.
+struct Slot<F>(Pin<Box<Option<F>>>);
+
+impl<F> Default for Slot<F> {
+    fn default() -> Self {
+        Self(Box::pin(None))
     }
-    // SAFETY: nothing pinned moves or is left undropped: the slot holds
-    // `None`, which has nothing to drop, and the future written into it
-    // is pinned from then on, as `Pin::set` would leave it.
-    unsafe {
-        std::ptr::write(slot.get_unchecked_mut(), Some(make()));
+}
+
+impl<F: Future> Slot<F> {
+    /// Writes the future `make` returns into the slot.
+    ///
+    /// Written where it will run, not built elsewhere and moved there:
+    /// moving a future copies all of it, though only its arguments are set
+    /// before its first poll. Set with `Pin::set`, each attempt's future
+    /// was built on the stack and copied into the slot: some 900
+    /// instructions and 160 first-level cache misses a job
+    /// (`scripts/count-instructions.py --cache`). Written with no read of
+    /// the slot between the call and the write (an assignment drops the old
+    /// value there), in a function of its own, only its arguments are
+    /// written, in place (checked in the disassembly: no `memcpy` here).
+    #[inline(never)]
+    #[expect(
+        unsafe_code,
+        reason = "writes into an empty pinned slot without dropping its `None` first"
+    )]
+    fn start(&mut self, make: impl FnOnce() -> F) {
+        if self.0.is_some() {
+            // Not reached: each future is taken out, or dropped in place
+            // when it ends, before the next. Were one there, it is dropped
+            // first.
+            self.0.set(Some(make()));
+            return;
+        }
+        // SAFETY: nothing pinned moves or is left undropped: the slot
+        // holds `None`, which has nothing to drop, and the future written
+        // into it is pinned from then on, as `Pin::set` would leave it.
+        unsafe {
+            std::ptr::write(self.0.as_mut().get_unchecked_mut(), Some(make()));
+        }
+    }
+
+    /// Polls the future here, once; one that finished is dropped, with
+    /// what it held.
+    ///
+    /// Polled with a waker that does nothing: if it is not finished, the
+    /// task it moves to ([`Slot::take`]) polls it again first thing, and
+    /// that poll registers the real waker. Outside Tokio's cooperative
+    /// budget: the runner's task spends it over a batch, and a spent budget
+    /// makes any `select!` in the future answer `Pending`, which would send
+    /// a quick attempt to a task of its own for nothing.
+    fn poll_here(&mut self) -> Poll<F::Output> {
+        let Some(running) = self.0.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        let polled = std::pin::pin!(tokio::task::unconstrained(running))
+            .poll(&mut Context::from_waker(Waker::noop()));
+        if polled.is_ready() {
+            self.0.set(None);
+        }
+        polled
+    }
+
+    /// The future, to finish elsewhere (`None` if the slot was empty); a
+    /// new box is left in its place.
+    fn take(&mut self) -> impl Future<Output = Option<F::Output>> + use<F> {
+        let mut taken = std::mem::take(self).0;
+        async move {
+            match taken.as_mut().as_pin_mut() {
+                Some(running) => Some(running.await),
+                None => None,
+            }
+        }
     }
 }
 

@@ -91,12 +91,12 @@ impl std::fmt::Debug for Engine {
 /// future instead of a box allocated and written afresh at each attempt.
 /// Every other backend (a `WasmBackend` added with
 /// [`EngineBuilder::backend`] too) goes through [`Backend`].
-enum Registered {
+enum HeldBackend {
     Wasm(Arc<WasmBackend>),
     Other(Arc<dyn Backend>),
 }
 
-impl Registered {
+impl HeldBackend {
     fn as_backend(&self) -> &dyn Backend {
         match self {
             Self::Wasm(wasm) => &**wasm,
@@ -130,7 +130,7 @@ impl Registered {
 pub(crate) struct Inner {
     state: SpinningMutex<State>,
     store: Arc<dyn Store>,
-    backends: Vec<Registered>,
+    backends: Vec<HeldBackend>,
     telemetry: Telemetry,
     timer: Arc<Notify>,
     /// Wakes an idle runner when jobs are dispatched.
@@ -155,7 +155,7 @@ impl Drop for Inner {
 pub struct EngineBuilder {
     config: SchedulerConfig,
     defaults: JobDefaults,
-    backends: Vec<Registered>,
+    backends: Vec<HeldBackend>,
     store: Option<Arc<dyn Store>>,
     runners: Option<usize>,
     observer: Option<crate::events::EventObserver>,
@@ -171,7 +171,7 @@ impl EngineBuilder {
     /// Runs `tool_call` jobs on `host`'s tools (the `wasm` backend).
     pub fn tool_host(mut self, host: Arc<ToolHost>) -> Self {
         let wasm = WasmBackend::new(host);
-        self.backends.push(Registered::Wasm(Arc::new(wasm)));
+        self.backends.push(HeldBackend::Wasm(Arc::new(wasm)));
         self
     }
 
@@ -183,7 +183,7 @@ impl EngineBuilder {
 
     /// [`EngineBuilder::backend`] for a backend already shared.
     pub fn backend_arc(mut self, backend: Arc<dyn Backend>) -> Self {
-        self.backends.push(Registered::Other(backend));
+        self.backends.push(HeldBackend::Other(backend));
         self
     }
 
