@@ -91,8 +91,9 @@ fn noop(tenant: usize) -> NewJob {
 /// Waits until `total` jobs have finished, `last` (the last ones
 /// submitted, in order) among them. Jobs start in the order they came, at
 /// most the capacity's worth at once, so by the time the last 64 have ended
-/// the rest nearly always have, and `stats()` (which copies and sorts
-/// thousands of time samples) is read once, after the measured work. Only
+/// the rest nearly always have, and `stats()` (which copies and
+/// summarises thousands of time samples) is read once, after the measured
+/// work. Only
 /// a job still out then (one whose attempt went on in a task of its own)
 /// is polled for: at 2 ms a poll, a poll per round had added 1–2 % to
 /// section (c)'s times.

@@ -87,8 +87,8 @@ impl Summary {
         if count == 0 {
             return Self::default();
         }
-        // Rising quantiles: each selection leaves every sample at or after
-        // its place no smaller, so the next one looks only there.
+        // Taken in rising order: each selection leaves every sample at or
+        // after its place no smaller, so the next one looks only there.
         let mut from = 0;
         let mut at = |q: f64| {
             let i = ((count - 1) as f64 * q).round() as usize;
@@ -97,12 +97,16 @@ impl Summary {
             from = i;
             ms
         };
+        let p50_ms = at(0.5);
+        let p95_ms = at(0.95);
+        let p99_ms = at(0.99);
+        let max_ms = at(1.0);
         Self {
             count,
-            p50_ms: at(0.5),
-            p95_ms: at(0.95),
-            p99_ms: at(0.99),
-            max_ms: at(1.0),
+            p50_ms,
+            p95_ms,
+            p99_ms,
+            max_ms,
         }
     }
 }
