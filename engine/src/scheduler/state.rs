@@ -1076,8 +1076,8 @@ impl State {
     /// equal part of every running job, not of the runnable ones alone:
     /// the other runners still hold theirs. A runner that has just
     /// recorded its batch then takes back as many as the batch set free,
-    /// where half of the runnable ones made batches ever
-    /// smaller while the rest waited, capacity held, for a busy runner.
+    /// where half of the runnable ones made batches ever smaller while the
+    /// rest waited, capacity held, for a busy runner.
     /// Each batch costs a claim, a record and two passes under this lock,
     /// so its size matters when jobs are quick: with 8 cores of capacity
     /// and two runners the bench's (c) batches went from 2.2 to 3.0 jobs
@@ -1094,9 +1094,10 @@ impl State {
         let share = if self.idle_runners > 0 {
             runnable.div_ceil(runners)
         } else {
+            // Runnable jobs count as running; at least them all, so that a
+            // count that went out of step can never leave them untaken.
             let running: u64 = self.levels.iter().map(|level| level.counts.running).sum();
-            usize::try_from(running)
-                .unwrap_or(usize::MAX)
+            (running as usize)
                 .max(runnable)
                 .div_ceil(runners)
                 .min(runnable)
@@ -1712,7 +1713,7 @@ mod tests {
 
     /// A state with `cores` of capacity, two runners, and `queued` jobs of
     /// one core each, queued.
-    fn two_runners(cores: f64, queued: usize) -> (State, Vec<JobId>) {
+    fn two_runners(cores: f64, queued: usize) -> State {
         let mut state = State::new(SchedulerConfig {
             capacity: crate::scheduler::Capacity {
                 cpu: cores,
@@ -1748,7 +1749,7 @@ mod tests {
         for &id in &ids {
             state.place(id, &[], false, None, now);
         }
-        (state, ids)
+        state
     }
 
     /// Runners split what is dispatched while one of them is idle, and a
@@ -1756,7 +1757,7 @@ mod tests {
     /// the batch set free, not half of them.
     #[test]
     fn a_runner_takes_its_part_of_every_running_job() {
-        let (mut state, _) = two_runners(8.0, 20);
+        let mut state = two_runners(8.0, 20);
         let now = Instant::now();
         let (mut idle_a, mut idle_b) = (false, false);
         // Both runners look before anything is dispatched: both idle.
